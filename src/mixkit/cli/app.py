@@ -1,8 +1,18 @@
-"""The `mixkit` command. Each command group lives in its own module and registers itself here."""
+"""The `mixkit` command. Each command group lives in its own module and registers itself here.
+
+Command bodies stay thin: parse -> call the Python API -> render. A `MixkitError` (a user
+mistake or a failed backend) is printed as one clear line and exits with status 2; it never
+shows a traceback.
+"""
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from rich.console import Console
+
+from mixkit.errors import MixkitError
 
 app = typer.Typer(
     name="mixkit",
@@ -11,14 +21,37 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+err_console = Console(stderr=True)
 
 
 def _register() -> None:
-    # Imported for their side effect of adding commands to `app`. Heavy imports (torch, llama.cpp)
-    # happen inside the command bodies, so `mixkit --help` stays fast.
+    # Imported for their side effect of adding commands to `app` (one line per command module).
+    # Heavy imports (torch, llama.cpp) happen inside command bodies so `mixkit --help` stays fast.
     from mixkit.cli import demo  # noqa: F401
 
 
 def main() -> None:
     _register()
-    app()
+    try:
+        app(standalone_mode=False)
+    except MixkitError as e:
+        err_console.print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", None)
+        if code is None:
+            code = getattr(e, "code", 0)
+        sys.exit(code or 0)
+    except Exception as e:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            err_console.print("[yellow]aborted[/]")
+            sys.exit(1)
+        raise
