@@ -1,0 +1,19 @@
+"""mixkit.moe: sparsely-gated Mixture-of-Experts layers (tensors only; never imports mixkit.moa)."""
+
+from mixkit.moe.balance import cv_squared
+from mixkit.moe.config import ROUTERS, MoEConfig
+from mixkit.moe.experts import Experts
+from mixkit.moe.layer import HierarchicalMoE, MoE, MoEStats
+from mixkit.moe.routing import RoutingDecision, update_router_biases
+
+__all__ = [
+    "MoE",
+    "HierarchicalMoE",
+    "MoEConfig",
+    "MoEStats",
+    "Experts",
+    "RoutingDecision",
+    "ROUTERS",
+    "cv_squared",
+    "update_router_biases",
+]

@@ -1,0 +1,266 @@
+"""The MoE layer: router -> dispatcher.dispatch() -> experts -> dispatcher.combine().
+
+Legend: T tokens, D d_model, H d_hidden, E experts, A assignments, S kept assignments, G groups.
+
+    layer = MoE(d_model=512, d_hidden=1024, num_experts=64, k=2, router="noisy_topk")
+    y = layer(x)            # x: (..., d_model) -> y: same shape
+    layer.aux_loss          # weighted balancing losses of the last forward (0 when none apply)
+    layer.last_stats        # MoEStats: tokens_per_expert, dropped_fraction, router_entropy, losses
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mixkit.moe import balance
+from mixkit.moe.config import MoEConfig
+from mixkit.moe.dispatch import LocalDispatcher
+from mixkit.moe.experts import Experts
+from mixkit.moe.routing import RoutingDecision, build_router
+
+
+@dataclass
+class MoEStats:
+    """Routing statistics of one forward. Tensors are detached; `as_dict()` gives plain numbers."""
+
+    tokens_per_expert: torch.Tensor  # (E,) kept assignments per expert
+    dropped_fraction: torch.Tensor  # dropped assignments / all assignments (expert choice: tokens with no expert / T)
+    router_entropy: torch.Tensor  # mean entropy (nats) of the routing distribution over experts
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted, every loss
+
+    def __getitem__(self, key: str):
+        if key in self.losses:
+            return self.losses[key]
+        return getattr(self, key)
+
+    def as_dict(self) -> dict:
+        out = {
+            "tokens_per_expert": self.tokens_per_expert.tolist(),
+            "dropped_fraction": float(self.dropped_fraction),
+            "router_entropy": float(self.router_entropy),
+        }
+        out.update({name: float(v) for name, v in self.losses.items()})
+        return out
+
+
+def _losses(decision: RoutingDecision, cfg: MoEConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Weighted sum of the enabled losses, and every loss's unweighted value for the stats."""
+    E = cfg.num_experts
+    terms = {
+        "importance_loss": (cfg.w_importance, lambda: balance.cv_squared(balance.importance_E(decision, E))),
+        "load_loss": (cfg.w_load, lambda: balance.cv_squared(balance.load_E(decision, E))),
+        "switch_loss": (cfg.w_switch, lambda: balance.switch_loss(decision, E)),
+        "z_loss": (cfg.w_zloss, lambda: balance.z_loss(decision)),
+    }
+    total = decision.weight_A.new_zeros(())
+    values = {}
+    for name, (weight, fn) in terms.items():
+        if weight > 0:
+            value = fn()
+            total = total + weight * value
+            values[name] = value.detach()
+        else:  # reported, not trained
+            with torch.no_grad():
+                values[name] = fn()
+    return total, values
+
+
+class MoE(nn.Module):
+    """Sparsely-gated mixture of experts (Shazeer et al. 2017) with today's routers.
+
+    Args:
+        d_model, d_hidden, num_experts, k: sizes; each token is sent to k of num_experts FFNs.
+        router: "noisy_topk" | "topk" | "switch" | "expert_choice" | "sigmoid_bias".
+        capacity_factor: None for dropless, else each expert holds ceil(k*T*cf/E) assignments.
+        expert: "relu" (the paper) or "swiglu".
+        **options: loss weights (w_importance, w_load, w_switch, w_zloss) and router options, see
+            `MoEConfig`.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        num_experts: int,
+        k: int = 2,
+        router: str = "noisy_topk",
+        capacity_factor: float | None = None,
+        expert: str = "relu",
+        **options,
+    ):
+        super().__init__()
+        try:
+            cfg = MoEConfig(d_model, d_hidden, num_experts, k, router, capacity_factor, expert, **options)
+        except TypeError as e:  # an unknown keyword
+            raise ValueError(f"MoE: {e}; see mixkit.moe.MoEConfig for the options") from None
+        self.cfg = cfg
+        self.router = build_router(cfg)
+        self.experts = Experts(num_experts, d_model, d_hidden, expert)
+        self.shared_experts = (
+            Experts(cfg.num_shared_experts, d_model, d_hidden, expert) if cfg.num_shared_experts else None
+        )
+        self.dispatcher = LocalDispatcher(num_experts)
+        self.expert_impl = "auto"  # "loop" | "grouped_mm" | "auto"
+        self.aux_loss: torch.Tensor = torch.zeros(())
+        self.last_stats: MoEStats | None = None
+        self.last_decision: RoutingDecision | None = None
+
+    @classmethod
+    def from_config(cls, cfg: MoEConfig) -> MoE:
+        return cls(**cfg.to_dict())
+
+    def forward(self, x: torch.Tensor, router_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (..., d_model) -> (..., d_model). `router_noise` (T, E) fixes noisy_topk's noise."""
+        cfg = self.cfg
+        if x.shape[-1] != cfg.d_model:
+            raise ValueError(
+                f"MoE input's last dimension must be d_model={cfg.d_model}, got shape {tuple(x.shape)}"
+            )
+        x_TD = x.reshape(-1, cfg.d_model)
+        T = x_TD.shape[0]
+        decision = self.router(x_TD, router_noise)
+        x_SD, counts, plan = self.dispatcher.dispatch(x_TD, decision, cfg.capacity(T))
+        out_SD = self.experts(x_SD, counts, self.expert_impl)  # (S, D)
+        y_TD = self.dispatcher.combine(out_SD, plan)
+        if self.shared_experts is not None:
+            for e in range(cfg.num_shared_experts):
+                y_TD = y_TD + self.shared_experts.forward_dense(x_TD, e)
+
+        self.aux_loss, loss_values = _losses(decision, cfg)
+        if decision.expert_choice:  # tokens that no expert picked
+            covered = torch.zeros(T, dtype=torch.bool, device=x.device)
+            covered[plan.token_idx_S] = True
+            dropped = 1.0 - covered.float().mean()
+        else:
+            dropped = torch.tensor(plan.num_dropped / max(plan.num_assignments, 1))
+        self.last_stats = MoEStats(
+            tokens_per_expert=plan.counts_E.detach().float(),
+            dropped_fraction=dropped,
+            router_entropy=balance.router_entropy(decision),
+            losses=loss_values,
+        )
+        self.last_decision = decision
+        return y_TD.reshape(x.shape)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def active_macs_per_token(self) -> int:
+        """Multiply-adds one token costs at inference: the gate plus k experts (plus shared ones)."""
+        cfg = self.cfg
+        per_expert = self.experts.macs_per_assignment()
+        return cfg.d_model * cfg.num_experts + cfg.k * per_expert + cfg.num_shared_experts * per_expert
+
+
+class HierarchicalMoE(nn.Module):
+    """The paper's two-level MoE (Shazeer et al. 2017, appendix B).
+
+    A primary gate picks k_primary of num_groups groups; each group is an MoE with its own gate over
+    experts_per_group experts. y = sum_i sum_j G_primary(x)_i * G_i(x)_j * E_ij(x).
+
+    Balancing uses the paper's hierarchical definitions over all G*E2 experts:
+        Importance_H(X)_ij = sum_{x in X_i} G_primary(x)_i * G_i(x)_j
+        Load_H(X)_ij       = Load_primary(X)_i * Load_i(X_i)_j / |X_i|
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_hidden: int,
+        num_groups: int,
+        experts_per_group: int,
+        k_primary: int = 2,
+        k_secondary: int = 2,
+        router: str = "noisy_topk",
+        capacity_factor: float | None = None,
+        expert: str = "relu",
+        w_importance: float = 0.1,
+        w_load: float = 0.1,
+        w_zloss: float = 0.0,
+        **router_options,
+    ):
+        super().__init__()
+        if router == "expert_choice":
+            raise ValueError("HierarchicalMoE: router 'expert_choice' is not supported; use a token-choice router")
+        common = dict(router=router, expert=expert, w_importance=0.0, w_load=0.0, w_switch=0.0, w_zloss=0.0)
+        self.primary_cfg = MoEConfig(
+            d_model, d_hidden, num_groups, k_primary, name="hierarchical_moe.primary", **common, **router_options
+        )
+        self.primary = build_router(self.primary_cfg)
+        self.dispatcher = LocalDispatcher(num_groups)
+        self.groups = nn.ModuleList(
+            MoE(d_model, d_hidden, experts_per_group, k_secondary, capacity_factor=capacity_factor,
+                name=f"hierarchical_moe.groups.{g}", **common, **router_options)
+            for g in range(num_groups)
+        )
+        self.w_importance, self.w_load, self.w_zloss = w_importance, w_load, w_zloss
+        self.aux_loss: torch.Tensor = torch.zeros(())
+        self.last_stats: MoEStats | None = None
+
+    def forward(self, x: torch.Tensor, router_noise: torch.Tensor | None = None) -> torch.Tensor:
+        D = self.primary_cfg.d_model
+        if x.shape[-1] != D:
+            raise ValueError(f"HierarchicalMoE input's last dimension must be d_model={D}, got shape {tuple(x.shape)}")
+        x_TD = x.reshape(-1, D)
+        decision = self.primary(x_TD, router_noise)
+        x_SD, counts, plan = self.dispatcher.dispatch(x_TD, decision, None)
+        pieces = x_SD.split(counts)
+        outs, importance_rows, load_rows, tokens, zs = [], [], [], [], []
+        starts = [0]
+        for c in counts:
+            starts.append(starts[-1] + c)
+        for g, (group, piece) in enumerate(zip(self.groups, pieces)):
+            E2 = group.cfg.num_experts
+            if piece.shape[0] == 0:
+                importance_rows.append(x.new_zeros(E2))
+                load_rows.append(x.new_zeros(E2))
+                tokens.append(x.new_zeros(E2))
+                continue
+            outs.append(group(piece))
+            d2 = group.last_decision
+            w_primary_S = plan.weight_S[starts[g] : starts[g + 1]]  # this group's tokens, in order
+            importance_rows.append(
+                x.new_zeros(E2).index_add(0, d2.expert_idx_A, w_primary_S[d2.token_idx_A] * d2.weight_A)
+            )
+            load_rows.append(balance.load_E(d2, E2) / piece.shape[0])
+            tokens.append(group.last_stats.tokens_per_expert)
+            zs.append(balance.z_loss(d2))
+        out_SD = torch.cat(outs) if outs else x_SD * 0.0
+        y_TD = self.dispatcher.combine(out_SD, plan)
+
+        load_primary_G = balance.load_E(decision, self.primary_cfg.num_experts)
+        importance_H = torch.cat(importance_rows)
+        load_H = torch.cat([load_primary_G[g] * row for g, row in enumerate(load_rows)])
+        losses = {
+            "importance_loss": balance.cv_squared(importance_H),
+            "load_loss": balance.cv_squared(load_H),
+            "z_loss": balance.z_loss(decision) + (torch.stack(zs).mean() if zs else 0.0),
+        }
+        self.aux_loss = (
+            self.w_importance * losses["importance_loss"]
+            + self.w_load * losses["load_loss"]
+            + self.w_zloss * losses["z_loss"]
+        )
+        dropped_assign = sum(
+            float(grp.last_stats.dropped_fraction) * int(c) * grp.cfg.k
+            for grp, c in zip(self.groups, counts)
+            if c > 0
+        )
+        total_assign = sum(int(c) * grp.cfg.k for grp, c in zip(self.groups, counts))
+        self.last_stats = MoEStats(
+            tokens_per_expert=torch.cat(tokens).detach(),
+            dropped_fraction=torch.tensor(dropped_assign / max(total_assign, 1)),
+            router_entropy=balance.router_entropy(decision),
+            losses={name: v.detach() for name, v in losses.items()},
+        )
+        return y_TD.reshape(x.shape)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def active_macs_per_token(self) -> int:
+        cfg = self.primary_cfg
+        return cfg.d_model * cfg.num_experts + cfg.k * self.groups[0].active_macs_per_token()
