@@ -1,0 +1,146 @@
+"""A decoder-only, pre-norm transformer language model with an MoE FFN in every n-th block.
+
+    tokens -> tok_emb + pos_emb -> [ x + attn(LN(x)); x + ffn(LN(x)) ] x n_layers -> LN -> softmax
+
+Block i (0-based) gets an MoE FFN when (i + 1) % moe_every == 0 and `moe` is set, else a dense
+FFN, so moe_every=2 gives the "every other layer" layout of GShard and Switch.
+
+Legend: B batch, T time, D d_model, N heads, Dh head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from mixkit.errors import ConfigError
+from mixkit.models.base import LanguageModel
+from mixkit.models.ffn import ExpertKind, MoESpec, build_ffn
+
+
+class TransformerLMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Literal["transformer"] = "transformer"
+    vocab_size: int = Field(0, ge=0, description="0: taken from the tokenizer")
+    d_model: int = Field(256, ge=1)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    block_size: int = Field(0, ge=0, description="max context; 0: train.seq_len")
+    ffn_hidden: int = Field(1024, ge=1, description="hidden width of the dense FFNs")
+    expert: ExpertKind = "relu"
+    moe: MoESpec | None = None
+    moe_every: int = Field(2, ge=1, description="block i is MoE when (i + 1) % moe_every == 0")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    tie_embeddings: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerLMConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        return self
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: TransformerLMConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        B, T, D = x_BTD.shape
+        q, k, v = self.qkv(x_BTD).split(D, dim=2)  # 3 x (B, T, D)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(  # (B, N, T, Dh)
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerLMConfig, ffn: nn.Module):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = ffn  # a DenseFFN or an MoE layer
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        x_BTD = x_BTD + self.drop(self.attn(self.ln1(x_BTD)))
+        return x_BTD + self.drop(self.ffn(self.ln2(x_BTD)))
+
+
+class TransformerLM(LanguageModel):
+    def __init__(self, cfg: TransformerLMConfig):
+        super().__init__()
+        if cfg.vocab_size < 1 or cfg.block_size < 1:
+            raise ConfigError("model.vocab_size and model.block_size must be set before building")
+        self.cfg = cfg
+        D = cfg.d_model
+        self.tok_emb = nn.Embedding(cfg.vocab_size, D)
+        self.pos_emb = nn.Embedding(cfg.block_size, D)
+        self.drop = nn.Dropout(cfg.dropout)
+        ffns = [
+            build_ffn(D, cfg.ffn_hidden, cfg.expert, cfg.moe if self.is_moe_block(i) else None)
+            for i in range(cfg.n_layers)
+        ]
+        self.blocks = nn.ModuleList(Block(cfg, ffn) for ffn in ffns)
+        self.ln_f = nn.LayerNorm(D)
+        self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        # Initialise what this file owns; MoE layers keep their own initialisation.
+        moe_owned = {id(m) for f in ffns if hasattr(f, "aux_loss") for m in f.modules()}
+        for m in self.modules():
+            if id(m) not in moe_owned:
+                self._init_weights(m)
+        # GPT-2: scale the residual output projections by 1/sqrt(2 * n_layers).
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, std=0.02 / (2 * cfg.n_layers) ** 0.5)
+
+    @property
+    def ffns(self) -> list[nn.Module]:
+        return [block.ffn for block in self.blocks]
+
+    def is_moe_block(self, i: int) -> bool:
+        return self.cfg.moe is not None and (i + 1) % self.cfg.moe_every == 0
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, idx_BT: torch.Tensor) -> torch.Tensor:
+        """idx_BT (B, T) int64 with T <= block_size -> logits (B, T, V)."""
+        B, T = idx_BT.shape
+        if T > self.cfg.block_size:
+            raise ValueError(f"sequence length {T} > block_size {self.cfg.block_size}")
+        pos_T = torch.arange(T, device=idx_BT.device)
+        x = self.drop(self.tok_emb(idx_BT) + self.pos_emb(pos_T))  # (B, T, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def _next_logits(self, new_BT, cache, all_BT):
+        # No KV cache: recompute over the last block_size tokens (generation is not the hot path).
+        return self(all_BT[:, -self.cfg.block_size :])[:, -1, :], None
+
+    def macs_breakdown(self) -> dict[str, int]:
+        c = self.cfg
+        D, T = c.d_model, c.block_size
+        # Per token per layer: qkv + output projection, plus QK^T and AV at full context (the
+        # nanoGPT/PaLM convention, an upper bound for a causal mask).
+        attn = c.n_layers * (4 * D * D + 2 * T * D)
+        ffn = sum(int(f.active_macs_per_token()) for f in self.ffns)
+        return {"embedding": 0, "attention": attn, "ffn": ffn, "softmax": D * c.vocab_size}
