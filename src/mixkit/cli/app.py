@@ -29,6 +29,7 @@ def _register() -> None:
     # Heavy imports (torch, llama.cpp) happen inside command bodies so `mixkit --help` stays fast.
     from mixkit.cli import demo  # noqa: F401
     from mixkit.cli import train  # noqa: F401
+    from mixkit.cli import moa  # noqa: F401
 
 
 def main() -> None:
