@@ -1,0 +1,183 @@
+"""`mixkit ask`, `mixkit logs`, `mixkit eval`: parse -> call mixkit.moa / mixkit.evals -> render.
+
+The answer streams to stdout; progress and the per-layer summary go to stderr, so
+`mixkit ask "..." > answer.txt` keeps only the answer. `--json` prints one JSON object instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mixkit.cli.app import app
+
+console = Console()
+err = Console(stderr=True)
+
+DEFAULT_QUESTION = "In three sentences: why do several small language models, combined, sometimes beat one of them alone?"
+
+
+def _layer_table(calls: list[dict], title: str) -> Table:
+    from mixkit.moa.trace import layer_summary
+
+    table = Table(title=title, title_justify="left")
+    for col in ("layer", "ok/calls", "slowest agent", "slowest s", "prompt tok", "completion tok"):
+        table.add_column(col, justify="right" if col not in ("slowest agent",) else "left")
+    for s in layer_summary(calls):
+        table.add_row(str(s["layer"]), f"{s['ok']}/{s['calls']}", s["slowest_agent"], f"{s['slowest_s']:.2f}", str(s["prompt_tokens"]), str(s["completion_tokens"]))
+    return table
+
+
+def _failures(calls: list[dict]) -> list[str]:
+    return [f"layer {c['layer']} {c['agent']}: {c['error']}" for c in calls if c["error"]]
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(DEFAULT_QUESTION, help="the question (default: a demo question)"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="a bundled preset: moa, moa-lite, self-moa (default), moa-tiny"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a TOML file with your own agents and layers"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (answer + trace) instead of streaming"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="cap every agent's max_tokens"),
+    deadline: Optional[float] = typer.Option(None, "--deadline", min=0.1, help="per-call deadline in seconds"),
+    cont: bool = typer.Option(False, "--continue", help="continue the latest conversation (multi-turn)"),
+    cid: Optional[str] = typer.Option(None, "--cid", help="continue this conversation id"),
+    no_log: bool = typer.Option(False, "--no-log", help="do not record this run in the log database"),
+) -> None:
+    """Ask a Mixture-of-Agents; the final answer streams as it is generated."""
+    from mixkit.moa import MoA
+    from mixkit.moa import trace as tr
+    from mixkit.moa.config import resolve
+
+    cfg = resolve(preset, config)
+    messages: list[dict] = []
+    if cont or cid:
+        db = tr.connect()
+        cid = cid or tr.latest_conversation_id(db)
+        messages = tr.conversation_messages(db, cid) if cid else []
+        db.close()
+        if not messages:
+            raise typer.BadParameter("no earlier conversation to continue (run `mixkit logs` to see ids)")
+    moa = MoA(cfg, log=not no_log)
+
+    def on_layer(layer_no: int, calls) -> None:
+        if not as_json:
+            ok = sum(c.outcome == "ok" for c in calls)
+            slowest = max((c.latency_s or 0.0) for c in calls)
+            err.print(f"[dim]layer {layer_no}: {ok}/{len(calls)} agents answered in {slowest:.1f}s[/]")
+
+    if not as_json:
+        err.print(f"[dim]{cfg.name}: {cfg.num_layers} layers, aggregator {cfg.aggregator}[/]")
+    stream = moa.stream(question, messages=messages, max_tokens=max_tokens, deadline_s=deadline, conversation_id=cid, on_layer=on_layer)
+
+    async def consume() -> None:
+        async for piece in stream:
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+
+    import asyncio
+
+    asyncio.run(consume())
+    answer = stream.result
+    assert answer is not None
+    if as_json:
+        console.print_json(json.dumps(answer.to_dict()))
+        return
+    sys.stdout.write("\n")
+    calls = [c.to_dict() for c in answer.calls]
+    err.print(_layer_table(calls, f"run {answer.run_id[:12]} ({cfg.name})"))
+    for line in _failures(calls):
+        err.print(f"[yellow]{line}[/]")
+    err.print(
+        f"wall {answer.wall_s:.2f}s, critical path {answer.critical_path_s:.2f}s, time to first answer token "
+        f"{answer.ttft_s or 0:.2f}s, tokens {answer.prompt_tokens} in / {answer.completion_tokens} out"
+    )
+
+
+@app.command()
+def logs(
+    n: int = typer.Option(3, "--n", "-n", min=1, help="how many recent runs"),
+    run: Optional[str] = typer.Option(None, "--run", help="show one run by id (or id prefix)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    db_path: Optional[Path] = typer.Option(None, "--db", help="log database (default $MIXKIT_HOME/logs.db)"),
+) -> None:
+    """Show recent MoA runs: a per-layer table, the critical path and the total tokens."""
+    from mixkit.moa import trace as tr
+
+    path = db_path or tr.default_db_path()
+    if not path.exists():
+        err.print(f"no runs logged yet at {path} (run `mixkit ask`)")
+        return
+    db = tr.connect(path)
+    if run:
+        one = tr.get_run(db, run)
+        if one is None:
+            raise typer.BadParameter(f"no single run matches '{run}'")
+        runs = [one]
+    else:
+        runs = tr.recent_runs(db, n)
+    out = []
+    for r in runs:
+        calls = tr.run_calls(db, r["id"])
+        r.pop("messages_json", None)
+        if as_json:
+            out.append({**r, "calls": calls})
+            continue
+        tokens_in = sum(c["prompt_tokens"] or 0 for c in calls)
+        tokens_out = sum(c["completion_tokens"] or 0 for c in calls)
+        console.print(f"[bold]{r['id'][:12]}[/] {r['preset']} [dim]conversation {r['conversation_id'][:12]}[/] outcome [bold]{r['outcome']}[/]")
+        console.print(f"[cyan]Q:[/] {r['question'][:200]}")
+        if r["answer"]:
+            console.print(f"[cyan]A:[/] {r['answer'][:300]}")
+        console.print(_layer_table(calls, ""))
+        for line in _failures(calls):
+            console.print(f"[yellow]{line}[/]")
+        console.print(
+            f"critical path {r['critical_path_s'] or 0:.2f}s, wall {r['wall_s'] or 0:.2f}s, "
+            f"tokens {tokens_in} in / {tokens_out} out ({tokens_in + tokens_out} total)\n"
+        )
+    db.close()
+    if as_json:
+        console.print_json(json.dumps(out))
+
+
+@app.command("eval")
+def eval_(
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="the MoA preset to score"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a TOML config instead of a preset"),
+    task: str = typer.Option("basic_arithmetic", "--task", "-t", help="a reasoning-gym task name"),
+    n: int = typer.Option(20, "--n", "-n", min=1, help="number of seeded items"),
+    seed: int = typer.Option(0, "--seed", help="dataset seed"),
+    max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="max_tokens of every call of every system"),
+    singles: bool = typer.Option(True, "--singles/--no-singles", help="also score each agent alone"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print each item's score"),
+) -> None:
+    """Score a MoA and each of its single agents on a checkable reasoning-gym task."""
+    from mixkit.evals import run_eval
+    from mixkit.moa.config import resolve
+
+    cfg = resolve(preset, config)
+
+    def on_item(label, item, score, answer) -> None:
+        if verbose:
+            got = (answer.answer if answer else "").strip().splitlines()[-1:] or [""]
+            err.print(f"[dim]{label} #{item.index}: {score:.0f} expected {item.expected!r}, last line {got[0][:60]!r}[/]")
+
+    result = run_eval(cfg, task, n=n, seed=seed, max_tokens=max_tokens, singles=singles, on_item=on_item)
+    if as_json:
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"{task}, n={n}, seed={seed}, max_tokens={max_tokens}", title_justify="left")
+    for col in ("system", "accuracy", "failed", "calls", "tokens in", "tokens out", "wall s"):
+        table.add_column(col, justify="left" if col == "system" else "right")
+    for s in result.scores:
+        table.add_row(s.system, f"{s.accuracy:.1%}", str(s.failed), str(s.calls), str(s.prompt_tokens), str(s.completion_tokens), f"{s.wall_s:.1f}")
+    console.print(table)

@@ -1,0 +1,164 @@
+"""An agent is a provider + a model + sampling parameters (+ a persona). One call = one CallRecord.
+
+`Agent.stream` is the only place that retries. It retries typed, retryable errors (connection
+errors, 5xx, cut streams, 429 after its Retry-After) with exponential backoff, never past the
+call's deadline, and never once a piece of text has reached the caller (it cannot be taken back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+
+from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
+from mixkit.moa.config import AgentConfig
+from mixkit.moa.providers.base import Message, Provider, Sampling, TransientError, Usage
+
+
+@dataclass
+class CallRecord:
+    """One agent call, as traced: who, when, how long, how many tokens, and how it ended."""
+
+    layer: int
+    agent: str  # label: the agent name, with "#i" when a layer repeats it (Self-MoA)
+    provider: str
+    model: str
+    started_at: float = 0.0  # unix time
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    attempts: int = 0
+    outcome: str = "pending"  # ok | error | cancelled
+    error: str | None = None
+    response: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_provider(name: str, cfg: AgentConfig) -> Provider:
+    """Build the provider of an agent config (no network, no model loading)."""
+    if cfg.provider == "local":
+        from mixkit.moa.providers.local import LocalProvider
+
+        try:
+            return LocalProvider(cfg.model, n_ctx=cfg.n_ctx)
+        except ConfigError as e:
+            raise ConfigError(f"agents.{name}.model: {e}") from None
+    from mixkit.moa.providers.openai_compat import OpenAICompatProvider
+
+    assert cfg.base_url is not None  # validated by AgentConfig
+    return OpenAICompatProvider(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, stream_usage=cfg.stream_usage)
+
+
+@dataclass
+class Agent:
+    """A named, configured LLM caller."""
+
+    name: str
+    config: AgentConfig
+    provider: Provider
+    backoff_s: float = 0.5  # first retry delay; doubles each attempt
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    @classmethod
+    def from_config(cls, name: str, cfg: AgentConfig) -> Agent:
+        return cls(name, cfg, make_provider(name, cfg))
+
+    def sampling(self, slot: int = 0, max_tokens: int | None = None) -> Sampling:
+        """Sampling params for slot `slot` of a layer; repeated slots get different seeds."""
+        c = self.config
+        seed = c.seed + slot if c.seed is not None else (self._rng.randrange(2**31) if c.temperature > 0 else 0)
+        return Sampling(max_tokens=max_tokens or c.max_tokens, temperature=c.temperature, top_p=c.top_p, seed=seed)
+
+    def with_persona(self, messages: list[Message]) -> list[Message]:
+        """Prepend (or merge into an existing system message) the agent's persona."""
+        if not self.config.system:
+            return messages
+        if messages and messages[0]["role"] == "system":
+            merged = f"{self.config.system}\n\n{messages[0]['content']}"
+            return [{"role": "system", "content": merged}, *messages[1:]]
+        return [{"role": "system", "content": self.config.system}, *messages]
+
+    def new_record(self, layer: int, label: str) -> CallRecord:
+        return CallRecord(layer=layer, agent=label, provider=self.provider.kind, model=self.config.model)
+
+    async def stream(
+        self,
+        messages: list[Message],
+        record: CallRecord,
+        *,
+        deadline: float,
+        sampling: Sampling | None = None,
+        retries: int = 2,
+        threads: int | None = None,
+    ) -> AsyncIterator[str]:
+        """Yield the answer's pieces; fill `record`. `deadline` is a `time.monotonic()` value.
+
+        Raises ProviderError (or RateLimited / Timeout) when the call fails for good; `record`
+        then holds the outcome and the reason.
+        """
+        sampling = sampling or self.sampling()
+        messages = self.with_persona(messages)
+        record.started_at = time.time()
+        start = time.monotonic()
+        emitted = False
+        pieces: list[str] = []
+        try:
+            for attempt in range(retries + 1):
+                record.attempts = attempt + 1
+                usage = Usage()
+                pieces.clear()
+                try:
+                    it = self.provider.stream(messages, sampling, usage, threads=threads).__aiter__()
+                    try:
+                        while True:
+                            remaining = deadline - time.monotonic()
+                            if remaining <= 0:
+                                raise Timeout(f"no answer within the deadline ({time.monotonic() - start:.1f}s)")
+                            try:
+                                piece = await asyncio.wait_for(it.__anext__(), remaining)
+                            except StopAsyncIteration:
+                                break
+                            except asyncio.TimeoutError:
+                                raise Timeout(f"no answer within the deadline ({time.monotonic() - start:.1f}s)") from None
+                            if not emitted:
+                                record.ttft_s = time.monotonic() - start
+                                emitted = True
+                            pieces.append(piece)
+                            yield piece
+                    finally:
+                        await it.aclose()  # type: ignore[attr-defined]
+                    if not "".join(pieces).strip():
+                        raise ProviderError("empty completion")
+                    record.prompt_tokens = usage.prompt_tokens
+                    record.completion_tokens = usage.completion_tokens
+                    record.outcome = "ok"
+                    return
+                except (TransientError, RateLimited) as e:
+                    wait = self._retry_wait(e, attempt)
+                    if emitted or attempt >= retries or time.monotonic() + wait >= deadline:
+                        raise
+                    await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            record.outcome, record.error = "cancelled", "cancelled (quorum met or run stopped)"
+            raise
+        except ProviderError as e:
+            record.outcome, record.error = "error", f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            record.latency_s = time.monotonic() - start
+            record.response = "".join(pieces)
+
+    def _retry_wait(self, err: ProviderError, attempt: int) -> float:
+        if isinstance(err, RateLimited) and err.retry_after is not None:
+            return err.retry_after
+        return self.backoff_s * (2**attempt) * (0.8 + 0.4 * self._rng.random())  # jittered
+
+    async def complete(self, messages: list[Message], record: CallRecord, **kwargs) -> str:
+        """Collect the whole answer (proposers). Raises like `stream`."""
+        return "".join([piece async for piece in self.stream(messages, record, **kwargs)])

@@ -1,0 +1,166 @@
+"""Validated Mixture-of-Agents config: agents, proposer layers, the final aggregator.
+
+A config is a TOML file (a built-in preset under `presets/` or the user's own `--config FILE`):
+
+    aggregator = "qwen"            # the agent that writes the final, streamed answer
+    deadline_s = 120               # per-call deadline; a layer never waits longer than this
+
+    [agents.qwen]
+    provider = "local"             # "local" (embedded GGUF) or "openai" (any compatible URL)
+    model = "qwen2.5-coder-0.5b"
+
+    [[layers]]                     # proposer layers, run in order; may be empty
+    agents = ["qwen", "qwen", "smollm"]
+    quorum = 2                     # proceed as soon as 2 answered (default: wait for all)
+
+Counting the aggregator, a config with L proposer layers has L + 1 layers (moa-lite: 2, moa: 3).
+Errors name the file and the dotted field, e.g. `moa.toml: agents.qwen.provider: ...`.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mixkit.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_PRESET = "self-moa"
+
+
+class AgentConfig(BaseModel):
+    """One agent: a provider, a model, sampling parameters and an optional persona."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["local", "openai"]
+    model: str = Field(min_length=1)
+    base_url: str | None = None  # openai: e.g. http://127.0.0.1:8080/v1
+    api_key_env: str | None = None  # openai: NAME of the env var holding the key (never the key)
+    system: str | None = None  # persona / system prompt
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, le=32768)
+    seed: int | None = None  # slot i of a layer samples with seed + i, so repeats differ
+    n_ctx: int = Field(4096, ge=256)  # local: context window
+    stream_usage: bool = True  # openai: ask for token usage in the stream (stream_options)
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> AgentConfig:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("provider 'openai' needs base_url (e.g. 'http://127.0.0.1:8080/v1')")
+        return self
+
+
+class LayerConfig(BaseModel):
+    """A proposer layer: agents (names may repeat, for Self-MoA) that run concurrently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: list[str] = Field(min_length=1)
+    quorum: int | None = Field(None, ge=1)  # answers to wait for; None = all of them
+    min_answers: int = Field(1, ge=1)  # fewer than this by the deadline fails the run
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> LayerConfig:
+        n = len(self.agents)
+        if self.quorum is not None and self.quorum > n:
+            raise ValueError(f"quorum ({self.quorum}) is more than the layer's {n} agents")
+        if self.min_answers > (self.quorum or n):
+            raise ValueError(f"min_answers ({self.min_answers}) is more than quorum ({self.quorum or n})")
+        return self
+
+
+class MoAConfig(BaseModel):
+    """A whole Mixture-of-Agents: named agents, proposer layers, and the final aggregator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "custom"
+    description: str = ""
+    agents: dict[str, AgentConfig] = Field(min_length=1)
+    layers: list[LayerConfig] = Field(default_factory=list)
+    aggregator: str
+    deadline_s: float = Field(300.0, gt=0)
+    retries: int = Field(2, ge=0, le=10)  # extra attempts after a retryable failure
+    reference_chars: int = Field(1500, ge=50)  # budget per reference in the synthesis prompt
+
+    @model_validator(mode="after")
+    def _check_names(self) -> MoAConfig:
+        known = ", ".join(sorted(self.agents))
+        if self.aggregator not in self.agents:
+            raise ValueError(f"aggregator '{self.aggregator}' is not an agent (known: {known})")
+        for i, layer in enumerate(self.layers):
+            for name in layer.agents:
+                if name not in self.agents:
+                    raise ValueError(f"layers[{i}].agents: unknown agent '{name}' (known: {known})")
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        """Layers counting the final aggregator (moa-lite = 2)."""
+        return len(self.layers) + 1
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {path}: {msg}{extra}"
+
+
+def parse_config(data: dict, source: str = "<config>") -> MoAConfig:
+    """Validate a config dict; errors name `source` and the dotted field."""
+    try:
+        return MoAConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path) -> MoAConfig:
+    """Load a user's TOML config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (check --config)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data.setdefault("name", path.stem)
+    return parse_config(data, str(path))
+
+
+def list_presets() -> list[str]:
+    """Names of the built-in presets."""
+    folder = resources.files("mixkit.moa") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> MoAConfig:
+    """Load a built-in preset by name (see `list_presets()`)."""
+    file = resources.files("mixkit.moa") / "presets" / f"{name}.toml"
+    if not file.is_file():
+        raise ConfigError(f"unknown preset '{name}' (choose from: {', '.join(list_presets())}, or pass --config FILE)")
+    data = tomllib.loads(file.read_text())
+    data.setdefault("name", name)
+    return parse_config(data, f"preset {name}")
+
+
+def resolve(preset: str | None = None, config: str | Path | MoAConfig | None = None) -> MoAConfig:
+    """The config for a run: an explicit config wins over a preset; neither means the default."""
+    if preset is not None and config is not None:
+        raise ConfigError("give --preset or --config, not both")
+    if isinstance(config, MoAConfig):
+        return config
+    if config is not None:
+        return load_config(config)
+    return load_preset(preset or DEFAULT_PRESET)

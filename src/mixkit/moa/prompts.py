@@ -1,0 +1,66 @@
+"""The aggregate-and-synthesize prompt (our wording, after Wang et al. 2024).
+
+Layout, stable part first so that a server's prefix cache can reuse it across layers and runs:
+
+    system:    SYNTHESIZE instructions (+ the agent's persona, added by Agent)
+    ...        the conversation so far, unchanged
+    user:      the latest user message, then the numbered, delimited references
+
+Each reference sits between `<response id=N>` and `</response>` tags, so an answer that contains
+its own numbered list cannot be mistaken for the reference numbering, and each is cut to a
+character budget so that one long-winded proposer cannot crowd out the others.
+"""
+
+from __future__ import annotations
+
+from mixkit.errors import ConfigError
+from mixkit.moa.providers.base import Message
+
+SYNTHESIZE = (
+    "You will see a user's request followed by several candidate responses written by other "
+    "assistants. Some may be wrong, incomplete or biased. Evaluate them critically, keep what is "
+    "correct, fix what is not, and write one accurate, well-organized answer of your own. Reply "
+    "directly to the user: do not mention the candidate responses or number your answer after them."
+)
+
+
+def clip(text: str, max_chars: int) -> str:
+    """Cut `text` to `max_chars`, marking the cut."""
+    text = text.strip()
+    return text if len(text) <= max_chars else text[:max_chars].rstrip() + " [...truncated]"
+
+
+def format_references(answers: list[str], max_chars: int) -> str:
+    """Number and delimit each previous-layer answer."""
+    n = len(answers)
+    blocks = [f'<response id="{i}" of="{n}">\n{clip(a, max_chars)}\n</response>' for i, a in enumerate(answers, 1)]
+    return f"Candidate responses ({n}):\n\n" + "\n\n".join(blocks)
+
+
+def synthesis_messages(conversation: list[Message], answers: list[str], max_chars: int = 1500) -> list[Message]:
+    """Messages for an aggregator: instructions, the conversation, then the references.
+
+    `conversation` must end with a user message. With no answers (a single agent, or a
+    layer whose quorum was zero) the conversation is returned unchanged.
+    """
+    if not answers:
+        return list(conversation)
+    *history, last = conversation
+    system = [m for m in history if m["role"] == "system"]
+    turns = [m for m in history if m["role"] != "system"]
+    system_text = "\n\n".join([SYNTHESIZE, *(m["content"] for m in system)])
+    user_text = f"{last['content']}\n\n{format_references(answers, max_chars)}"
+    return [{"role": "system", "content": system_text}, *turns, {"role": "user", "content": user_text}]
+
+
+def as_conversation(question: str | None, messages: list[Message] | None) -> list[Message]:
+    """Normalize the caller's input: a question, a conversation, or a conversation + a new question."""
+    conversation = [dict(m) for m in (messages or [])]
+    if question is not None:
+        conversation.append({"role": "user", "content": question})
+    if not conversation or conversation[-1].get("role") != "user":
+        raise ConfigError("the conversation must end with a user message (pass a question)")
+    for i, m in enumerate(conversation):
+        if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            raise ConfigError(f"messages[{i}] needs a role (system/user/assistant) and string content")
+    return conversation

@@ -1,0 +1,49 @@
+"""What every provider implements: stream the text of one chat completion, fill in its usage."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from mixkit.errors import ProviderError
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+class TransientError(ProviderError):
+    """A failure worth retrying: connection refused/reset, 5xx, a stream cut midway."""
+
+
+@dataclass
+class Sampling:
+    """Per-call generation parameters."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None = None
+
+
+@dataclass
+class Usage:
+    """Token counts of one call, filled in by the provider as it learns them (None = unknown)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+class Provider:
+    """Base class. `stream` yields text pieces as they are generated and fills `usage`.
+
+    It raises `RateLimited` (429), `Timeout`, `TransientError` (retryable) or `ProviderError`
+    (not retryable). Deadlines are enforced by the caller (`Agent`), which cancels the iterator.
+    """
+
+    kind = "base"
+    model = ""
+
+    def stream(
+        self, messages: list[Message], sampling: Sampling, usage: Usage, *, threads: int | None = None
+    ) -> AsyncIterator[str]:
+        raise NotImplementedError

@@ -1,0 +1,116 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, Together, vLLM, Ollama, llama.cpp server).
+
+The `openai` SDK is the client, with its own retries off (`max_retries=0`): `Agent` retries only
+typed, retryable errors within the call's deadline. Errors are mapped to mixkit's tree here, and
+the API key is scrubbed from every message we raise.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+
+from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
+from mixkit.moa.providers.base import Message, Provider, Sampling, TransientError, Usage
+
+
+def parse_retry_after(headers: httpx.Headers | None) -> float | None:
+    """Seconds to wait from `Retry-After` (seconds or an HTTP date) or `retry-after-ms`."""
+    if headers is None:
+        return None
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class OpenAICompatProvider(Provider):
+    """Streams chat completions from `base_url` with the `openai` SDK."""
+
+    kind = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, stream_usage: bool = True):
+        self.base_url = base_url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.stream_usage = stream_usage
+
+    def _api_key(self) -> str:
+        if not self.api_key_env:
+            return "not-needed"  # local servers ignore it; the SDK insists on a value
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(f"environment variable {self.api_key_env} is not set (named by api_key_env)")
+        return key
+
+    def _scrub(self, text: str, key: str) -> str:
+        return text.replace(key, "***") if key and key != "not-needed" else text
+
+    async def stream(
+        self, messages: list[Message], sampling: Sampling, usage: Usage, *, threads: int | None = None
+    ) -> AsyncIterator[str]:
+        key = self._api_key()
+        # The client is created per call: it binds to the running event loop, and each
+        # `ask()` may run in a fresh loop. Deadlines are enforced by the caller.
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=httpx.Timeout(None, connect=10.0))
+        extra = {"stream_options": {"include_usage": True}} if self.stream_usage else {}
+        if sampling.seed is not None:
+            extra["seed"] = sampling.seed
+        pieces = 0
+        try:
+            stream = await client.chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                stream=True,
+                **extra,
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage.prompt_tokens = chunk.usage.prompt_tokens
+                    usage.completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        usage.finish_reason = choice.finish_reason
+                    if choice.delta and choice.delta.content:
+                        pieces += 1
+                        yield choice.delta.content
+        except openai.RateLimitError as e:
+            raise RateLimited(self._scrub(f"429 rate limited by {self.base_url}", key), retry_after=parse_retry_after(e.response.headers)) from None
+        except openai.APITimeoutError:
+            raise Timeout(f"timed out talking to {self.base_url}") from None
+        except openai.APIConnectionError as e:
+            raise TransientError(f"cannot connect to {self.base_url}: {e.__cause__ or e}") from None
+        except openai.APIStatusError as e:
+            body = self._scrub(e.response.text[:200] if e.response is not None else "", key)
+            cls = TransientError if e.status_code >= 500 else ProviderError
+            raise cls(f"HTTP {e.status_code} from {self.base_url}: {body}") from None
+        except (httpx.TransportError, httpx.StreamError) as e:  # the stream broke after it started
+            raise TransientError(f"stream from {self.base_url} broke after {pieces} pieces: {type(e).__name__}") from None
+        except (json.JSONDecodeError, openai.APIResponseValidationError) as e:
+            raise ProviderError(f"malformed response from {self.base_url}: {type(e).__name__}") from None
+        except openai.APIError as e:  # an error object inside the stream
+            raise ProviderError(self._scrub(f"error from {self.base_url}: {e.message}", key)) from None
+        finally:
+            await client.close()
+        if usage.finish_reason is None:
+            raise TransientError(f"stream from {self.base_url} ended without a finish_reason after {pieces} pieces")
+        if usage.completion_tokens is None:
+            usage.completion_tokens = pieces  # servers without stream usage send ~1 token per piece

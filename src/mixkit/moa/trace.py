@@ -1,0 +1,158 @@
+"""Every MoA run is logged to SQLite as a tree: a run, its layers, and one row per agent call.
+
+The database is `logs.db` under `$MIXKIT_HOME` (default `~/.mixkit`), or a path given to the API.
+Schema changes are named, append-only migrations: add a new one at the end, never edit an old one.
+Nothing secret is stored: calls record the provider kind and model, never URLs' keys or headers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from mixkit.moa.agents import CallRecord
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "m001_runs_and_calls",
+        """
+        CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            preset TEXT NOT NULL,
+            question TEXT NOT NULL,
+            messages_json TEXT NOT NULL,
+            answer TEXT,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            wall_s REAL,
+            critical_path_s REAL,
+            ttft_s REAL
+        );
+        CREATE TABLE calls (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            layer INTEGER NOT NULL,
+            agent TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            started_at REAL,
+            latency_s REAL,
+            ttft_s REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            attempts INTEGER,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            response TEXT
+        );
+        CREATE INDEX calls_run ON calls(run_id);
+        CREATE INDEX runs_started ON runs(started_at);
+        """,
+    ),
+]
+
+
+def default_db_path() -> Path:
+    """`$MIXKIT_HOME/logs.db`, default `~/.mixkit/logs.db`."""
+    home = os.environ.get("MIXKIT_HOME") or Path.home() / ".mixkit"
+    return Path(home) / "logs.db"
+
+
+def connect(path: str | Path | None = None) -> sqlite3.Connection:
+    """Open (creating and migrating as needed) the log database."""
+    path = Path(path) if path else default_db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=30)
+    db.row_factory = sqlite3.Row
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply the migrations not yet applied, in order; return their names."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        with db:  # one transaction per migration
+            for statement in filter(str.strip, sql.split(";")):
+                db.execute(statement)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+        applied.append(name)
+    return applied
+
+
+def record_run(db: sqlite3.Connection, run: dict, calls: list[CallRecord]) -> None:
+    """Write one run and its calls (one transaction)."""
+    with db:
+        db.execute(
+            "INSERT INTO runs VALUES (:id, :conversation_id, :started_at, :preset, :question, :messages_json,"
+            " :answer, :outcome, :error, :wall_s, :critical_path_s, :ttft_s)",
+            {**run, "messages_json": json.dumps(run["messages"])},
+        )
+        db.executemany(
+            "INSERT INTO calls (run_id, layer, agent, provider, model, started_at, latency_s, ttft_s,"
+            " prompt_tokens, completion_tokens, attempts, outcome, error, response)"
+            " VALUES (:run_id, :layer, :agent, :provider, :model, :started_at, :latency_s, :ttft_s,"
+            " :prompt_tokens, :completion_tokens, :attempts, :outcome, :error, :response)",
+            [{**c.to_dict(), "run_id": run["id"]} for c in calls],
+        )
+
+
+def recent_runs(db: sqlite3.Connection, limit: int = 5) -> list[dict]:
+    """The latest runs, newest first."""
+    rows = db.execute("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
+    return [dict(r) for r in rows]
+
+
+def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
+    """One run by id or unique id prefix."""
+    rows = db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY started_at DESC", (run_id + "%",)).fetchall()
+    return dict(rows[0]) if len(rows) == 1 else None
+
+
+def run_calls(db: sqlite3.Connection, run_id: str) -> list[dict]:
+    """The calls of a run, in layer order."""
+    rows = db.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY layer, id", (run_id,))
+    return [dict(r) for r in rows]
+
+
+def conversation_messages(db: sqlite3.Connection, conversation_id: str) -> list[dict]:
+    """The conversation so far: the last run's messages plus its answer as the assistant turn."""
+    row = db.execute(
+        "SELECT messages_json, answer FROM runs WHERE conversation_id = ? AND outcome = 'ok'"
+        " ORDER BY started_at DESC LIMIT 1",
+        (conversation_id,),
+    ).fetchone()
+    if row is None:
+        return []
+    return [*json.loads(row["messages_json"]), {"role": "assistant", "content": row["answer"]}]
+
+
+def latest_conversation_id(db: sqlite3.Connection) -> str | None:
+    row = db.execute("SELECT conversation_id FROM runs WHERE outcome = 'ok' ORDER BY started_at DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def layer_summary(calls: list[dict]) -> list[dict]:
+    """Per layer: calls ok / total, the slowest call (the layer's share of the critical path), tokens."""
+    layers: dict[int, dict] = {}
+    for c in calls:
+        s = layers.setdefault(c["layer"], {"layer": c["layer"], "ok": 0, "calls": 0, "slowest_s": 0.0, "slowest_agent": "", "prompt_tokens": 0, "completion_tokens": 0, "errors": []})
+        s["calls"] += 1
+        s["ok"] += c["outcome"] == "ok"
+        s["prompt_tokens"] += c["prompt_tokens"] or 0
+        s["completion_tokens"] += c["completion_tokens"] or 0
+        # Every call of a layer (failed and cancelled ones too) held the layer up until it ended.
+        if (c["latency_s"] or 0) >= s["slowest_s"]:
+            s["slowest_s"], s["slowest_agent"] = c["latency_s"] or 0.0, c["agent"]
+        if c["error"]:
+            s["errors"].append(f"{c['agent']}: {c['error']}")
+    return [layers[k] for k in sorted(layers)]
