@@ -9,13 +9,14 @@ from mixkit.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mixkit.train.config import RunConfig, load_config, preset_names
 from mixkit.train.data import prepare_corpus
 from mixkit.train.generate import generate_text, load_model
-from mixkit.train.loop import Callback, TrainResult, lr_at, train
+from mixkit.train.loop import Callback, Trainer, TrainResult, lr_at, train
 
 __all__ = [
     "Callback",
     "Checkpoint",
     "RunConfig",
     "TrainResult",
+    "Trainer",
     "generate_text",
     "load_checkpoint",
     "load_config",

@@ -139,6 +139,230 @@ class _JsonlLog:
 
 
 # --- the loop --------------------------------------------------------------------------------
+class Trainer:
+    """One training run. `run()` does all of it; `step()` does one optimizer step, so a benchmark
+    can interleave several runs in one process and time them side by side.
+
+    resume=True continues from out_dir's checkpoint (cfg may then be None, or must match the
+    stored config); with no checkpoint yet it starts fresh from cfg.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig | None,
+        out_dir: str | Path,
+        resume: bool = False,
+        callbacks: Iterable[Callback] = (),
+    ):
+        out_dir = self.out_dir = Path(out_dir)
+        self.callbacks = list(callbacks)
+        ckpt = None
+        if resume and find_checkpoint(out_dir) is not None:
+            ckpt = load_checkpoint(out_dir)
+            stored = config_from_dict(ckpt.config, f"stored in {out_dir}/checkpoint")
+        elif not resume and find_checkpoint(out_dir) is not None:
+            raise ConfigError(
+                f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose "
+                "another --out"
+            )
+        if cfg is None and ckpt is None:
+            raise ConfigError(f"nothing to resume in {str(out_dir)!r}; pass --preset or --config")
+
+        run_cfg = cfg if cfg is not None else stored
+        torch.set_num_threads(run_cfg.train.threads or min(2, os.cpu_count() or 1))
+        corpus = self.corpus = prepare_corpus(run_cfg.data)
+        run_cfg = resolve(run_cfg, corpus)
+        if ckpt is not None:
+            if cfg is not None and resolve(cfg, corpus) != stored:
+                raise ConfigError(
+                    f"--resume continues the run in {str(out_dir)!r} with its stored config, which "
+                    "differs from the one given; drop --preset/--config/--set or use another --out"
+                )
+            run_cfg = stored
+            if ckpt.train_state.get("data_fingerprint") != corpus.fingerprint:
+                raise DataError(
+                    f"the data changed since the checkpoint in {str(out_dir)!r} was written "
+                    "(different text, tokenizer or split); resume needs the same --data"
+                )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg, self.loop = run_cfg, run_cfg.train
+
+        torch.manual_seed(self.loop.seed)
+        self.model = build_model(run_cfg.model)
+        self.optimizer = make_optimizer(self.model, run_cfg.optim)
+        self.start = 0
+        if ckpt is not None:
+            ckpt.load_weights(self.model)
+            self.optimizer.load_state_dict(ckpt.train_state["optimizer"])
+            torch.set_rng_state(ckpt.train_state["torch_rng"])
+            self.start = ckpt.step
+        self.done = self.start  # optimizer steps completed
+        self.batches = TrainBatches(
+            corpus.splits["train"], self.loop.batch_size, self.loop.seq_len, self.loop.seed
+        )
+        self.log = _JsonlLog(out_dir / "log.jsonl", keep_until_step=self.start if ckpt else None)
+        self.config_dict = run_cfg.to_dict()
+        try:
+            from mixkit.moe import update_router_biases
+        except ImportError:  # pragma: no cover
+            update_router_biases = None
+        self._update_router_biases = update_router_biases
+
+        self.params = self.model.num_parameters()
+        self.macs = self.model.active_macs_per_token()
+        info = {
+            "event": "start",
+            "step": self.start,
+            "name": run_cfg.name,
+            "params": self.params,
+            "params_excluding_embeddings": self.model.num_parameters(exclude_embeddings=True),
+            "active_macs_per_token": self.macs,
+            "macs_breakdown": self.model.macs_breakdown(),
+            "moe_layers": [name for name, _ in self.model.moe_layers()],
+            "total_steps": self.loop.steps,
+            "resumed": ckpt is not None,
+            "threads": torch.get_num_threads(),
+            "tokens": {k: int(len(v)) for k, v in corpus.splits.items()},
+            "config": self.config_dict,
+        }
+        self.log.write(info)
+        for cb in self.callbacks:
+            cb.on_start(info)
+        self.model.train()
+        self._reset_window()
+        self.train_loss, self.val_loss, self.tokens_per_s = float("nan"), float("nan"), 0.0
+        self.train_time = 0.0  # seconds spent in training steps (not eval or checkpoints)
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.loop.steps
+
+    def _reset_window(self) -> None:
+        self._w_loss, self._w_aux, self._w_n, self._w_time = 0.0, 0.0, 0, 0.0
+        self._w_load: dict[str, torch.Tensor] = {}
+
+    def step(self) -> None:
+        """One optimizer step, then whatever logging, evaluation and checkpointing is due."""
+        model, loop, step = self.model, self.loop, self.done
+        t0 = time.perf_counter()
+        lr = lr_at(step, loop.steps, self.cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x_BT, y_BT = self.batches.get(step)
+        logits_BTV = model(x_BT)
+        loss = F.cross_entropy(logits_BTV.flatten(0, 1), y_BT.flatten())
+        aux = model.aux_loss()  # weighted MoE balancing losses (0 for a dense model)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss + aux).backward()
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        if self._update_router_biases is not None:
+            self._update_router_biases(model)  # aux-loss-free balancing lives outside forward
+        loss_value = loss.item()
+        elapsed = time.perf_counter() - t0
+        self._w_time += elapsed
+        self.train_time += elapsed
+
+        if not math.isfinite(loss_value):
+            raise DataError(
+                f"loss became {loss_value} at step {step + 1}; lower optim.lr or raise "
+                "optim.warmup_steps"
+            )
+        self._w_loss += loss_value
+        self._w_aux += aux.detach().item()
+        self._w_n += 1
+        for name, tpe in model.expert_load().items():
+            self._w_load[name] = self._w_load.get(name, 0) + tpe
+        self.done = done = step + 1
+        for cb in self.callbacks:
+            cb.on_step(done)
+
+        if done % loop.log_every == 0 or done == loop.steps:
+            self._log_window(lr)
+        if done % loop.eval_every == 0 or done == loop.steps:
+            self.evaluate_val()
+        if done % loop.checkpoint_every == 0 or done == loop.steps:
+            self.checkpoint()
+
+    def _log_window(self, lr: float) -> None:
+        tokens_per_step = self.loop.batch_size * self.loop.seq_len
+        self.train_loss = self._w_loss / self._w_n
+        self.tokens_per_s = self._w_n * tokens_per_step / max(self._w_time, 1e-9)
+        rec = {
+            "event": "train",
+            "step": self.done,
+            "loss": self.train_loss,
+            "aux_loss": self._w_aux / self._w_n,
+            "lr": lr,
+            "tokens_per_s": self.tokens_per_s,
+            "tokens_seen": self.done * tokens_per_step,
+            "expert_load": {k: (v / v.sum()).tolist() for k, v in self._w_load.items()},
+            "balance": _balance(self._w_load),
+        }
+        self.log.write(rec)
+        for cb in self.callbacks:
+            cb.on_log(rec)
+        self._reset_window()
+
+    def evaluate_val(self) -> float:
+        loop = self.loop
+        val = evaluate(self.model, self.corpus.splits["val"], loop.batch_size, loop.seq_len, loop.eval_batches)
+        rec = {"event": "eval", "step": self.done, "val_loss": val, "val_ppl": math.exp(min(val, 50))}
+        self.log.write(rec)
+        for cb in self.callbacks:
+            cb.on_eval(rec)
+        self.val_loss = val
+        return val
+
+    def checkpoint(self) -> Path:
+        state = {
+            "step": self.done,
+            "data_position": self.batches.position(self.done),
+            "data_fingerprint": self.corpus.fingerprint,
+        }
+        path = save_checkpoint(
+            self.out_dir, self.model, self.optimizer, state, self.config_dict, self.corpus.tokenizer_path
+        )
+        self.log.write({"event": "checkpoint", "step": self.done})
+        return path
+
+    def finish(self, plots: bool = True) -> TrainResult:
+        """Test loss, plots, summary.json; call once `finished`."""
+        loop, splits = self.loop, self.corpus.splits
+        if self.start >= loop.steps:  # resumed a finished run: report it without training
+            self.evaluate_val()
+        test_loss = None
+        if len(splits["test"]) > loop.seq_len + 1:
+            test_loss = evaluate(self.model, splits["test"], loop.batch_size, loop.seq_len, loop.eval_batches)
+        expect = self.cfg.expect.val_loss_below
+        result = TrainResult(
+            out_dir=self.out_dir,
+            steps=self.done,
+            train_loss=self.train_loss,
+            val_loss=self.val_loss,
+            test_loss=test_loss,
+            params=self.params,
+            active_macs_per_token=self.macs,
+            tokens_per_s=self.tokens_per_s,
+            expect_met=None if expect is None else bool(self.val_loss < expect),
+        )
+        if plots:
+            from mixkit.train.plots import plot_run
+
+            result.plots = plot_run(self.out_dir)
+        self.log.write({"event": "end", "step": self.done, **result.as_dict()})
+        (self.out_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=2), "utf-8")
+        for cb in self.callbacks:
+            cb.on_end(result)
+        return result
+
+    def run(self, plots: bool = True) -> TrainResult:
+        while not self.finished:
+            self.step()
+        return self.finish(plots)
+
+
 def train(
     cfg: RunConfig | None,
     out_dir: str | Path,
@@ -151,177 +375,4 @@ def train(
     resume=True continues from out_dir's checkpoint (cfg may then be None, or must match the
     stored config); with no checkpoint yet it starts fresh from cfg.
     """
-    out_dir = Path(out_dir)
-    callbacks = list(callbacks)
-    ckpt = None
-    if resume and find_checkpoint(out_dir) is not None:
-        ckpt = load_checkpoint(out_dir)
-        stored = config_from_dict(ckpt.config, f"stored in {out_dir}/checkpoint")
-    elif not resume and find_checkpoint(out_dir) is not None:
-        raise ConfigError(
-            f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    if cfg is None and ckpt is None:
-        raise ConfigError(f"nothing to resume in {str(out_dir)!r}; pass --preset or --config")
-
-    run_cfg = cfg if cfg is not None else stored
-    loop = run_cfg.train
-    torch.set_num_threads(loop.threads or min(2, os.cpu_count() or 1))
-    corpus = prepare_corpus(run_cfg.data)
-    run_cfg = resolve(run_cfg, corpus)
-    if ckpt is not None:
-        if cfg is not None and resolve(cfg, corpus) != stored:
-            raise ConfigError(
-                f"--resume continues the run in {str(out_dir)!r} with its stored config, which "
-                "differs from the one given; drop --preset/--config/--set or use another --out"
-            )
-        run_cfg = stored
-        if ckpt.train_state.get("data_fingerprint") != corpus.fingerprint:
-            raise DataError(
-                f"the data changed since the checkpoint in {str(out_dir)!r} was written "
-                "(different text, tokenizer or split); resume needs the same --data"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    torch.manual_seed(loop.seed)
-    model = build_model(run_cfg.model)
-    optimizer = make_optimizer(model, run_cfg.optim)
-    start = 0
-    if ckpt is not None:
-        ckpt.load_weights(model)
-        optimizer.load_state_dict(ckpt.train_state["optimizer"])
-        torch.set_rng_state(ckpt.train_state["torch_rng"])
-        start = ckpt.step
-    batches = TrainBatches(corpus.splits["train"], loop.batch_size, loop.seq_len, loop.seed)
-    log = _JsonlLog(out_dir / "log.jsonl", keep_until_step=start if ckpt is not None else None)
-    config_dict = run_cfg.to_dict()
-
-    params = model.num_parameters()
-    macs = model.active_macs_per_token()
-    info = {
-        "event": "start",
-        "step": start,
-        "name": run_cfg.name,
-        "params": params,
-        "params_excluding_embeddings": model.num_parameters(exclude_embeddings=True),
-        "active_macs_per_token": macs,
-        "macs_breakdown": model.macs_breakdown(),
-        "moe_layers": [name for name, _ in model.moe_layers()],
-        "total_steps": loop.steps,
-        "resumed": ckpt is not None,
-        "threads": torch.get_num_threads(),
-        "tokens": {k: int(len(v)) for k, v in corpus.splits.items()},
-        "config": config_dict,
-    }
-    log.write(info)
-    for cb in callbacks:
-        cb.on_start(info)
-
-    try:
-        from mixkit.moe import update_router_biases
-    except ImportError:  # pragma: no cover
-        update_router_biases = None
-
-    def checkpoint(done: int) -> None:
-        state = {
-            "step": done,
-            "data_position": batches.position(done),
-            "data_fingerprint": corpus.fingerprint,
-        }
-        save_checkpoint(out_dir, model, optimizer, state, config_dict, corpus.tokenizer_path)
-        log.write({"event": "checkpoint", "step": done})
-
-    def run_eval(done: int) -> float:
-        val = evaluate(model, corpus.splits["val"], loop.batch_size, loop.seq_len, loop.eval_batches)
-        rec = {"event": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(min(val, 50))}
-        log.write(rec)
-        for cb in callbacks:
-            cb.on_eval(rec)
-        return val
-
-    model.train()
-    window_loss, window_aux, window_n, window_time = 0.0, 0.0, 0, 0.0
-    window_load: dict[str, torch.Tensor] = {}
-    last_train_loss, val_loss, tok_per_s = float("nan"), float("nan"), 0.0
-    tokens_per_step = loop.batch_size * loop.seq_len
-    for step in range(start, loop.steps):
-        t0 = time.perf_counter()
-        lr = lr_at(step, loop.steps, run_cfg.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x_BT, y_BT = batches.get(step)
-        logits_BTV = model(x_BT)
-        loss = F.cross_entropy(logits_BTV.flatten(0, 1), y_BT.flatten())
-        aux = model.aux_loss()
-        optimizer.zero_grad(set_to_none=True)
-        (loss + aux).backward()
-        if run_cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), run_cfg.optim.grad_clip)
-        optimizer.step()
-        if update_router_biases is not None:
-            update_router_biases(model)  # aux-loss-free balancing lives outside forward
-        window_time += time.perf_counter() - t0
-
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise DataError(
-                f"loss became {loss_value} at step {step + 1}; lower optim.lr or raise optim.warmup_steps"
-            )
-        window_loss += loss_value
-        window_aux += aux.detach().item()
-        window_n += 1
-        for name, tpe in model.expert_load().items():
-            window_load[name] = window_load.get(name, 0) + tpe
-        done = step + 1
-        for cb in callbacks:
-            cb.on_step(done)
-
-        if done % loop.log_every == 0 or done == loop.steps:
-            last_train_loss = window_loss / window_n
-            tok_per_s = window_n * tokens_per_step / max(window_time, 1e-9)
-            rec = {
-                "event": "train",
-                "step": done,
-                "loss": last_train_loss,
-                "aux_loss": window_aux / window_n,
-                "lr": lr,
-                "tokens_per_s": tok_per_s,
-                "tokens_seen": done * tokens_per_step,
-                "expert_load": {k: (v / v.sum()).tolist() for k, v in window_load.items()},
-                "balance": _balance(window_load),
-            }
-            log.write(rec)
-            for cb in callbacks:
-                cb.on_log(rec)
-            window_loss, window_aux, window_n, window_time, window_load = 0.0, 0.0, 0, 0.0, {}
-        if done % loop.eval_every == 0 or done == loop.steps:
-            val_loss = run_eval(done)
-        if done % loop.checkpoint_every == 0 or done == loop.steps:
-            checkpoint(done)
-
-    if start >= loop.steps:  # resumed a finished run: report it without training
-        val_loss = run_eval(loop.steps)
-    test_loss = None
-    if len(corpus.splits["test"]) > loop.seq_len + 1:
-        test_loss = evaluate(model, corpus.splits["test"], loop.batch_size, loop.seq_len, loop.eval_batches)
-    expect = run_cfg.expect.val_loss_below
-    result = TrainResult(
-        out_dir=out_dir,
-        steps=loop.steps,
-        train_loss=last_train_loss,
-        val_loss=val_loss,
-        test_loss=test_loss,
-        params=params,
-        active_macs_per_token=macs,
-        tokens_per_s=tok_per_s,
-        expect_met=None if expect is None else bool(val_loss < expect),
-    )
-    if plots:
-        from mixkit.train.plots import plot_run
-
-        result.plots = plot_run(out_dir)
-    log.write({"event": "end", **result.as_dict()})
-    (out_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=2), "utf-8")
-    for cb in callbacks:
-        cb.on_end(result)
-    return result
+    return Trainer(cfg, out_dir, resume=resume, callbacks=callbacks).run(plots)

@@ -1,0 +1,144 @@
+"""Language models: shapes, cost accounting checked against an independent counter, sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from mixkit.errors import ConfigError
+from mixkit.models import (
+    LSTMLM,
+    LSTMLMConfig,
+    MoESpec,
+    TransformerLM,
+    TransformerLMConfig,
+    build_model,
+)
+
+V = 97
+
+
+def lstm(moe=None, **kw):
+    torch.manual_seed(0)
+    return LSTMLM(LSTMLMConfig(vocab_size=V, d_model=32, ffn_hidden=64, moe=moe, dropout=0.0, **kw))
+
+
+def transformer(moe=None, **kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=V, d_model=32, n_layers=4, n_heads=4, block_size=16, ffn_hidden=64, moe=moe)
+    cfg.update(kw)
+    return TransformerLM(TransformerLMConfig(**cfg))
+
+
+def mm_macs_per_token(model, x_BT) -> dict[str, float]:
+    """Multiply-adds per token of the matmuls under each module, counted by torch itself."""
+    with FlopCounterMode(display=False) as counter:
+        model(x_BT)
+    return {k: sum(v.values()) / 2 / x_BT.numel() for k, v in counter.get_flop_counts().items()}
+
+
+@pytest.mark.parametrize("make", [lstm, transformer])
+@pytest.mark.parametrize("moe", [None, MoESpec(num_experts=4, k=2, d_hidden=32)])
+def test_forward_shapes_and_gradients(make, moe):
+    model = make(moe)
+    x_BT = torch.randint(0, V, (3, 16))
+    logits_BTV = model(x_BT)
+    assert logits_BTV.shape == (3, 16, V)
+    loss = F.cross_entropy(logits_BTV.flatten(0, 1), x_BT.flatten()) + model.aux_loss()
+    loss.backward()
+    # every parameter, experts and router included, receives a gradient
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+
+
+def test_dense_ffn_and_softmax_macs_match_torch_flop_counter():
+    model = lstm()
+    x_BT = torch.randint(0, V, (2, 8))
+    counted = mm_macs_per_token(model, x_BT)
+    parts = model.macs_breakdown()
+    assert parts["ffn"] == counted["LSTMLM.ffns.0"]
+    assert parts["softmax"] == counted["LSTMLM.lm_head"]
+    # torch does not count the fused LSTM kernel: each LSTM weight is used once per token
+    lstm_weights = sum(
+        p.numel() for n, p in model.named_parameters() if n.startswith("lstm") and "weight" in n
+    )
+    assert parts["lstm"] == lstm_weights
+
+
+def test_transformer_projection_macs_match_torch_flop_counter():
+    model = transformer()
+    x_BT = torch.randint(0, V, (2, 16))  # full block: the attention term assumes block_size
+    counted = mm_macs_per_token(model, x_BT)
+    c = model.cfg
+    attention_scores = c.n_layers * 2 * c.block_size * c.d_model  # QK^T and AV, not matmuls here
+    total_mm = counted["Global"]
+    assert model.active_macs_per_token() - attention_scores == total_mm
+
+
+def test_moe_costs_follow_k_not_num_experts():
+    """More experts: more parameters, same active compute except the router's d_model * E."""
+    small = lstm(MoESpec(num_experts=4, k=2, d_hidden=32))
+    large = lstm(MoESpec(num_experts=16, k=2, d_hidden=32))
+    dense = lstm()  # ffn_hidden 64 = k * d_hidden: the compute-matched baseline
+    d = 32
+    assert large.num_parameters() > small.num_parameters() > dense.num_parameters()
+    assert large.active_macs_per_token() - small.active_macs_per_token() == d * (16 - 4)
+    assert small.active_macs_per_token() - dense.active_macs_per_token() == d * 4
+
+
+def test_transformer_places_moe_every_nth_block():
+    model = transformer(MoESpec(num_experts=4, k=2, d_hidden=32), moe_every=2)
+    kinds = [hasattr(block.ffn, "aux_loss") for block in model.blocks]
+    assert kinds == [False, True, False, True]
+    assert [name for name, _ in model.moe_layers()] == ["ffn1", "ffn3"]
+    model(torch.randint(0, V, (2, 16)))
+    load = model.expert_load()
+    assert set(load) == {"ffn1", "ffn3"}
+    assert all(float(v.sum()) == 2 * 16 * 2 for v in load.values())  # T tokens x k assignments
+
+
+def test_transformer_is_causal():
+    model = transformer(MoESpec(num_experts=4, k=2, d_hidden=32)).eval()
+    x_BT = torch.randint(0, V, (1, 16))
+    y_BT = x_BT.clone()
+    y_BT[0, 10:] = (y_BT[0, 10:] + 1) % V
+    torch.testing.assert_close(model(x_BT)[:, :10], model(y_BT)[:, :10])
+
+
+def test_lstm_incremental_sampling_matches_full_forward():
+    """The LSTM carries its state while sampling; it must equal recomputing from scratch."""
+    model = lstm(MoESpec(num_experts=4, k=2, d_hidden=32)).eval()
+    x_BT = torch.randint(0, V, (2, 12))
+    logits, cache = model._next_logits(x_BT[:, :7], None, x_BT[:, :7])
+    for t in range(7, 12):
+        logits, cache = model._next_logits(x_BT[:, t : t + 1], cache, x_BT[:, : t + 1])
+    torch.testing.assert_close(logits, model(x_BT)[:, -1])
+
+
+@pytest.mark.parametrize("make", [lstm, transformer])
+def test_generate_appends_tokens_and_greedy_is_deterministic(make):
+    model = make(MoESpec(num_experts=4, k=2, d_hidden=32))
+    prompt = torch.randint(0, V, (1, 5))
+    out = model.generate(prompt, 20, temperature=0)  # longer than block_size for the transformer
+    assert out.shape == (1, 25) and torch.equal(out[:, :5], prompt)
+    assert torch.equal(out, model.generate(prompt, 20, temperature=0))
+    g = torch.Generator().manual_seed(0)
+    sampled = model.generate(prompt, 20, temperature=1.0, top_k=1, generator=g)
+    assert torch.equal(sampled, out)  # top-1 sampling is greedy
+
+
+def test_tied_embeddings_counted_once():
+    tied, untied = lstm(), lstm(tie_embeddings=False)
+    assert untied.num_parameters() - tied.num_parameters() == V * 32
+    assert tied.num_parameters(exclude_embeddings=True) == untied.num_parameters(exclude_embeddings=True)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="k \\(5\\) must be <= num_experts \\(4\\)"):
+        MoESpec(num_experts=4, k=5, d_hidden=8)
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        TransformerLMConfig(d_model=30, n_heads=4)
+    with pytest.raises(ConfigError, match="model.moe.k"):  # the layer's own check, named for us
+        build_model(LSTMLMConfig(vocab_size=V, d_model=8, moe=MoESpec(router="switch", k=2, d_hidden=8)))
