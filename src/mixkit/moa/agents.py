@@ -8,6 +8,7 @@ call's deadline, and never once a piece of text has reached the caller (it canno
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -52,6 +53,8 @@ def make_provider(name: str, cfg: AgentConfig) -> Provider:
     from mixkit.moa.providers.openai_compat import OpenAICompatProvider
 
     assert cfg.base_url is not None  # validated by AgentConfig
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        raise ConfigError(f"agents.{name}.api_key_env: environment variable {cfg.api_key_env} is not set (export it first)")
     return OpenAICompatProvider(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, stream_usage=cfg.stream_usage)
 
 
@@ -96,8 +99,13 @@ class Agent:
         sampling: Sampling | None = None,
         retries: int = 2,
         threads: int | None = None,
+        buffered: bool = False,
     ) -> AsyncIterator[str]:
         """Yield the answer's pieces; fill `record`. `deadline` is a `time.monotonic()` value.
+
+        Unbuffered, pieces are yielded as they arrive, so a failure after the first piece cannot
+        be retried. Buffered (proposers), the answer is yielded once an attempt succeeds, so a
+        stream cut midway is retried from scratch.
 
         Raises ProviderError (or RateLimited / Timeout) when the call fails for good; `record`
         then holds the outcome and the reason.
@@ -126,15 +134,18 @@ class Agent:
                                 break
                             except asyncio.TimeoutError:
                                 raise Timeout(f"no answer within the deadline ({time.monotonic() - start:.1f}s)") from None
-                            if not emitted:
+                            if record.ttft_s is None:
                                 record.ttft_s = time.monotonic() - start
-                                emitted = True
                             pieces.append(piece)
-                            yield piece
+                            if not buffered:
+                                emitted = True
+                                yield piece
                     finally:
                         await it.aclose()  # type: ignore[attr-defined]
                     if not "".join(pieces).strip():
                         raise ProviderError("empty completion")
+                    if buffered:
+                        yield "".join(pieces)
                     record.prompt_tokens = usage.prompt_tokens
                     record.completion_tokens = usage.completion_tokens
                     record.outcome = "ok"
@@ -161,4 +172,4 @@ class Agent:
 
     async def complete(self, messages: list[Message], record: CallRecord, **kwargs) -> str:
         """Collect the whole answer (proposers). Raises like `stream`."""
-        return "".join([piece async for piece in self.stream(messages, record, **kwargs)])
+        return "".join([piece async for piece in self.stream(messages, record, buffered=True, **kwargs)])

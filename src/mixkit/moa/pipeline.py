@@ -154,8 +154,8 @@ class MoA:
                     error = task.exception()
                     if error is None:
                         answers[tasks[task][0]] = task.result()
-                    elif not isinstance(error, MixkitError):
-                        raise error  # a bug, not a failed agent: never swallow it
+                    elif not isinstance(error, ProviderError):
+                        raise error  # a config mistake or a bug, not a failed agent: never swallow it
         finally:
             for task in pending:
                 task.cancel()

