@@ -27,7 +27,9 @@ def lstm(moe=None, **kw):
 
 def transformer(moe=None, **kw):
     torch.manual_seed(0)
-    cfg = dict(vocab_size=V, d_model=32, n_layers=4, n_heads=4, block_size=16, ffn_hidden=64, moe=moe)
+    cfg = dict(
+        vocab_size=V, d_model=32, n_layers=4, n_heads=4, block_size=16, ffn_hidden=64, moe=moe
+    )
     cfg.update(kw)
     return TransformerLM(TransformerLMConfig(**cfg))
 
@@ -132,7 +134,9 @@ def test_generate_appends_tokens_and_greedy_is_deterministic(make):
 def test_tied_embeddings_counted_once():
     tied, untied = lstm(), lstm(tie_embeddings=False)
     assert untied.num_parameters() - tied.num_parameters() == V * 32
-    assert tied.num_parameters(exclude_embeddings=True) == untied.num_parameters(exclude_embeddings=True)
+    assert tied.num_parameters(exclude_embeddings=True) == untied.num_parameters(
+        exclude_embeddings=True
+    )
 
 
 def test_config_errors_name_the_field():
@@ -141,4 +145,6 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="divisible by n_heads"):
         TransformerLMConfig(d_model=30, n_heads=4)
     with pytest.raises(ConfigError, match="model.moe.k"):  # the layer's own check, named for us
-        build_model(LSTMLMConfig(vocab_size=V, d_model=8, moe=MoESpec(router="switch", k=2, d_hidden=8)))
+        build_model(
+            LSTMLMConfig(vocab_size=V, d_model=8, moe=MoESpec(router="switch", k=2, d_hidden=8))
+        )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mixkit.train import load_config
 
-SYLLABLES = ["ro", "me", "ju", "li", "et", "ham", "let", "king", "lear", "mac", "beth", "o", "the", "lo", "ve"]
+SYLLABLES = "ro me ju li et ham let king lear mac beth o the lo ve".split()
 
 
 def write_corpus(path: Path, n_lines: int = 1500, seed: int = 0) -> Path:
@@ -30,7 +30,12 @@ def tiny_overrides(corpus: Path, **fields) -> list[str]:
     """--set items: the corpus path plus fields given as train__steps=20 (__ for dots)."""
     sets = [f"data.path='{corpus}'"]
     for key, value in fields.items():
-        shown = f"'{value}'" if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value
+        if isinstance(value, bool):
+            shown = str(value).lower()
+        elif isinstance(value, str):
+            shown = f"'{value}'"
+        else:
+            shown = value
         sets.append(f"{key.replace('__', '.')}={shown}")
     return sets
 

@@ -19,7 +19,9 @@ def assert_clean_error(proc, *fragments):
 @pytest.fixture(scope="module")
 def trained_run(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    proc = run_cli("train", "--preset", "tiny", "--data", str(corpus), "--steps", "30", "--out", str(out))
+    proc = run_cli(
+        "train", "--preset", "tiny", "--data", str(corpus), "--steps", "30", "--out", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     assert "val loss" in proc.stdout and "active multiply-adds / token" in proc.stdout
     return out

@@ -11,9 +11,12 @@ from mixkit.train.config import RunConfig
 
 
 def test_required_presets_exist():
-    assert {"tiny", "shakespeare-lstm-dense", "shakespeare-lstm-moe", "shakespeare-transformer-moe"} <= set(
-        preset_names()
-    )
+    assert {
+        "tiny",
+        "shakespeare-lstm-dense",
+        "shakespeare-lstm-moe",
+        "shakespeare-transformer-moe",
+    } <= set(preset_names())
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -47,13 +50,20 @@ def test_config_file_extends_a_preset(tmp_path):
     f = tmp_path / "run.toml"
     f.write_text('preset = "tiny"\nname = "mine"\n[train]\nsteps = 3\n', "utf-8")
     cfg = load_config(config_file=f)
-    assert (cfg.name, cfg.train.steps, cfg.train.seq_len) == ("mine", 3, load_config("tiny").train.seq_len)
+    assert (cfg.name, cfg.train.steps, cfg.train.seq_len) == (
+        "mine",
+        3,
+        load_config("tiny").train.seq_len,
+    )
 
 
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["model.moe.num_experts=0"], "model.moe.num_experts: Input should be greater than or equal to 1 (got 0)"),
+        (
+            ["model.moe.num_experts=0"],
+            "model.moe.num_experts: Input should be greater than or equal to 1 (got 0)",
+        ),
         (["model.d_modle=3"], "model.d_modle: unknown field"),
         (["train.batch_size='big'"], "train.batch_size: Input should be a valid integer"),
         (["model.moe.k=9"], "model.moe: k (9) must be <= num_experts (4)"),

@@ -57,7 +57,9 @@ def test_prepare_corpus_caches_next_to_the_data(corpus):
     for split in ("train", "val", "test"):
         assert np.array_equal(first.splits[split], second.splits[split])
     decoded = first.tokenizer.decode(first.splits["val"])
-    assert decoded == split_text(corpus.read_text("utf-8"), cfg.val_fraction, cfg.test_fraction)["val"]
+    assert (
+        decoded == split_text(corpus.read_text("utf-8"), cfg.val_fraction, cfg.test_fraction)["val"]
+    )
 
 
 def test_folder_corpus_skips_hidden_and_binary_files(tmp_path):

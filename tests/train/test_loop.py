@@ -24,9 +24,9 @@ def read_log(out):
 def test_lr_schedule_warms_up_then_decays_to_min():
     cfg = OptimConfig(lr=1.0, min_lr=0.1, warmup_steps=10)
     lrs = [lr_at(s, 100, cfg) for s in range(100)]
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
     assert lrs[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
     assert lr_at(100, 100, cfg) == pytest.approx(0.1)
 
 

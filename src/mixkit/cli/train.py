@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,7 +22,13 @@ class _RichProgress:
         self.progress = None
 
     def on_start(self, info):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         macs = info["active_macs_per_token"]
         console.print(
@@ -59,7 +65,9 @@ class _RichProgress:
         )
 
     def on_eval(self, rec):
-        line = f"step {rec['step']}: val loss {rec['val_loss']:.4f}, perplexity {rec['val_ppl']:.2f}"
+        line = (
+            f"step {rec['step']}: val loss {rec['val_loss']:.4f}, perplexity {rec['val_ppl']:.2f}"
+        )
         (self.progress.console if self.progress else console).print(line)
 
     def on_end(self, result):
@@ -73,15 +81,32 @@ class _RichProgress:
 
 @app.command()
 def train(
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="a bundled preset (see --list-presets)"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a TOML config file"),
-    data: Optional[Path] = typer.Option(None, "--data", help="text file or folder (default: Shakespeare)"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: runs/<name>)"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="shorthand for --set train.steps=N"),
-    set_: list[str] = typer.Option([], "--set", help="override a config field: --set model.moe.k=1"),
-    list_presets: bool = typer.Option(False, "--list-presets", help="list the presets and exit"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    preset: Annotated[
+        str | None, typer.Option("--preset", "-p", help="a bundled preset (see --list-presets)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="a TOML config file")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="text file or folder (default: Shakespeare)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<name>)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run in --out from its checkpoint")
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option("--steps", help="shorthand for --set train.steps=N")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config field, e.g. --set model.moe.k=1"),
+    ] = None,
+    list_presets: Annotated[
+        bool, typer.Option("--list-presets", help="list the presets and exit")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Train a language model; checkpoints, log.jsonl and PNG plots go to --out."""
     from mixkit.train import load_config, preset_names
@@ -92,7 +117,7 @@ def train(
             desc = load_config(name).description
             console.print(f"[bold]{name}[/]  {desc}")
         return
-    overrides = list(set_)
+    overrides = list(set_ or [])
     if data is not None:
         overrides.append(f"data.path={str(data.expanduser().resolve())!r}")
     if steps is not None:
@@ -126,12 +151,16 @@ def train(
 
 @app.command()
 def generate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="a run folder (--out of train) or its checkpoint/"),
-    prompt: str = typer.Option("", "--prompt", help="text to continue"),
-    max_new_tokens: int = typer.Option(200, "--max-new-tokens", "-n"),
-    temperature: float = typer.Option(0.8, "--temperature", "-t", help="0 is greedy"),
-    top_k: Optional[int] = typer.Option(40, "--top-k", help="sample among the k likeliest tokens"),
-    seed: int = typer.Option(0, "--seed"),
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", help="a run folder (--out of train) or its checkpoint/")
+    ],
+    prompt: Annotated[str, typer.Option("--prompt", help="text to continue")] = "",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 is greedy")] = 0.8,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="sample among the k likeliest tokens")
+    ] = 40,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Sample text from a trained checkpoint."""
     from mixkit.train import generate_text

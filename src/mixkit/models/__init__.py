@@ -6,7 +6,7 @@ exposes `aux_loss()` (the MoE balancing losses of the last forward) and `expert_
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 from pydantic import Field
 
@@ -15,7 +15,7 @@ from mixkit.models.ffn import DenseFFN, MoESpec
 from mixkit.models.lstm_lm import LSTMLM, LSTMLMConfig
 from mixkit.models.transformer_lm import TransformerLM, TransformerLMConfig
 
-ModelConfig = Annotated[Union[LSTMLMConfig, TransformerLMConfig], Field(discriminator="arch")]
+ModelConfig = Annotated[LSTMLMConfig | TransformerLMConfig, Field(discriminator="arch")]
 
 
 def build_model(cfg: LSTMLMConfig | TransformerLMConfig) -> LanguageModel:

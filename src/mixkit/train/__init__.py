@@ -1,6 +1,7 @@
 """Training mixkit language models: data + tokenizer, the loop, checkpoints, plots, generation.
 
-    from mixkit.train import load_config, train, generate_text
+Example::
+
     result = train(load_config("tiny"), out_dir="runs/tiny")
     print(result.val_ppl, generate_text("runs/tiny", prompt="ROMEO:"))
 """

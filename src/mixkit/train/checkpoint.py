@@ -109,7 +109,9 @@ class Checkpoint:
         from safetensors.torch import load_model
 
         try:
-            missing, unexpected = load_model(model, str(self.path / "model.safetensors"), strict=False)
+            missing, unexpected = load_model(
+                model, str(self.path / "model.safetensors"), strict=False
+            )
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise DataError(f"checkpoint {str(self.path)!r} has unreadable weights: {e}") from None
         if missing or unexpected:
@@ -134,7 +136,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         manifest = json.loads((found / "manifest.json").read_text("utf-8"))
     except (OSError, ValueError) as e:
-        raise DataError(f"checkpoint {str(found)!r} has no readable manifest.json ({e}); {hint}") from None
+        raise DataError(
+            f"checkpoint {str(found)!r} has no readable manifest.json ({e}); {hint}"
+        ) from None
     for name in FILES:
         file = found / name
         if not file.exists():

@@ -81,7 +81,9 @@ class RunConfig(_Section):
                 f"train.seq_len ({self.train.seq_len})"
             )
         if self.optim.min_lr > self.optim.lr:
-            raise ValueError(f"optim.min_lr ({self.optim.min_lr}) must be <= optim.lr ({self.optim.lr})")
+            raise ValueError(
+                f"optim.min_lr ({self.optim.min_lr}) must be <= optim.lr ({self.optim.lr})"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

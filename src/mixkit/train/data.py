@@ -94,7 +94,9 @@ def split_text(text: str, val_fraction: float, test_fraction: float) -> dict[str
         nl = text.find("\n", end)  # cut at a line end so no line straddles two splits
         end = len(text) if nl < 0 or i == n_blocks - 1 else max(nl + 1, start)
         r = (i * _GOLDEN) % 1.0
-        name = "val" if r < val_fraction else "test" if r < val_fraction + test_fraction else "train"
+        name = (
+            "val" if r < val_fraction else "test" if r < val_fraction + test_fraction else "train"
+        )
         parts[name].append(text[start:end])
         start = end
     return {k: "".join(v) for k, v in parts.items()}
@@ -225,6 +227,8 @@ def eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, max_batches:
     for b in range(min(max_batches, -(-n_windows // batch_size))):
         idx = range(b * batch_size, min((b + 1) * batch_size, n_windows))
         xy = torch.from_numpy(
-            np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in idx]).astype(np.int64)
+            np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in idx]).astype(
+                np.int64
+            )
         )
         yield xy[:, :-1], xy[:, 1:]

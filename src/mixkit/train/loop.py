@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,9 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Adam
 
 
 @torch.no_grad()
-def evaluate(model: LanguageModel, tokens, batch_size: int, seq_len: int, max_batches: int) -> float:
+def evaluate(
+    model: LanguageModel, tokens, batch_size: int, seq_len: int, max_batches: int
+) -> float:
     """Mean next-token cross-entropy (nats) over the first windows of a split."""
     was_training = model.training
     model.eval()
@@ -307,8 +309,15 @@ class Trainer:
 
     def evaluate_val(self) -> float:
         loop = self.loop
-        val = evaluate(self.model, self.corpus.splits["val"], loop.batch_size, loop.seq_len, loop.eval_batches)
-        rec = {"event": "eval", "step": self.done, "val_loss": val, "val_ppl": math.exp(min(val, 50))}
+        val = evaluate(
+            self.model, self.corpus.splits["val"], loop.batch_size, loop.seq_len, loop.eval_batches
+        )
+        rec = {
+            "event": "eval",
+            "step": self.done,
+            "val_loss": val,
+            "val_ppl": math.exp(min(val, 50)),
+        }
         self.log.write(rec)
         for cb in self.callbacks:
             cb.on_eval(rec)
@@ -322,7 +331,12 @@ class Trainer:
             "data_fingerprint": self.corpus.fingerprint,
         }
         path = save_checkpoint(
-            self.out_dir, self.model, self.optimizer, state, self.config_dict, self.corpus.tokenizer_path
+            self.out_dir,
+            self.model,
+            self.optimizer,
+            state,
+            self.config_dict,
+            self.corpus.tokenizer_path,
         )
         self.log.write({"event": "checkpoint", "step": self.done})
         return path
@@ -334,7 +348,9 @@ class Trainer:
             self.evaluate_val()
         test_loss = None
         if len(splits["test"]) > loop.seq_len + 1:
-            test_loss = evaluate(self.model, splits["test"], loop.batch_size, loop.seq_len, loop.eval_batches)
+            test_loss = evaluate(
+                self.model, splits["test"], loop.batch_size, loop.seq_len, loop.eval_batches
+            )
         expect = self.cfg.expect.val_loss_below
         result = TrainResult(
             out_dir=self.out_dir,

@@ -40,9 +40,11 @@ def plot_losses(runs: dict[str, list[dict[str, Any]]], out: Path, title: str = "
         train = [(r["step"], r["loss"]) for r in records if r.get("event") == "train"]
         val = [(r["step"], r["val_loss"]) for r in records if r.get("event") == "eval"]
         if train:
-            ax.plot(*zip(*train), color=color, alpha=0.45, lw=1, label=f"{name} train")
+            ax.plot(*zip(*train, strict=True), color=color, alpha=0.45, lw=1, label=f"{name} train")
         if val:
-            ax.plot(*zip(*val), color=color, lw=2, marker="o", ms=3, label=f"{name} val")
+            ax.plot(
+                *zip(*val, strict=True), color=color, lw=2, marker="o", ms=3, label=f"{name} val"
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title or "loss")
@@ -64,9 +66,11 @@ def plot_expert_load(records: list[dict[str, Any]], out: Path) -> Path | None:
 
     plt = _pyplot()
     layers = list(train[0]["expert_load"])
-    fig, axes = plt.subplots(len(layers), 1, figsize=(8, 2.2 + 1.6 * len(layers)), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(
+        len(layers), 1, figsize=(8, 2.2 + 1.6 * len(layers)), dpi=110, squeeze=False
+    )
     steps = [r["step"] for r in train]
-    for ax, layer in zip(axes[:, 0], layers):
+    for ax, layer in zip(axes[:, 0], layers, strict=True):
         load_EW = np.array([r["expert_load"][layer] for r in train]).T  # (experts, windows)
         E = load_EW.shape[0]
         im = ax.imshow(
