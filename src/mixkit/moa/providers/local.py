@@ -37,6 +37,7 @@ class CoreBudget:
     def __init__(self, total: int):
         self.total = max(1, total)
         self.free = self.total
+        self.peak = 0  # most threads ever in use at once (tests check it never exceeds total)
         self._cond = threading.Condition()
 
     def acquire(self, n: int, stop: threading.Event) -> bool:
@@ -48,6 +49,7 @@ class CoreBudget:
                     return False
                 self._cond.wait(0.05)
             self.free -= n
+            self.peak = max(self.peak, self.total - self.free)
             return True
 
     def release(self, n: int) -> None:

@@ -1,0 +1,91 @@
+"""End to end on real models: in-process llama.cpp agents and a real llama_cpp.server over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+
+import pytest
+
+from mixkit.errors import ProviderError
+from mixkit.moa import MoA, ask, parse_config
+from mixkit.moa.providers import local
+from mixkit.moa.providers.model_files import QWEN_SHA256, QWEN_SIZE, assemble_qwen
+
+SMOL = {"provider": "local", "model": "smollm2-135m", "max_tokens": 8, "temperature": 0.7, "n_ctx": 1024}
+
+
+def db_calls(home, run_id):
+    db = sqlite3.connect(home / "logs.db")
+    db.row_factory = sqlite3.Row
+    return [dict(r) for r in db.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY layer, id", (run_id,))]
+
+
+def check_trace_matches(answer, home):
+    rows = db_calls(home, answer.run_id)
+    assert len(rows) == len(answer.calls)
+    for row, call in zip(rows, answer.calls):
+        assert (row["layer"], row["agent"], row["outcome"]) == (call.layer, call.agent, call.outcome)
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (call.prompt_tokens, call.completion_tokens)
+
+
+def test_two_layer_local_moa_answers_and_traces(home):
+    cfg = parse_config({"agents": {"smol": SMOL}, "layers": [{"agents": ["smol", "smol"]}], "aggregator": "smol"})
+    pieces: list[str] = []
+    answer = ask("Name a primary colour.", config=cfg, on_token=pieces.append)
+    assert answer.answer.strip() and "".join(pieces) == answer.answer
+    assert [(c.layer, c.agent) for c in answer.calls] == [(1, "smol#1"), (1, "smol#2"), (2, "smol")]
+    for call in answer.calls:
+        assert call.outcome == "ok" and call.error is None
+        assert call.prompt_tokens > 0 and 0 < call.completion_tokens <= 8
+        assert 0 <= call.ttft_s <= call.latency_s
+    # the aggregator read both proposals, so its prompt is longer than a proposer's
+    assert answer.calls[2].prompt_tokens > answer.calls[0].prompt_tokens
+    assert answer.critical_path_s <= answer.wall_s
+    check_trace_matches(answer, home)
+
+
+def test_local_agents_never_oversubscribe_the_cores():
+    cfg = parse_config({"agents": {"smol": SMOL}, "layers": [{"agents": ["smol"] * 3}], "aggregator": "smol"})
+    local.CORES.peak = 0
+    MoA(cfg, log=False).run("Say hi.")
+    assert 1 <= local.CORES.peak <= local.CORES.total
+    assert local.CORES.free == local.CORES.total
+
+
+def test_local_deadline_stops_generation():
+    slow = {**SMOL, "max_tokens": 2000, "temperature": 1.0}
+    cfg = parse_config({"agents": {"slow": slow}, "layers": [], "aggregator": "slow", "deadline_s": 0.3, "retries": 0})
+    start = time.monotonic()
+    with pytest.raises(ProviderError, match="deadline"):
+        MoA(cfg, log=False).run("Write a very long story about the sea.")
+    assert time.monotonic() - start < 20
+    bound = time.monotonic() + 20  # the worker thread notices the stop at its next token
+    while local.CORES.free != local.CORES.total and time.monotonic() < bound:
+        time.sleep(0.05)
+    assert local.CORES.free == local.CORES.total
+
+
+def test_moa_over_a_real_llama_cpp_server(llama_server, home):
+    http = {"provider": "openai", "base_url": llama_server, "model": "smollm", "max_tokens": 8, "temperature": 0.7}
+    cfg = parse_config({
+        "agents": {"http": http, "smol": SMOL, "agg": {**http, "temperature": 0.0}},
+        "layers": [{"agents": ["http", "smol"]}],
+        "aggregator": "agg",
+    })
+    answer = MoA(cfg).run("What is the capital of France?")
+    assert answer.answer.strip()
+    assert [(c.layer, c.agent, c.provider) for c in answer.calls] == [(1, "http", "openai"), (1, "smol", "local"), (2, "agg", "openai")]
+    for call in answer.calls:
+        assert call.outcome == "ok" and 0 < call.completion_tokens <= 8 and call.ttft_s is not None
+    check_trace_matches(answer, home)
+
+
+def test_qwen_is_assembled_verified_and_atomic(tmp_path):
+    target = tmp_path / "qwen.gguf"
+    assert assemble_qwen(target) == target
+    assert target.stat().st_size == QWEN_SIZE
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    assert digest == QWEN_SHA256
+    assert [p.name for p in tmp_path.iterdir()] == ["qwen.gguf"]  # no temp file left behind
