@@ -97,11 +97,11 @@ class MoAConfig(BaseModel):
     def _check_names(self) -> MoAConfig:
         known = ", ".join(sorted(self.agents))
         if self.aggregator not in self.agents:
-            raise ValueError(f"aggregator '{self.aggregator}' is not an agent (known: {known})")
+            raise ValueError(f"aggregator: '{self.aggregator}' is not an agent (known: {known})")
         for i, layer in enumerate(self.layers):
             for name in layer.agents:
                 if name not in self.agents:
-                    raise ValueError(f"layers[{i}].agents: unknown agent '{name}' (known: {known})")
+                    raise ValueError(f"layers.{i}.agents: unknown agent '{name}' (known: {known})")
         return self
 
     @property
@@ -112,10 +112,10 @@ class MoAConfig(BaseModel):
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"].removeprefix("Value error, ")
+    path = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")  # whole-config checks name their field in msg
     extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {path}: {msg}{extra}"
+    return f"{source}: {path + ': ' if path else ''}{msg}{extra}"
 
 
 def parse_config(data: dict, source: str = "<config>") -> MoAConfig:
