@@ -21,7 +21,7 @@ from mixkit.moa.config import (
     load_preset,
     parse_config,
 )
-from mixkit.moa.pipeline import MoA, Answer, AnswerStream, ask, critical_path, stream
+from mixkit.moa.pipeline import Answer, AnswerStream, MoA, ask, critical_path, stream
 from mixkit.moa.prompts import synthesis_messages
 
 __all__ = [

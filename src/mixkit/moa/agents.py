@@ -54,8 +54,12 @@ def make_provider(name: str, cfg: AgentConfig) -> Provider:
 
     assert cfg.base_url is not None  # validated by AgentConfig
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-        raise ConfigError(f"agents.{name}.api_key_env: environment variable {cfg.api_key_env} is not set (export it first)")
-    return OpenAICompatProvider(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, stream_usage=cfg.stream_usage)
+        raise ConfigError(
+            f"agents.{name}.api_key_env: environment variable {cfg.api_key_env} is not set (export it first)"
+        )
+    return OpenAICompatProvider(
+        cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, stream_usage=cfg.stream_usage
+    )
 
 
 @dataclass
@@ -75,8 +79,17 @@ class Agent:
     def sampling(self, slot: int = 0, max_tokens: int | None = None) -> Sampling:
         """Sampling params for slot `slot` of a layer; repeated slots get different seeds."""
         c = self.config
-        seed = c.seed + slot if c.seed is not None else (self._rng.randrange(2**31) if c.temperature > 0 else 0)
-        return Sampling(max_tokens=max_tokens or c.max_tokens, temperature=c.temperature, top_p=c.top_p, seed=seed)
+        seed = (
+            c.seed + slot
+            if c.seed is not None
+            else (self._rng.randrange(2**31) if c.temperature > 0 else 0)
+        )
+        return Sampling(
+            max_tokens=max_tokens or c.max_tokens,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            seed=seed,
+        )
 
     def with_persona(self, messages: list[Message]) -> list[Message]:
         """Prepend (or merge into an existing system message) the agent's persona."""
@@ -88,7 +101,9 @@ class Agent:
         return [{"role": "system", "content": self.config.system}, *messages]
 
     def new_record(self, layer: int, label: str) -> CallRecord:
-        return CallRecord(layer=layer, agent=label, provider=self.provider.kind, model=self.config.model)
+        return CallRecord(
+            layer=layer, agent=label, provider=self.provider.kind, model=self.config.model
+        )
 
     async def stream(
         self,
@@ -122,18 +137,24 @@ class Agent:
                 usage = Usage()
                 pieces.clear()
                 try:
-                    it = self.provider.stream(messages, sampling, usage, threads=threads).__aiter__()
+                    it = self.provider.stream(
+                        messages, sampling, usage, threads=threads
+                    ).__aiter__()
                     try:
                         while True:
                             remaining = deadline - time.monotonic()
                             if remaining <= 0:
-                                raise Timeout(f"no answer within the deadline ({time.monotonic() - start:.1f}s)")
+                                raise Timeout(
+                                    f"no answer within the deadline ({time.monotonic() - start:.1f}s)"
+                                )
                             try:
                                 piece = await asyncio.wait_for(it.__anext__(), remaining)
                             except StopAsyncIteration:
                                 break
                             except asyncio.TimeoutError:
-                                raise Timeout(f"no answer within the deadline ({time.monotonic() - start:.1f}s)") from None
+                                raise Timeout(
+                                    f"no answer within the deadline ({time.monotonic() - start:.1f}s)"
+                                ) from None
                             if record.ttft_s is None:
                                 record.ttft_s = time.monotonic() - start
                             pieces.append(piece)
@@ -172,4 +193,6 @@ class Agent:
 
     async def complete(self, messages: list[Message], record: CallRecord, **kwargs) -> str:
         """Collect the whole answer (proposers). Raises like `stream`."""
-        return "".join([piece async for piece in self.stream(messages, record, buffered=True, **kwargs)])
+        return "".join(
+            [piece async for piece in self.stream(messages, record, buffered=True, **kwargs)]
+        )

@@ -75,7 +75,9 @@ class LayerConfig(BaseModel):
         if self.quorum is not None and self.quorum > n:
             raise ValueError(f"quorum ({self.quorum}) is more than the layer's {n} agents")
         if self.min_answers > (self.quorum or n):
-            raise ValueError(f"min_answers ({self.min_answers}) is more than quorum ({self.quorum or n})")
+            raise ValueError(
+                f"min_answers ({self.min_answers}) is more than quorum ({self.quorum or n})"
+            )
         return self
 
 
@@ -149,7 +151,9 @@ def load_preset(name: str) -> MoAConfig:
     """Load a built-in preset by name (see `list_presets()`)."""
     file = resources.files("mixkit.moa") / "presets" / f"{name}.toml"
     if not file.is_file():
-        raise ConfigError(f"unknown preset '{name}' (choose from: {', '.join(list_presets())}, or pass --config FILE)")
+        raise ConfigError(
+            f"unknown preset '{name}' (choose from: {', '.join(list_presets())}, or pass --config FILE)"
+        )
     data = tomllib.loads(file.read_text())
     data.setdefault("name", name)
     return parse_config(data, f"preset {name}")

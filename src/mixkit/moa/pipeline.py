@@ -127,19 +127,32 @@ class MoA:
         return max(1, CORES.total // local) if local else None
 
     async def _run_layer(
-        self, layer_no: int, layer: LayerConfig, messages: list[Message], calls: list[CallRecord], max_tokens: int | None, deadline_s: float
+        self,
+        layer_no: int,
+        layer: LayerConfig,
+        messages: list[Message],
+        calls: list[CallRecord],
+        max_tokens: int | None,
+        deadline_s: float,
     ) -> list[str]:
         """Run one proposer layer; return the answers in slot order."""
         n, quorum = len(layer.agents), layer.quorum or len(layer.agents)
         deadline = time.monotonic() + deadline_s
         threads = self._threads_per_call(layer.agents)
         tasks: dict[asyncio.Task, tuple[int, CallRecord]] = {}
-        for slot, (name, label) in enumerate(zip(layer.agents, _labels(layer.agents))):
+        for slot, (name, label) in enumerate(
+            zip(layer.agents, _labels(layer.agents), strict=False)
+        ):
             agent = self.agents[name]
             record = agent.new_record(layer_no, label)
             calls.append(record)
             coro = agent.complete(
-                messages, record, deadline=deadline, sampling=agent.sampling(slot, max_tokens), retries=self.config.retries, threads=threads
+                messages,
+                record,
+                deadline=deadline,
+                sampling=agent.sampling(slot, max_tokens),
+                retries=self.config.retries,
+                threads=threads,
             )
             tasks[asyncio.create_task(coro)] = (slot, record)
         answers: dict[int, str] = {}
@@ -147,7 +160,9 @@ class MoA:
         try:
             while pending and len(answers) < quorum:
                 timeout = max(0.0, deadline - time.monotonic()) + GRACE_S
-                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not done:
                     break
                 for task in done:
@@ -161,8 +176,12 @@ class MoA:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if len(answers) < layer.min_answers:
-            failed = "; ".join(f"{r.agent}: {r.error or r.outcome}" for _, r in tasks.values() if r.outcome != "ok")
-            raise ProviderError(f"layer {layer_no}: {len(answers)} of {n} agents answered, {layer.min_answers} needed ({failed})")
+            failed = "; ".join(
+                f"{r.agent}: {r.error or r.outcome}" for _, r in tasks.values() if r.outcome != "ok"
+            )
+            raise ProviderError(
+                f"layer {layer_no}: {len(answers)} of {n} agents answered, {layer.min_answers} needed ({failed})"
+            )
         return [answers[slot] for slot in sorted(answers)]
 
     def stream(
@@ -181,10 +200,21 @@ class MoA:
         `on_layer(layer_no, calls)` is called as each proposer layer finishes.
         """
         conversation = as_conversation(question, messages)
-        holder = AnswerStream(self._generate(conversation, max_tokens, deadline_s or self.config.deadline_s, conversation_id, on_layer, lambda a: setattr(holder, "result", a)))
+        holder = AnswerStream(
+            self._generate(
+                conversation,
+                max_tokens,
+                deadline_s or self.config.deadline_s,
+                conversation_id,
+                on_layer,
+                lambda a: setattr(holder, "result", a),
+            )
+        )
         return holder
 
-    async def _generate(self, conversation, max_tokens, deadline_s, conversation_id, on_layer, set_result) -> AsyncIterator[str]:
+    async def _generate(
+        self, conversation, max_tokens, deadline_s, conversation_id, on_layer, set_result
+    ) -> AsyncIterator[str]:
         cfg = self.config
         run_id = uuid.uuid4().hex
         started_at, start = time.time(), time.monotonic()
@@ -203,8 +233,12 @@ class MoA:
             record = aggregator.new_record(len(cfg.layers) + 1, cfg.aggregator)
             calls.append(record)
             async for piece in aggregator.stream(
-                prompt, record, deadline=time.monotonic() + deadline_s, sampling=aggregator.sampling(0, max_tokens),
-                retries=cfg.retries, threads=self._threads_per_call([cfg.aggregator]),
+                prompt,
+                record,
+                deadline=time.monotonic() + deadline_s,
+                sampling=aggregator.sampling(0, max_tokens),
+                retries=cfg.retries,
+                threads=self._threads_per_call([cfg.aggregator]),
             ):
                 if ttft is None:
                     ttft = time.monotonic() - start
@@ -219,8 +253,15 @@ class MoA:
             raise
         finally:
             answer = Answer(
-                answer="".join(pieces), run_id=run_id, conversation_id=conversation_id or run_id, preset=cfg.name,
-                messages=conversation, calls=calls, wall_s=time.monotonic() - start, critical_path_s=critical_path(calls), ttft_s=ttft,
+                answer="".join(pieces),
+                run_id=run_id,
+                conversation_id=conversation_id or run_id,
+                preset=cfg.name,
+                messages=conversation,
+                calls=calls,
+                wall_s=time.monotonic() - start,
+                critical_path_s=critical_path(calls),
+                ttft_s=ttft,
             )
             set_result(answer)
             if self.log:
@@ -228,9 +269,18 @@ class MoA:
 
     def _log(self, answer: Answer, started_at: float, outcome: str, error: str | None) -> None:
         run = {
-            "id": answer.run_id, "conversation_id": answer.conversation_id, "started_at": started_at, "preset": answer.preset,
-            "question": answer.messages[-1]["content"], "messages": answer.messages, "answer": answer.answer, "outcome": outcome,
-            "error": error, "wall_s": answer.wall_s, "critical_path_s": answer.critical_path_s, "ttft_s": answer.ttft_s,
+            "id": answer.run_id,
+            "conversation_id": answer.conversation_id,
+            "started_at": started_at,
+            "preset": answer.preset,
+            "question": answer.messages[-1]["content"],
+            "messages": answer.messages,
+            "answer": answer.answer,
+            "outcome": outcome,
+            "error": error,
+            "wall_s": answer.wall_s,
+            "critical_path_s": answer.critical_path_s,
+            "ttft_s": answer.ttft_s,
         }
         db = trace.connect(self.log_path)
         try:

@@ -33,11 +33,16 @@ def clip(text: str, max_chars: int) -> str:
 def format_references(answers: list[str], max_chars: int) -> str:
     """Number and delimit each previous-layer answer."""
     n = len(answers)
-    blocks = [f'<response id="{i}" of="{n}">\n{clip(a, max_chars)}\n</response>' for i, a in enumerate(answers, 1)]
+    blocks = [
+        f'<response id="{i}" of="{n}">\n{clip(a, max_chars)}\n</response>'
+        for i, a in enumerate(answers, 1)
+    ]
     return f"Candidate responses ({n}):\n\n" + "\n\n".join(blocks)
 
 
-def synthesis_messages(conversation: list[Message], answers: list[str], max_chars: int = 1500) -> list[Message]:
+def synthesis_messages(
+    conversation: list[Message], answers: list[str], max_chars: int = 1500
+) -> list[Message]:
     """Messages for an aggregator: instructions, the conversation, then the references.
 
     `conversation` must end with a user message. With no answers (a single agent, or a
@@ -50,7 +55,11 @@ def synthesis_messages(conversation: list[Message], answers: list[str], max_char
     turns = [m for m in history if m["role"] != "system"]
     system_text = "\n\n".join([SYNTHESIZE, *(m["content"] for m in system)])
     user_text = f"{last['content']}\n\n{format_references(answers, max_chars)}"
-    return [{"role": "system", "content": system_text}, *turns, {"role": "user", "content": user_text}]
+    return [
+        {"role": "system", "content": system_text},
+        *turns,
+        {"role": "user", "content": user_text},
+    ]
 
 
 def as_conversation(question: str | None, messages: list[Message] | None) -> list[Message]:
@@ -61,6 +70,10 @@ def as_conversation(question: str | None, messages: list[Message] | None) -> lis
     if not conversation or conversation[-1].get("role") != "user":
         raise ConfigError("the conversation must end with a user message (pass a question)")
     for i, m in enumerate(conversation):
-        if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
-            raise ConfigError(f"messages[{i}] needs a role (system/user/assistant) and string content")
+        if m.get("role") not in ("system", "user", "assistant") or not isinstance(
+            m.get("content"), str
+        ):
+            raise ConfigError(
+                f"messages[{i}] needs a role (system/user/assistant) and string content"
+            )
     return conversation

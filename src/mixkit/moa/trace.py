@@ -75,7 +75,9 @@ def connect(path: str | Path | None = None) -> sqlite3.Connection:
 
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations not yet applied, in order; return their names."""
-    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
     applied = []
     for name, sql in MIGRATIONS:
@@ -114,7 +116,9 @@ def recent_runs(db: sqlite3.Connection, limit: int = 5) -> list[dict]:
 
 def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
     """One run by id or unique id prefix."""
-    rows = db.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY started_at DESC", (run_id + "%",)).fetchall()
+    rows = db.execute(
+        "SELECT * FROM runs WHERE id LIKE ? ORDER BY started_at DESC", (run_id + "%",)
+    ).fetchall()
     return dict(rows[0]) if len(rows) == 1 else None
 
 
@@ -137,7 +141,9 @@ def conversation_messages(db: sqlite3.Connection, conversation_id: str) -> list[
 
 
 def latest_conversation_id(db: sqlite3.Connection) -> str | None:
-    row = db.execute("SELECT conversation_id FROM runs WHERE outcome = 'ok' ORDER BY started_at DESC LIMIT 1").fetchone()
+    row = db.execute(
+        "SELECT conversation_id FROM runs WHERE outcome = 'ok' ORDER BY started_at DESC LIMIT 1"
+    ).fetchone()
     return row[0] if row else None
 
 
@@ -145,7 +151,19 @@ def layer_summary(calls: list[dict]) -> list[dict]:
     """Per layer: calls ok / total, the slowest call (the layer's share of the critical path), tokens."""
     layers: dict[int, dict] = {}
     for c in calls:
-        s = layers.setdefault(c["layer"], {"layer": c["layer"], "ok": 0, "calls": 0, "slowest_s": 0.0, "slowest_agent": "", "prompt_tokens": 0, "completion_tokens": 0, "errors": []})
+        s = layers.setdefault(
+            c["layer"],
+            {
+                "layer": c["layer"],
+                "ok": 0,
+                "calls": 0,
+                "slowest_s": 0.0,
+                "slowest_agent": "",
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "errors": [],
+            },
+        )
         s["calls"] += 1
         s["ok"] += c["outcome"] == "ok"
         s["prompt_tokens"] += c["prompt_tokens"] or 0

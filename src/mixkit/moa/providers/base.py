@@ -44,6 +44,11 @@ class Provider:
     model = ""
 
     def stream(
-        self, messages: list[Message], sampling: Sampling, usage: Usage, *, threads: int | None = None
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        usage: Usage,
+        *,
+        threads: int | None = None,
     ) -> AsyncIterator[str]:
         raise NotImplementedError

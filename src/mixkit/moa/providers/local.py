@@ -24,7 +24,6 @@ from mixkit.errors import ProviderError
 from mixkit.moa.providers.base import Message, Provider, Sampling, Usage
 from mixkit.moa.providers.model_files import check_model_name, model_path
 
-
 # llama.cpp's CPU backend is built with OpenMP. By default its idle threads spin, and when
 # another process holds a core, a 2-thread decode measured here went from 0.3 s to 19-28 s.
 # Passive waiting keeps it at 0.3 s. It must be set before llama_cpp (libgomp) is loaded.
@@ -67,6 +66,7 @@ class LlamaPool:
     def __init__(self):
         self._idle: dict[tuple[str, int], list[Any]] = {}
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
 
     def take(self, path: Path, n_ctx: int) -> Any:
         key = (str(path), n_ctx)
@@ -75,7 +75,17 @@ class LlamaPool:
                 return self._idle[key].pop()
         from llama_cpp import Llama  # heavy import, only when a local model is really used
 
-        return Llama(model_path=str(path), n_ctx=n_ctx, n_threads=CORES.total, n_threads_batch=CORES.total, verbose=False)
+        # Llama() silences the model load by pointing the process-wide fds 1 and 2 at /dev/null
+        # and back. Two loads at once interleave that dance and can leave stdout at /dev/null
+        # for good (seen here: an eval printed nothing), so loads are serialized.
+        with self._load_lock:
+            return Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=CORES.total,
+                n_threads_batch=CORES.total,
+                verbose=False,
+            )
 
     def give(self, path: Path, n_ctx: int, llama: Any) -> None:
         with self._lock:
@@ -151,7 +161,12 @@ class LocalProvider(Provider):
             CORES.release(threads)
 
     async def stream(
-        self, messages: list[Message], sampling: Sampling, usage: Usage, *, threads: int | None = None
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        usage: Usage,
+        *,
+        threads: int | None = None,
     ) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -183,7 +198,9 @@ class LocalProvider(Provider):
                 if isinstance(item, ProviderError):
                     raise item
                 if isinstance(item, Exception):
-                    raise ProviderError(f"local model {self.model} failed: {type(item).__name__}: {item}")
+                    raise ProviderError(
+                        f"local model {self.model} failed: {type(item).__name__}: {item}"
+                    )
                 yield item  # type: ignore[misc]
         finally:
             stop.set()  # a cancelled consumer stops generation at the next token

