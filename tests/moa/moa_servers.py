@@ -57,8 +57,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _delta(self, model: str, content: str | None = None, finish: str | None = None) -> dict:
         delta = {"content": content} if content is not None else {}
-        return {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
 
     def _plain(self, status: int, body: dict, headers: dict | None = None) -> None:
         data = json.dumps(body).encode()
@@ -76,7 +81,17 @@ class _Handler(BaseHTTPRequestHandler):
         for i, word in enumerate(words):
             self._event(self._delta(model, word + (" " if i < len(words) - 1 else "")))
         self._event(self._delta(model, finish="stop"))
-        self._event({**self._delta(model), "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": len(words), "total_tokens": 11 + len(words)}})
+        self._event(
+            {
+                **self._delta(model),
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 11,
+                    "completion_tokens": len(words),
+                    "total_tokens": 11 + len(words),
+                },
+            }
+        )
         self._event("[DONE]")
         self._chunk(b"")
 
@@ -87,7 +102,13 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         srv = self.server
         with srv.lock:
-            srv.requests.append({"time": time.monotonic(), "body": body, "headers": {k.lower(): v for k, v in self.headers.items()}})
+            srv.requests.append(
+                {
+                    "time": time.monotonic(),
+                    "body": body,
+                    "headers": {k.lower(): v for k, v in self.headers.items()},
+                }
+            )
             srv.counts[body["model"]] += 1
             count = srv.counts[body["model"]]
         model = body["model"]
@@ -178,18 +199,37 @@ def start_llama_server(model_path: str, timeout_s: float = 120.0):
 
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
-           "--port", str(port), "--n_threads", "1", "--n_threads_batch", "1", "--n_ctx", "2048"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        model_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        "1",
+        "--n_threads_batch",
+        "1",
+        "--n_ctx",
+        "2048",
+    ]
     import tempfile
 
-    log = tempfile.TemporaryFile()  # not a pipe: the server's verbose load log would fill it and block
+    log = (
+        tempfile.TemporaryFile()
+    )  # not a pipe: the server's verbose load log would fill it and block
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.seek(0)
-            raise RuntimeError(f"llama_cpp.server exited: {log.read().decode(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"llama_cpp.server exited: {log.read().decode(errors='replace')[-2000:]}"
+            )
         try:
             with urllib.request.urlopen(url + "/models", timeout=1):
                 return proc, url

@@ -50,12 +50,20 @@ def test_user_config_file(tmp_path):
 @pytest.mark.parametrize(
     "edit, field, words",
     [
-        (('agents = ["a", "b", "a"]', 'agents = ["a", "zed"]'), "layers.0.agents", "unknown agent 'zed'"),
+        (
+            ('agents = ["a", "b", "a"]', 'agents = ["a", "zed"]'),
+            "layers.0.agents",
+            "unknown agent 'zed'",
+        ),
         (('aggregator = "b"', 'aggregator = "nope"'), "aggregator", "'nope' is not an agent"),
         (('model = "m"', ""), "agents.b.model", "Field required"),
-        (('quorum = 2', 'quorum = "two"'), "layers.0.quorum", "integer"),
-        (('quorum = 2', 'quorum = 5'), "layers.0", "quorum (5)"),
-        (('provider = "openai"', 'provider = "carrier-pigeon"'), "agents.b.provider", "'local' or 'openai'"),
+        (("quorum = 2", 'quorum = "two"'), "layers.0.quorum", "integer"),
+        (("quorum = 2", "quorum = 5"), "layers.0", "quorum (5)"),
+        (
+            ('provider = "openai"', 'provider = "carrier-pigeon"'),
+            "agents.b.provider",
+            "'local' or 'openai'",
+        ),
         (('model = "m"', 'model = "m"\ntemprature = 0.3'), "agents.b.temprature", "Extra inputs"),
         (('base_url = "http://127.0.0.1:9/v1"', ""), "agents.b", "needs base_url"),
     ],
@@ -71,7 +79,9 @@ def test_config_errors_name_file_and_field(tmp_path, edit, field, words):
 
 
 def test_unknown_local_model_and_missing_file(tmp_path):
-    cfg = parse_config({"agents": {"x": {"provider": "local", "model": "gpt-9"}}, "aggregator": "x"})
+    cfg = parse_config(
+        {"agents": {"x": {"provider": "local", "model": "gpt-9"}}, "aggregator": "x"}
+    )
     with pytest.raises(ConfigError, match="agents.x.model: local model 'gpt-9'"):
         MoA(cfg, log=False)
     with pytest.raises(ConfigError, match="config file not found"):

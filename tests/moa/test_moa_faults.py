@@ -28,7 +28,13 @@ def agent(url: str, model: str, **kw) -> dict:
     return {"provider": "openai", "base_url": url, "model": model, "max_tokens": 16, **kw}
 
 
-def build(url: str, layers: list[list[str]], aggregator: str | None = None, layer_opts: dict | None = None, **top):
+def build(
+    url: str,
+    layers: list[list[str]],
+    aggregator: str | None = None,
+    layer_opts: dict | None = None,
+    **top,
+):
     """A config whose proposer layers use the given scripted models, and an ok aggregator."""
     agents, layer_cfgs = {}, []
     for i, models in enumerate(layers):
@@ -38,7 +44,10 @@ def build(url: str, layers: list[list[str]], aggregator: str | None = None, laye
             names.append(f"p{i}_{j}")
         layer_cfgs.append({"agents": names, **(layer_opts or {})})
     agents["agg"] = agent(url, aggregator or f"ok:final answer {key()}")
-    return MoA(parse_config({"agents": agents, "layers": layer_cfgs, "aggregator": "agg", **top}), log=False)
+    return MoA(
+        parse_config({"agents": agents, "layers": layer_cfgs, "aggregator": "agg", **top}),
+        log=False,
+    )
 
 
 def by_agent(answer) -> dict:
@@ -74,7 +83,9 @@ def test_429_waits_for_retry_after(scripted):
 
 
 def test_429_past_the_deadline_is_rate_limited_error(scripted):
-    moa = build(scripted.url, [[f"ok:fine {key()}", f"ratelimited:{key()}"]], retries=5, deadline_s=1.5)
+    moa = build(
+        scripted.url, [[f"ok:fine {key()}", f"ratelimited:{key()}"]], retries=5, deadline_s=1.5
+    )
     answer = moa.run("q?")
     assert by_agent(answer)["p0_1"].error.startswith("RateLimited")
 
@@ -91,7 +102,12 @@ def test_hang_past_deadline_times_out_and_quorum_proceeds(scripted):
 
 
 def test_quorum_met_cancels_the_slow_agent(scripted):
-    moa = build(scripted.url, [[f"ok:a {key()}", f"ok:b {key()}", f"hang:{key()}"]], layer_opts={"quorum": 2}, deadline_s=30)
+    moa = build(
+        scripted.url,
+        [[f"ok:a {key()}", f"ok:b {key()}", f"hang:{key()}"]],
+        layer_opts={"quorum": 2},
+        deadline_s=30,
+    )
     start = time.monotonic()
     answer = moa.run("q?")
     assert time.monotonic() - start < HANG_BOUND_S  # did not wait for the 30 s deadline
@@ -100,7 +116,13 @@ def test_quorum_met_cancels_the_slow_agent(scripted):
 
 
 def test_too_few_answers_fails_clearly_and_on_time(scripted):
-    moa = build(scripted.url, [[f"hang:{key()}", f"fail500:{key()}", f"ok:x {key()}"]], layer_opts={"min_answers": 2}, deadline_s=2.0, retries=1)
+    moa = build(
+        scripted.url,
+        [[f"hang:{key()}", f"fail500:{key()}", f"ok:x {key()}"]],
+        layer_opts={"min_answers": 2},
+        deadline_s=2.0,
+        retries=1,
+    )
     start = time.monotonic()
     with pytest.raises(ProviderError) as info:
         moa.run("q?")
@@ -135,7 +157,9 @@ def test_empty_content_is_an_error(scripted):
 
 def test_aggregator_failure_raises(scripted):
     with pytest.raises(ProviderError, match="500"):
-        build(scripted.url, [[f"ok:fine {key()}"]], aggregator=f"fail500:{key()}", retries=0).run("q?")
+        build(scripted.url, [[f"ok:fine {key()}"]], aggregator=f"fail500:{key()}", retries=0).run(
+            "q?"
+        )
 
 
 def test_aggregator_prompt_has_question_and_every_answer(scripted):
@@ -164,7 +188,10 @@ def test_second_layer_sees_first_layer_answers(scripted):
 
 def test_multi_turn_history_reaches_every_agent(scripted):
     tag = key()
-    history = [{"role": "user", "content": f"earlier question {tag}"}, {"role": "assistant", "content": f"earlier MoA answer {tag}"}]
+    history = [
+        {"role": "user", "content": f"earlier question {tag}"},
+        {"role": "assistant", "content": f"earlier MoA answer {tag}"},
+    ]
     proposer, agg = f"ok:p-{tag}", f"ok:agg-{tag}"
     build(scripted.url, [[proposer]], aggregator=agg).run(f"follow-up {tag}", messages=history)
     for model in (proposer, agg):
@@ -181,7 +208,9 @@ def test_final_answer_streams_before_the_server_finishes(scripted):
 
     async def go():
         stream = moa.stream("q?")
-        first = await asyncio.wait_for(stream.__anext__(), HANG_BOUND_S)  # arrives while the server waits
+        first = await asyncio.wait_for(
+            stream.__anext__(), HANG_BOUND_S
+        )  # arrives while the server waits
         scripted.release.set()
         rest = [p async for p in stream]
         return first, rest, stream.result
@@ -205,16 +234,27 @@ def test_api_key_is_never_logged(scripted, home, monkeypatch):
     answer = MoA(parse_config(cfg)).run("q?")
     leaky = by_agent(answer)["leaky"]
     assert leaky.outcome == "error" and "401" in leaky.error and secret not in leaky.error
-    assert any(secret in r["headers"].get("authorization", "") for r in scripted.requests)  # it was sent
+    assert any(
+        secret in r["headers"].get("authorization", "") for r in scripted.requests
+    )  # it was sent
     db_bytes = (home / "logs.db").read_bytes()
     assert b"***" in db_bytes and secret.encode() not in db_bytes
-    rows = sqlite3.connect(home / "logs.db").execute("SELECT error FROM calls WHERE agent = 'leaky'").fetchall()
+    rows = (
+        sqlite3.connect(home / "logs.db")
+        .execute("SELECT error FROM calls WHERE agent = 'leaky'")
+        .fetchall()
+    )
     assert rows and "401" in rows[0][0]
 
 
 def test_missing_api_key_env_is_a_clear_error(scripted, monkeypatch):
     monkeypatch.delenv("MIXKIT_ABSENT_KEY", raising=False)
-    cfg = {"agents": {"a": agent(scripted.url, f"ok:x {key()}", api_key_env="MIXKIT_ABSENT_KEY")}, "aggregator": "a"}
-    with pytest.raises(ConfigError, match=r"agents\.a\.api_key_env: .*MIXKIT_ABSENT_KEY is not set"):
+    cfg = {
+        "agents": {"a": agent(scripted.url, f"ok:x {key()}", api_key_env="MIXKIT_ABSENT_KEY")},
+        "aggregator": "a",
+    }
+    with pytest.raises(
+        ConfigError, match=r"agents\.a\.api_key_env: .*MIXKIT_ABSENT_KEY is not set"
+    ):
         MoA(parse_config(cfg), log=False).run("q?")
     assert "MIXKIT_ABSENT_KEY" not in os.environ

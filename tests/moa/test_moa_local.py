@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -13,25 +15,43 @@ from mixkit.moa import MoA, ask, parse_config
 from mixkit.moa.providers import local
 from mixkit.moa.providers.model_files import QWEN_SHA256, QWEN_SIZE, assemble_qwen
 
-SMOL = {"provider": "local", "model": "smollm2-135m", "max_tokens": 8, "temperature": 0.7, "n_ctx": 1024}
+SMOL = {
+    "provider": "local",
+    "model": "smollm2-135m",
+    "max_tokens": 8,
+    "temperature": 0.7,
+    "n_ctx": 1024,
+}
 
 
 def db_calls(home, run_id):
     db = sqlite3.connect(home / "logs.db")
     db.row_factory = sqlite3.Row
-    return [dict(r) for r in db.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY layer, id", (run_id,))]
+    return [
+        dict(r)
+        for r in db.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY layer, id", (run_id,))
+    ]
 
 
 def check_trace_matches(answer, home):
     rows = db_calls(home, answer.run_id)
     assert len(rows) == len(answer.calls)
-    for row, call in zip(rows, answer.calls):
-        assert (row["layer"], row["agent"], row["outcome"]) == (call.layer, call.agent, call.outcome)
-        assert (row["prompt_tokens"], row["completion_tokens"]) == (call.prompt_tokens, call.completion_tokens)
+    for row, call in zip(rows, answer.calls, strict=False):
+        assert (row["layer"], row["agent"], row["outcome"]) == (
+            call.layer,
+            call.agent,
+            call.outcome,
+        )
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (
+            call.prompt_tokens,
+            call.completion_tokens,
+        )
 
 
 def test_two_layer_local_moa_answers_and_traces(home):
-    cfg = parse_config({"agents": {"smol": SMOL}, "layers": [{"agents": ["smol", "smol"]}], "aggregator": "smol"})
+    cfg = parse_config(
+        {"agents": {"smol": SMOL}, "layers": [{"agents": ["smol", "smol"]}], "aggregator": "smol"}
+    )
     pieces: list[str] = []
     answer = ask("Name a primary colour.", config=cfg, on_token=pieces.append)
     assert answer.answer.strip() and "".join(pieces) == answer.answer
@@ -47,7 +67,9 @@ def test_two_layer_local_moa_answers_and_traces(home):
 
 
 def test_local_agents_never_oversubscribe_the_cores():
-    cfg = parse_config({"agents": {"smol": SMOL}, "layers": [{"agents": ["smol"] * 3}], "aggregator": "smol"})
+    cfg = parse_config(
+        {"agents": {"smol": SMOL}, "layers": [{"agents": ["smol"] * 3}], "aggregator": "smol"}
+    )
     local.CORES.peak = 0
     MoA(cfg, log=False).run("Say hi.")
     assert 1 <= local.CORES.peak <= local.CORES.total
@@ -56,7 +78,15 @@ def test_local_agents_never_oversubscribe_the_cores():
 
 def test_local_deadline_stops_generation():
     slow = {**SMOL, "max_tokens": 2000, "temperature": 1.0}
-    cfg = parse_config({"agents": {"slow": slow}, "layers": [], "aggregator": "slow", "deadline_s": 0.3, "retries": 0})
+    cfg = parse_config(
+        {
+            "agents": {"slow": slow},
+            "layers": [],
+            "aggregator": "slow",
+            "deadline_s": 0.3,
+            "retries": 0,
+        }
+    )
     start = time.monotonic()
     with pytest.raises(ProviderError, match="deadline"):
         MoA(cfg, log=False).run("Write a very long story about the sea.")
@@ -68,15 +98,27 @@ def test_local_deadline_stops_generation():
 
 
 def test_moa_over_a_real_llama_cpp_server(llama_server, home):
-    http = {"provider": "openai", "base_url": llama_server, "model": "smollm", "max_tokens": 8, "temperature": 0.7}
-    cfg = parse_config({
-        "agents": {"http": http, "smol": SMOL, "agg": {**http, "temperature": 0.0}},
-        "layers": [{"agents": ["http", "smol"]}],
-        "aggregator": "agg",
-    })
+    http = {
+        "provider": "openai",
+        "base_url": llama_server,
+        "model": "smollm",
+        "max_tokens": 8,
+        "temperature": 0.7,
+    }
+    cfg = parse_config(
+        {
+            "agents": {"http": http, "smol": SMOL, "agg": {**http, "temperature": 0.0}},
+            "layers": [{"agents": ["http", "smol"]}],
+            "aggregator": "agg",
+        }
+    )
     answer = MoA(cfg).run("What is the capital of France?")
     assert answer.answer.strip()
-    assert [(c.layer, c.agent, c.provider) for c in answer.calls] == [(1, "http", "openai"), (1, "smol", "local"), (2, "agg", "openai")]
+    assert [(c.layer, c.agent, c.provider) for c in answer.calls] == [
+        (1, "http", "openai"),
+        (1, "smol", "local"),
+        (2, "agg", "openai"),
+    ]
     for call in answer.calls:
         assert call.outcome == "ok" and 0 < call.completion_tokens <= 8 and call.ttft_s is not None
     check_trace_matches(answer, home)
@@ -89,3 +131,18 @@ def test_qwen_is_assembled_verified_and_atomic(tmp_path):
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     assert digest == QWEN_SHA256
     assert [p.name for p in tmp_path.iterdir()] == ["qwen.gguf"]  # no temp file left behind
+
+
+def test_concurrent_model_loads_leave_stdout_alone(smollm_path):
+    """llama.cpp silences loads by swapping fds 1/2; concurrent loads must not lose stdout."""
+    from pathlib import Path
+
+    before = os.fstat(1)
+    pool = local.LlamaPool()
+    threads = [threading.Thread(target=pool.take, args=(Path(smollm_path), 256)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = os.fstat(1)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)

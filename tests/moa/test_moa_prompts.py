@@ -27,14 +27,20 @@ def test_references_are_numbered_delimited_and_last():
 
 def test_each_reference_is_cut_to_its_budget():
     long, short = "x" * 5000, "short answer"
-    user = synthesis_messages([{"role": "user", "content": "Q"}], [long, short], max_chars=100)[-1]["content"]
+    user = synthesis_messages([{"role": "user", "content": "Q"}], [long, short], max_chars=100)[-1][
+        "content"
+    ]
     assert "x" * 100 in user and "x" * 101 not in user and "[...truncated]" in user
     assert short in user
     assert clip("  abc  ", 10) == "abc"
 
 
 def test_history_is_kept_and_no_answers_means_unchanged():
-    conv = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    conv = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
     msgs = synthesis_messages(conv, ["r1"])
     assert msgs[1:3] == conv[:2] and msgs[-1]["content"].startswith("c")
     assert synthesis_messages(conv, []) == conv
