@@ -51,7 +51,7 @@ class LoopConfig(_Section):
     batch_size: int = Field(32, ge=1)
     seq_len: int = Field(128, ge=2)
     seed: int = 1337
-    threads: int = Field(0, ge=0, description="torch threads; 0: min(2, cpu count)")
+    threads: int = Field(0, ge=0, description="torch threads; 0: min(4, cpu count)")
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(200, ge=1)
     eval_batches: int = Field(8, ge=1)

@@ -171,7 +171,7 @@ class Trainer:
             raise ConfigError(f"nothing to resume in {str(out_dir)!r}; pass --preset or --config")
 
         run_cfg = cfg if cfg is not None else stored
-        torch.set_num_threads(run_cfg.train.threads or min(2, os.cpu_count() or 1))
+        torch.set_num_threads(run_cfg.train.threads or min(4, os.cpu_count() or 1))
         corpus = self.corpus = prepare_corpus(run_cfg.data)
         run_cfg = resolve(run_cfg, corpus)
         if ckpt is not None:
