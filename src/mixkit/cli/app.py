@@ -27,6 +27,7 @@ err_console = Console(stderr=True)
 def _register() -> None:
     # Imported for their side effect of adding commands to `app` (one line per command module).
     # Heavy imports (torch, llama.cpp) happen inside command bodies so `mixkit --help` stays fast.
+    from mixkit.cli import demo  # noqa: F401
     from mixkit.cli import train  # noqa: F401
     from mixkit.cli import moa  # noqa: F401
 
@@ -46,13 +47,37 @@ def main() -> None:
         if code is None:
             code = getattr(e, "code", 0)
         sys.exit(code or 0)
-    except Exception as e:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:  # usage errors arrive here in standalone_mode=False
+        if _is_click_error(e):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if _is_abort(e):
             err_console.print("[yellow]aborted[/]")
             sys.exit(1)
         raise
+
+
+def _click_modules():
+    # typer >= 0.16 vendors click as typer._click; older ones use click itself. Accept both.
+    mods = []
+    try:
+        import typer._click.exceptions as vendored
+
+        mods.append(vendored)
+    except ImportError:
+        pass
+    try:
+        import click.exceptions as upstream
+
+        mods.append(upstream)
+    except ImportError:
+        pass
+    return mods
+
+
+def _is_click_error(e: BaseException) -> bool:
+    return any(isinstance(e, m.ClickException) for m in _click_modules())
+
+
+def _is_abort(e: BaseException) -> bool:
+    return any(isinstance(e, m.Abort) for m in _click_modules())

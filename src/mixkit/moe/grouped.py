@@ -1,0 +1,125 @@
+"""A grouped expert FFN as one autograd Function, for the CPU (and any device without _grouped_mm).
+
+Legend: A assignments sorted by expert, D d_model, H d_hidden, E experts.
+
+Why not plain autograd over a loop: each per-expert matmul then gets its own weight-gradient
+tensor in backward, and `unbind`'s backward stacks them into a fresh (E, D, H) tensor: E small
+allocations plus a full copy of every weight gradient, every step. Here forward writes every
+expert's rows into one preallocated buffer, and backward writes each expert's weight gradient
+straight into its slice of one (E, D, H) buffer with `torch.mm(..., out=...)`. Activations saved for
+backward are exactly what a dense FFN over the same A rows would save: the input and the hidden.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+
+def _spans(counts: list[int]):
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            yield e, start, start + n
+        start += n
+
+
+class GroupedReluFFN(torch.autograd.Function):
+    """out_AD = relu(x_e @ w_in[e]) @ w_out[e] for each expert's rows."""
+
+    @staticmethod
+    def forward(ctx, x_AD, w_in_EDH, w_out_EHD, counts):
+        A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
+        h_AH = x_AD.new_empty(A, H)
+        out_AD = x_AD.new_empty(A, D)
+        for e, s, t in _spans(counts):
+            torch.mm(x_AD[s:t], w_in_EDH[e], out=h_AH[s:t])
+        h_AH.relu_()
+        for e, s, t in _spans(counts):
+            torch.mm(h_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
+        ctx.save_for_backward(x_AD, h_AH, w_in_EDH, w_out_EHD)
+        ctx.counts = counts
+        return out_AD
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out_AD):
+        x_AD, h_AH, w_in_EDH, w_out_EHD = ctx.saved_tensors
+        counts = ctx.counts
+        g_out_AD = g_out_AD.contiguous()
+        g_h_AH = torch.empty_like(h_AH)
+        for e, s, t in _spans(counts):
+            torch.mm(g_out_AD[s:t], w_out_EHD[e].t(), out=g_h_AH[s:t])
+        g_h_AH.mul_(h_AH > 0)  # relu'
+        g_x_AD = g_w_in = g_w_out = None
+        if ctx.needs_input_grad[0]:
+            g_x_AD = torch.empty_like(x_AD)
+            for e, s, t in _spans(counts):
+                torch.mm(g_h_AH[s:t], w_in_EDH[e].t(), out=g_x_AD[s:t])
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            g_w_in, g_w_out = _weight_grads(counts, [(x_AD, g_h_AH)], [(h_AH, g_out_AD)], w_in_EDH, w_out_EHD)
+        return g_x_AD, g_w_in, g_w_out, None
+
+
+class GroupedSwiGLUFFN(torch.autograd.Function):
+    """out_AD = (silu(x_e @ w_gate[e]) * (x_e @ w_in[e])) @ w_out[e] for each expert's rows."""
+
+    @staticmethod
+    def forward(ctx, x_AD, w_gate_EDH, w_in_EDH, w_out_EHD, counts):
+        A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
+        g_AH, u_AH = x_AD.new_empty(A, H), x_AD.new_empty(A, H)
+        out_AD = x_AD.new_empty(A, D)
+        for e, s, t in _spans(counts):
+            torch.mm(x_AD[s:t], w_gate_EDH[e], out=g_AH[s:t])
+            torch.mm(x_AD[s:t], w_in_EDH[e], out=u_AH[s:t])
+        a_AH = F.silu(g_AH) * u_AH
+        for e, s, t in _spans(counts):
+            torch.mm(a_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
+        ctx.save_for_backward(x_AD, g_AH, u_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
+        ctx.counts = counts
+        return out_AD
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out_AD):
+        x_AD, g_AH, u_AH, w_gate, w_in, w_out = ctx.saved_tensors
+        counts = ctx.counts
+        g_out_AD = g_out_AD.contiguous()
+        sig_AH = torch.sigmoid(g_AH)
+        silu_AH = g_AH * sig_AH
+        a_AH = silu_AH * u_AH
+        g_a_AH = torch.empty_like(u_AH)
+        for e, s, t in _spans(counts):
+            torch.mm(g_out_AD[s:t], w_out[e].t(), out=g_a_AH[s:t])
+        g_u_AH = g_a_AH * silu_AH
+        g_g_AH = g_a_AH * u_AH * sig_AH * (1 + g_AH * (1 - sig_AH))  # d silu(z)/dz
+        g_x_AD = None
+        if ctx.needs_input_grad[0]:
+            g_x_AD = torch.empty_like(x_AD)
+            for e, s, t in _spans(counts):
+                torch.mm(g_u_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
+                g_x_AD[s:t].addmm_(g_g_AH[s:t], w_gate[e].t())
+        g_w_gate, g_w_in, g_w_out = _weight_grads(
+            counts, [(x_AD, g_g_AH), (x_AD, g_u_AH)], [(a_AH, g_out_AD)], w_gate, w_in, w_out
+        )
+        return g_x_AD, g_w_gate, g_w_in, g_w_out, None
+
+
+def _weight_grads(counts, in_pairs, out_pairs, *weights):
+    """Per-expert weight gradients written into one stacked buffer per weight.
+
+    in_pairs: (input_AD, grad_AH) for each (E, D, H) weight, out_pairs: (input_AH, grad_AD) for
+    the (E, H, D) one; `weights` are in the same order (in_pairs' weights first)."""
+    grads = [torch.empty_like(w) for w in weights]
+    pairs = list(in_pairs) + list(out_pairs)
+    seen = [False] * len(counts)
+    for e, s, t in _spans(counts):
+        seen[e] = True
+        for (inp, grad), buf in zip(pairs, grads):
+            torch.mm(inp[s:t].t(), grad[s:t], out=buf[e])
+    for e, hit in enumerate(seen):
+        if not hit:  # an expert with no tokens gets an exact zero gradient
+            for buf in grads:
+                buf[e].zero_()
+    return grads
