@@ -182,7 +182,7 @@ def test_second_layer_sees_first_layer_answers(scripted):
     second = f"ok:second-{tag}"
     build(scripted.url, [first, [second]]).run(f"question {tag}")
     (request,) = scripted.bodies(second)
-    prompt = request["messages"][-1]["content"]
+    prompt = "\n".join(m["content"] for m in request["messages"])
     assert f"question {tag}" in prompt and f"first-{tag}-a" in prompt and f"first-{tag}-b" in prompt
 
 

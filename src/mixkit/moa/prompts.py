@@ -2,13 +2,15 @@
 
 Layout, stable part first so that a server's prefix cache can reuse it across layers and runs:
 
-    system:    SYNTHESIZE instructions (+ the agent's persona, added by Agent)
-    ...        the conversation so far, unchanged
-    user:      the latest user message, then the numbered, delimited references
+    system:    SYNTHESIZE instructions (+ the caller's system text, + the agent's persona),
+               then the numbered, delimited references
+    ...        the conversation, unchanged, ending with the user's latest message
 
 Each reference sits between `<response id=N>` and `</response>` tags, so an answer that contains
 its own numbered list cannot be mistaken for the reference numbering, and each is cut to a
-character budget so that one long-winded proposer cannot crowd out the others.
+character budget so that one long-winded proposer cannot crowd out the others. The user's message
+stays last and untouched: with the references appended to it instead, the 0.5B models we ship
+often echoed the question or the tags back (tried here on a handful of prompts).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from mixkit.errors import ConfigError
 from mixkit.moa.providers.base import Message
 
 SYNTHESIZE = (
-    "You will see a user's request followed by several candidate responses written by other "
-    "assistants. Some may be wrong, incomplete or biased. Evaluate them critically, keep what is "
-    "correct, fix what is not, and write one accurate, well-organized answer of your own. Reply "
-    "directly to the user: do not mention the candidate responses or number your answer after them."
+    "Below are candidate responses to the user's latest message, written by other assistants. "
+    "Some may be wrong, incomplete or biased. Evaluate them critically, keep what is correct, fix "
+    "what is not, and write one accurate, well-organized answer of your own. Reply directly to the "
+    "user: do not mention the candidate responses or number your answer after them."
 )
 
 
@@ -43,23 +45,17 @@ def format_references(answers: list[str], max_chars: int) -> str:
 def synthesis_messages(
     conversation: list[Message], answers: list[str], max_chars: int = 1500
 ) -> list[Message]:
-    """Messages for an aggregator: instructions, the conversation, then the references.
+    """Messages for an aggregator: instructions, then the references, then the conversation.
 
-    `conversation` must end with a user message. With no answers (a single agent, or a
-    layer whose quorum was zero) the conversation is returned unchanged.
+    `conversation` must end with a user message. With no answers (a single agent) the
+    conversation is returned unchanged.
     """
     if not answers:
         return list(conversation)
-    *history, last = conversation
-    system = [m for m in history if m["role"] == "system"]
-    turns = [m for m in history if m["role"] != "system"]
-    system_text = "\n\n".join([SYNTHESIZE, *(m["content"] for m in system)])
-    user_text = f"{last['content']}\n\n{format_references(answers, max_chars)}"
-    return [
-        {"role": "system", "content": system_text},
-        *turns,
-        {"role": "user", "content": user_text},
-    ]
+    system = [m["content"] for m in conversation if m["role"] == "system"]
+    turns = [m for m in conversation if m["role"] != "system"]
+    text = "\n\n".join([SYNTHESIZE, *system, format_references(answers, max_chars)])
+    return [{"role": "system", "content": text}, *turns]
 
 
 def as_conversation(question: str | None, messages: list[Message] | None) -> list[Message]:
