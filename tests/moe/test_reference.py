@@ -60,16 +60,31 @@ def test_capacity_mode_actually_drops():
     assert float(layer.last_stats.dropped_fraction) > 0
 
 
+@pytest.mark.parametrize("impl", ["loop", "grouped_mm"])
 @pytest.mark.parametrize("expert", ["relu", "swiglu"])
-def test_loop_and_grouped_paths_agree_when_available(expert):
-    layer = make_layer("topk", expert=expert)
-    x = torch.randn(40, 8, requires_grad=True)
-    layer.expert_impl = "loop"
-    y_loop = layer(x)
-    try:
-        layer.expert_impl = "grouped_mm"
-        y_grouped = layer(x)
-        y_grouped.sum().backward()
-    except (RuntimeError, NotImplementedError, AttributeError) as e:
-        pytest.skip(f"torch._grouped_mm unavailable for this device/dtype: {e}")
-    torch.testing.assert_close(y_loop, y_grouped, rtol=1e-4, atol=1e-5)
+def test_expert_paths_agree_with_the_fused_default(expert, impl):
+    """The fused autograd Function (the CPU default) against plain autograd and _grouped_mm,
+    forward and backward, with an expert that gets no tokens."""
+    layer = make_layer("topk", expert=expert, E=6)
+    with torch.no_grad():
+        layer.router.w_gate.abs_()
+        layer.router.w_gate[:, 5] = -5.0  # with positive inputs expert 5 is never chosen
+    x = torch.rand(40, 8) + 0.1
+    results = {}
+    for name in ("fused", impl):
+        layer.expert_impl = name
+        xx = x.clone().requires_grad_(True)
+        layer.zero_grad()
+        try:
+            y = layer(xx)
+            (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        except (RuntimeError, NotImplementedError) as e:
+            pytest.skip(f"{name} unavailable for this device/dtype: {e}")
+        results[name] = (y.detach(), xx.grad, {n: p.grad.clone() for n, p in layer.named_parameters()})
+    (y0, gx0, gp0), (y1, gx1, gp1) = results["fused"], results[impl]
+    assert layer.last_stats.tokens_per_expert[5] == 0
+    torch.testing.assert_close(y0, y1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gx0, gx1, rtol=1e-4, atol=1e-5)
+    for n in gp0:
+        torch.testing.assert_close(gp0[n], gp1[n], rtol=1e-4, atol=1e-5, msg=n)
+    assert torch.equal(gp0["experts.w_in"][5], torch.zeros_like(gp0["experts.w_in"][5]))
