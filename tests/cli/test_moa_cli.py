@@ -33,12 +33,18 @@ def mixkit(home: Path, *args: str, timeout: float = 120) -> subprocess.Completed
 
 
 def write_config(path: Path, url: str, proposers: list[str], aggregator: str, **top) -> Path:
-    lines = [f'aggregator = "agg"'] + [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    lines = ['aggregator = "agg"'] + [f"{k} = {json.dumps(v)}" for k, v in top.items()]
     names = []
     for i, model in enumerate([*proposers, aggregator]):
         name = "agg" if i == len(proposers) else f"p{i}"
         names.append(name)
-        lines += [f"[agents.{name}]", 'provider = "openai"', f'base_url = "{url}"', f"model = {json.dumps(model)}", "max_tokens = 16"]
+        lines += [
+            f"[agents.{name}]",
+            'provider = "openai"',
+            f'base_url = "{url}"',
+            f"model = {json.dumps(model)}",
+            "max_tokens = 16",
+        ]
     lines += ["[[layers]]", f"agents = {json.dumps(names[:-1])}", "min_answers = 1"]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -46,7 +52,13 @@ def write_config(path: Path, url: str, proposers: list[str], aggregator: str, **
 
 def test_ask_json_has_answer_and_trace(server, home, tmp_path):
     tag = uuid.uuid4().hex[:8]
-    cfg = write_config(tmp_path / "c.toml", server.url, [f"ok:one {tag}", f"fail500:{tag}"], f"ok:final {tag}", retries=0)
+    cfg = write_config(
+        tmp_path / "c.toml",
+        server.url,
+        [f"ok:one {tag}", f"fail500:{tag}"],
+        f"ok:final {tag}",
+        retries=0,
+    )
     out = mixkit(home, "ask", f"question {tag}", "--config", str(cfg), "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -54,19 +66,33 @@ def test_ask_json_has_answer_and_trace(server, home, tmp_path):
     trace = result["trace"]
     assert [(c["layer"], c["agent"]) for c in trace] == [(1, "p0"), (1, "p1"), (2, "agg")]
     for c in trace:
-        assert {"layer", "agent", "latency_s", "ttft_s", "prompt_tokens", "completion_tokens", "error"} <= set(c)
+        assert {
+            "layer",
+            "agent",
+            "latency_s",
+            "ttft_s",
+            "prompt_tokens",
+            "completion_tokens",
+            "error",
+        } <= set(c)
     assert trace[0]["error"] is None and "500" in trace[1]["error"] and trace[2]["error"] is None
 
 
 def test_ask_streams_then_summarizes_and_logs_show_it(server, home, tmp_path):
     tag = uuid.uuid4().hex[:8]
-    cfg = write_config(tmp_path / "c.toml", server.url, [f"ok:one {tag}"], f"ok:streamed answer {tag}")
+    cfg = write_config(
+        tmp_path / "c.toml", server.url, [f"ok:one {tag}"], f"ok:streamed answer {tag}"
+    )
     out = mixkit(home, "ask", "q?", "--config", str(cfg))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"streamed answer {tag}"  # stdout holds only the answer
     assert "critical path" in out.stderr and "layer 1: 1/1" in out.stderr
     logs = mixkit(home, "logs", "-n", "1")
-    assert logs.returncode == 0 and "critical path" in logs.stdout and f"streamed answer {tag}" in logs.stdout
+    assert (
+        logs.returncode == 0
+        and "critical path" in logs.stdout
+        and f"streamed answer {tag}" in logs.stdout
+    )
     (run,) = json.loads(mixkit(home, "logs", "-n", "1", "--json").stdout)
     assert run["outcome"] == "ok" and [c["layer"] for c in run["calls"]] == [1, 2]
 
@@ -86,7 +112,10 @@ def test_continue_sends_the_previous_turn(server, home, tmp_path):
         (["ask", "q", "--preset", "nope"], "unknown preset 'nope'"),
         (["ask", "q", "--config", "/no/such.toml"], "config file not found"),
         (["ask", "q", "--preset", "moa", "--config", "x.toml"], "not both"),
-        (["eval", "--preset", "moa-tiny", "--task", "no_such_task", "--n", "1"], "reasoning-gym task"),
+        (
+            ["eval", "--preset", "moa-tiny", "--task", "no_such_task", "--n", "1"],
+            "reasoning-gym task",
+        ),
     ],
 )
 def test_user_mistakes_are_one_line_errors(home, args, words):
@@ -98,7 +127,13 @@ def test_user_mistakes_are_one_line_errors(home, args, words):
 
 def test_failed_run_names_the_agents_and_exits_2(server, home, tmp_path):
     tag = uuid.uuid4().hex[:8]
-    cfg = write_config(tmp_path / "c.toml", server.url, [f"fail500:{tag}", f"empty:{tag}"], f"ok:x {tag}", retries=0)
+    cfg = write_config(
+        tmp_path / "c.toml",
+        server.url,
+        [f"fail500:{tag}", f"empty:{tag}"],
+        f"ok:x {tag}",
+        retries=0,
+    )
     out = mixkit(home, "ask", "q", "--config", str(cfg))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "0 of 2 agents answered" in out.stderr and "p0:" in out.stderr and "p1:" in out.stderr
@@ -110,7 +145,20 @@ def test_eval_scores_the_moa_and_each_agent(home, tmp_path):
         'aggregator = "s"\n[agents.s]\nprovider = "local"\nmodel = "smollm2-135m"\nn_ctx = 1024\n'
         '[[layers]]\nagents = ["s", "s"]\n'
     )
-    out = mixkit(home, "eval", "--config", str(cfg), "--task", "basic_arithmetic", "--n", "2", "--max-tokens", "8", "--json", timeout=300)
+    out = mixkit(
+        home,
+        "eval",
+        "--config",
+        str(cfg),
+        "--task",
+        "basic_arithmetic",
+        "--n",
+        "2",
+        "--max-tokens",
+        "8",
+        "--json",
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["task"] == "basic_arithmetic" and result["max_tokens"] == 8

@@ -27,7 +27,9 @@ def test_extract_answer(text, expected):
 def test_tasks_are_seeded_and_score_their_own_answers():
     a, b = Task("basic_arithmetic", n=5, seed=3), Task("basic_arithmetic", n=5, seed=3)
     assert [i.prompt for i in a.items()] == [i.prompt for i in b.items()]
-    assert [i.prompt for i in a.items()] != [i.prompt for i in Task("basic_arithmetic", n=5, seed=4).items()]
+    assert [i.prompt for i in a.items()] != [
+        i.prompt for i in Task("basic_arithmetic", n=5, seed=4).items()
+    ]
     for item in a.items():
         assert a.score(f"work...\nAnswer: {item.expected}", item) == 1.0
         assert a.score("Answer: not a number", item) < 1.0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -30,7 +29,14 @@ def _layer_table(calls: list[dict], title: str) -> Table:
     for col in ("layer", "ok/calls", "slowest agent", "slowest s", "prompt tok", "completion tok"):
         table.add_column(col, justify="right" if col not in ("slowest agent",) else "left")
     for s in layer_summary(calls):
-        table.add_row(str(s["layer"]), f"{s['ok']}/{s['calls']}", s["slowest_agent"], f"{s['slowest_s']:.2f}", str(s["prompt_tokens"]), str(s["completion_tokens"]))
+        table.add_row(
+            str(s["layer"]),
+            f"{s['ok']}/{s['calls']}",
+            s["slowest_agent"],
+            f"{s['slowest_s']:.2f}",
+            str(s["prompt_tokens"]),
+            str(s["completion_tokens"]),
+        )
     return table
 
 
@@ -40,15 +46,31 @@ def _failures(calls: list[dict]) -> list[str]:
 
 @app.command()
 def ask(
-    question: str = typer.Argument(DEFAULT_QUESTION, help="the question (default: a demo question)"),
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="a bundled preset: moa, moa-lite, self-moa (default), moa-tiny"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a TOML file with your own agents and layers"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object (answer + trace) instead of streaming"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="cap every agent's max_tokens"),
-    deadline: Optional[float] = typer.Option(None, "--deadline", min=0.1, help="per-call deadline in seconds"),
-    cont: bool = typer.Option(False, "--continue", help="continue the latest conversation (multi-turn)"),
-    cid: Optional[str] = typer.Option(None, "--cid", help="continue this conversation id"),
-    no_log: bool = typer.Option(False, "--no-log", help="do not record this run in the log database"),
+    question: str = typer.Argument(
+        DEFAULT_QUESTION, help="the question (default: a demo question)"
+    ),
+    preset: str | None = typer.Option(
+        None, "--preset", "-p", help="a bundled preset: moa, moa-lite, self-moa (default), moa-tiny"
+    ),
+    config: Path | None = typer.Option(  # noqa: B008 (typer's idiom)
+        None, "--config", "-c", help="a TOML file with your own agents and layers"
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="print one JSON object (answer + trace) instead of streaming"
+    ),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", min=1, help="cap every agent's max_tokens"
+    ),
+    deadline: float | None = typer.Option(
+        None, "--deadline", min=0.1, help="per-call deadline in seconds"
+    ),
+    cont: bool = typer.Option(
+        False, "--continue", help="continue the latest conversation (multi-turn)"
+    ),
+    cid: str | None = typer.Option(None, "--cid", help="continue this conversation id"),
+    no_log: bool = typer.Option(
+        False, "--no-log", help="do not record this run in the log database"
+    ),
 ) -> None:
     """Ask a Mixture-of-Agents; the final answer streams as it is generated."""
     from mixkit.moa import MoA
@@ -63,18 +85,29 @@ def ask(
         messages = tr.conversation_messages(db, cid) if cid else []
         db.close()
         if not messages:
-            raise typer.BadParameter("no earlier conversation to continue (run `mixkit logs` to see ids)")
+            raise typer.BadParameter(
+                "no earlier conversation to continue (run `mixkit logs` to see ids)"
+            )
     moa = MoA(cfg, log=not no_log)
 
     def on_layer(layer_no: int, calls) -> None:
         if not as_json:
             ok = sum(c.outcome == "ok" for c in calls)
             slowest = max((c.latency_s or 0.0) for c in calls)
-            err.print(f"[dim]layer {layer_no}: {ok}/{len(calls)} agents answered in {slowest:.1f}s[/]")
+            err.print(
+                f"[dim]layer {layer_no}: {ok}/{len(calls)} agents answered in {slowest:.1f}s[/]"
+            )
 
     if not as_json:
         err.print(f"[dim]{cfg.name}: {cfg.num_layers} layers, aggregator {cfg.aggregator}[/]")
-    stream = moa.stream(question, messages=messages, max_tokens=max_tokens, deadline_s=deadline, conversation_id=cid, on_layer=on_layer)
+    stream = moa.stream(
+        question,
+        messages=messages,
+        max_tokens=max_tokens,
+        deadline_s=deadline,
+        conversation_id=cid,
+        on_layer=on_layer,
+    )
 
     async def consume() -> None:
         async for piece in stream:
@@ -104,9 +137,11 @@ def ask(
 @app.command()
 def logs(
     n: int = typer.Option(3, "--n", "-n", min=1, help="how many recent runs"),
-    run: Optional[str] = typer.Option(None, "--run", help="show one run by id (or id prefix)"),
+    run: str | None = typer.Option(None, "--run", help="show one run by id (or id prefix)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
-    db_path: Optional[Path] = typer.Option(None, "--db", help="log database (default $MIXKIT_HOME/logs.db)"),
+    db_path: Path | None = typer.Option(  # noqa: B008 (typer's idiom)
+        None, "--db", help="log database (default $MIXKIT_HOME/logs.db)"
+    ),
 ) -> None:
     """Show recent MoA runs: a per-layer table, the critical path and the total tokens."""
     from mixkit.moa import trace as tr
@@ -132,7 +167,9 @@ def logs(
             continue
         tokens_in = sum(c["prompt_tokens"] or 0 for c in calls)
         tokens_out = sum(c["completion_tokens"] or 0 for c in calls)
-        console.print(f"[bold]{r['id'][:12]}[/] {r['preset']} [dim]conversation {r['conversation_id'][:12]}[/] outcome [bold]{r['outcome']}[/]")
+        console.print(
+            f"[bold]{r['id'][:12]}[/] {r['preset']} [dim]conversation {r['conversation_id'][:12]}[/] outcome [bold]{r['outcome']}[/]"
+        )
         console.print(f"[cyan]Q:[/] {r['question'][:200]}")
         if r["answer"]:
             console.print(f"[cyan]A:[/] {r['answer'][:300]}")
@@ -150,13 +187,19 @@ def logs(
 
 @app.command("eval")
 def eval_(
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="the MoA preset to score"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a TOML config instead of a preset"),
+    preset: str | None = typer.Option(None, "--preset", "-p", help="the MoA preset to score"),
+    config: Path | None = typer.Option(  # noqa: B008 (typer's idiom)
+        None, "--config", "-c", help="a TOML config instead of a preset"
+    ),
     task: str = typer.Option("basic_arithmetic", "--task", "-t", help="a reasoning-gym task name"),
     n: int = typer.Option(20, "--n", "-n", min=1, help="number of seeded items"),
     seed: int = typer.Option(0, "--seed", help="dataset seed"),
-    max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="max_tokens of every call of every system"),
-    singles: bool = typer.Option(True, "--singles/--no-singles", help="also score each agent alone"),
+    max_tokens: int = typer.Option(
+        128, "--max-tokens", min=1, help="max_tokens of every call of every system"
+    ),
+    singles: bool = typer.Option(
+        True, "--singles/--no-singles", help="also score each agent alone"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print each item's score"),
 ) -> None:
@@ -169,15 +212,29 @@ def eval_(
     def on_item(label, item, score, answer) -> None:
         if verbose:
             got = (answer.answer if answer else "").strip().splitlines()[-1:] or [""]
-            err.print(f"[dim]{label} #{item.index}: {score:.0f} expected {item.expected!r}, last line {got[0][:60]!r}[/]")
+            err.print(
+                f"[dim]{label} #{item.index}: {score:.2f} expected {item.expected!r}, last line {got[0][:60]!r}[/]"
+            )
 
-    result = run_eval(cfg, task, n=n, seed=seed, max_tokens=max_tokens, singles=singles, on_item=on_item)
+    result = run_eval(
+        cfg, task, n=n, seed=seed, max_tokens=max_tokens, singles=singles, on_item=on_item
+    )
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
         return
-    table = Table(title=f"{task}, n={n}, seed={seed}, max_tokens={max_tokens}", title_justify="left")
+    table = Table(
+        title=f"{task}, n={n}, seed={seed}, max_tokens={max_tokens}", title_justify="left"
+    )
     for col in ("system", "accuracy", "failed", "calls", "tokens in", "tokens out", "wall s"):
         table.add_column(col, justify="left" if col == "system" else "right")
     for s in result.scores:
-        table.add_row(s.system, f"{s.accuracy:.1%}", str(s.failed), str(s.calls), str(s.prompt_tokens), str(s.completion_tokens), f"{s.wall_s:.1f}")
+        table.add_row(
+            s.system,
+            f"{s.accuracy:.1%}",
+            str(s.failed),
+            str(s.calls),
+            str(s.prompt_tokens),
+            str(s.completion_tokens),
+            f"{s.wall_s:.1f}",
+        )
     console.print(table)

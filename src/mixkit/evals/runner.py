@@ -44,7 +44,9 @@ class EvalResult:
     scores: list[SystemScore] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "scores"} | {"scores": [s.to_dict() for s in self.scores]}
+        return {k: v for k, v in asdict(self).items() if k != "scores"} | {
+            "scores": [s.to_dict() for s in self.scores]
+        }
 
 
 def systems_of(config: MoAConfig, singles: bool = True) -> list[tuple[str, MoAConfig]]:
@@ -52,12 +54,20 @@ def systems_of(config: MoAConfig, singles: bool = True) -> list[tuple[str, MoACo
     systems = [(f"moa:{config.name}", config)]
     if singles:
         for name, agent in config.agents.items():
-            single = MoAConfig(name=f"single:{name}", agents={name: agent}, aggregator=name, deadline_s=config.deadline_s, retries=config.retries)
+            single = MoAConfig(
+                name=f"single:{name}",
+                agents={name: agent},
+                aggregator=name,
+                deadline_s=config.deadline_s,
+                retries=config.retries,
+            )
             systems.append((f"single:{name} ({agent.model}, T={agent.temperature})", single))
     return systems
 
 
-async def _score_system(label: str, config: MoAConfig, task: Task, max_tokens: int, on_item: Callable | None) -> SystemScore:
+async def _score_system(
+    label: str, config: MoAConfig, task: Task, max_tokens: int, on_item: Callable | None
+) -> SystemScore:
     moa = MoA(config, log=False)
     score = SystemScore(system=label)
     for item in task.items():
@@ -82,7 +92,13 @@ async def _score_system(label: str, config: MoAConfig, task: Task, max_tokens: i
 
 
 def run_eval(
-    config: MoAConfig, task: str, n: int = 20, seed: int = 0, max_tokens: int = 128, singles: bool = True, on_item: Callable | None = None
+    config: MoAConfig,
+    task: str,
+    n: int = 20,
+    seed: int = 0,
+    max_tokens: int = 128,
+    singles: bool = True,
+    on_item: Callable | None = None,
 ) -> EvalResult:
     """Score the MoA and (with `singles`) each agent alone on `n` seeded items of `task`.
 

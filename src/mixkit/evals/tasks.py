@@ -8,7 +8,9 @@ from typing import Any
 
 from mixkit.errors import ConfigError
 
-INSTRUCTION = "Solve the problem. End your reply with a last line of the form 'Answer: <final answer>'."
+INSTRUCTION = (
+    "Solve the problem. End your reply with a last line of the form 'Answer: <final answer>'."
+)
 _ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:=]\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -32,11 +34,16 @@ class Task:
         try:
             self.dataset = reasoning_gym.create_dataset(name, size=n, seed=seed)
         except Exception as e:  # reasoning-gym raises plain errors for unknown names
-            raise ConfigError(f"unknown or invalid reasoning-gym task '{name}' (try basic_arithmetic, chain_sum, gsm_symbolic): {e}") from None
+            raise ConfigError(
+                f"unknown or invalid reasoning-gym task '{name}' (try basic_arithmetic, chain_sum, gsm_symbolic): {e}"
+            ) from None
         self.name, self.n, self.seed = name, n, seed
 
     def items(self) -> list[Item]:
-        return [Item(i, f"{e['question'].strip()}\n\n{INSTRUCTION}", str(e["answer"]), e) for i, e in enumerate(self.dataset)]
+        return [
+            Item(i, f"{e['question'].strip()}\n\n{INSTRUCTION}", str(e["answer"]), e)
+            for i, e in enumerate(self.dataset)
+        ]
 
     def score(self, response: str, item: Item) -> float:
         """reasoning-gym's own score (0..1) of the answer extracted from `response`."""
@@ -56,5 +63,7 @@ def extract_answer(response: str) -> str | None:
         if not numbers:
             return None
         answer = numbers[-1]
-    answer = answer.strip().strip("*`$ ").rstrip(".")
+    if "=" in answer:  # "Answer: 5 - 3 - 6 = -4" -> "-4"
+        answer = answer.rsplit("=", 1)[1]
+    answer = answer.replace("**", "").strip().strip("`$ ").rstrip(".")
     return answer or None
