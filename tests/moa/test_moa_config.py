@@ -91,3 +91,15 @@ def test_unknown_local_model_and_missing_file(tmp_path):
     (tmp_path / "broken.toml").write_text("agents = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "broken.toml")
+
+
+def test_moa_imports_nothing_from_moe_and_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mixkit.moa, mixkit.evals;"
+        "print(sorted(m for m in ('mixkit.moe', 'torch', 'llama_cpp', 'openai') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
