@@ -1,0 +1,1 @@
+"""Built-in MoA presets (TOML). A package only so that the files ship in wheels."""
