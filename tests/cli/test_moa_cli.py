@@ -168,3 +168,24 @@ def test_eval_scores_the_moa_and_each_agent(home, tmp_path):
     assert moa["calls"] == 2 * 3 and single["calls"] == 2 * 1
     for s in (moa, single):
         assert 0.0 <= s["accuracy"] <= 1.0 and s["completion_tokens"] <= s["calls"] * 8
+
+
+def test_readme_moa_section_matches_the_cli(home):
+    """Every preset is documented, and every flag the README shows exists in `--help`."""
+    import re
+
+    from mixkit.moa import list_presets
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Mixture-of-Agents", 1)[1].split("\n## ", 1)[0]
+    for preset in list_presets():
+        assert preset in section
+    examples = [line.split("#")[0] for line in section.splitlines() if line.startswith("mixkit ")]
+    assert {line.split()[1] for line in examples} == {"ask", "logs", "eval"}
+    helps: dict[str, str] = {}
+    for line in examples:
+        command = line.split()[1]
+        if command not in helps:
+            helps[command] = mixkit(home, command, "--help").stdout
+        for flag in re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", line):
+            assert flag in helps[command], f"README shows {flag} for `mixkit {command}`"
