@@ -7,6 +7,7 @@ critical path. TTFT is run start -> first token of the final answer.
 
     python bench/moa_latency.py                       # moa-tiny and moa-lite, 4 prompts each
     python bench/moa_latency.py --presets self-moa --max-tokens 64
+    python bench/moa_latency.py --threads              # also: split the cores vs take turns
 
 A call's latency includes any wait for CPU threads (local agents share the core budget), so the
 critical path already contains that wait; the overhead is purely the engine's.
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["moa-tiny", "moa-lite"])
     parser.add_argument("--max-tokens", type=int, default=48, help="max_tokens of every call")
     parser.add_argument("--repeats", type=int, default=1, help="runs per prompt")
+    parser.add_argument("--threads", action="store_true", help="also compare split vs serial cores")
     args = parser.parse_args()
 
     os.environ.setdefault(
@@ -69,6 +71,51 @@ def main() -> None:
             f"| **{preset}** | median of {len(ratios)} | | | | **{statistics.median(overheads) * 1000:.1f}** "
             f"| **{statistics.median(ratios):.4f}** (max {max(ratios):.4f}) | |"
         )
+    if args.threads:
+        thread_split(["smollm2-135m", "qwen2.5-coder-0.5b"], args.max_tokens)
+
+
+def thread_split(models: list[str], max_tokens: int) -> None:
+    """A layer of 3 local calls on the core budget: split the cores, or take turns with all of them."""
+    import asyncio
+
+    from mixkit.moa.providers.base import Sampling, Usage
+    from mixkit.moa.providers.local import CORES, LocalProvider
+
+    async def call(provider, prompt: str, threads: int) -> int:
+        usage = Usage()
+        sampling = Sampling(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0)
+        async for _ in provider.stream(
+            [{"role": "user", "content": prompt}], sampling, usage, threads=threads
+        ):
+            pass
+        return usage.completion_tokens or 0
+
+    async def layer(provider, threads: int, concurrent: bool) -> tuple[float, int]:
+        prompts = [f"Write a short story about a {w}." for w in ("cat", "ship", "tree")]
+        start = time.monotonic()
+        if concurrent:
+            tokens = await asyncio.gather(*(call(provider, p, threads) for p in prompts))
+        else:
+            tokens = [await call(provider, p, threads) for p in prompts]
+        return time.monotonic() - start, sum(tokens)
+
+    print(f"\n3 concurrent local calls, {CORES.total} cores, max_tokens={max_tokens}, greedy\n")
+    print("| model | schedule | layer wall s | tokens | tokens/s |")
+    print("|---|---|---:|---:|---:|")
+    for model in models:
+        provider = LocalProvider(model)
+        asyncio.run(layer(provider, 1, True))  # warm-up: load one instance per concurrent call
+        for name, threads, concurrent in (
+            (
+                f"split: {max(1, CORES.total // 3)} thread(s) each, concurrent",
+                max(1, CORES.total // 3),
+                True,
+            ),
+            (f"serial: {CORES.total} threads, one at a time", CORES.total, False),
+        ):
+            wall, tokens = asyncio.run(layer(provider, threads, concurrent))
+            print(f"| {model} | {name} | {wall:.2f} | {tokens} | {tokens / wall:.1f} |")
 
 
 if __name__ == "__main__":
