@@ -3,13 +3,14 @@
 Legend: T tokens, D d_model, E experts, A assignments (before capacity), S kept assignments.
 
     x_SD, counts, plan = dispatcher.dispatch(x_TD, decision, capacity)
-    out_SD = experts(x_SD, counts)               # local tensors and per-expert counts only
+    out_SD = experts(x_SD, counts, scale_A=plan.weight_S)   # local tensors and counts only
     y_TD = dispatcher.combine(out_SD, plan)
 
 The local dispatcher sorts assignments by expert (stable, so the router's priority order, first
 choices before second choices, survives within each expert), drops those past capacity, and
-gathers the kept tokens. combine() scales each result by its gate weight and sums it back into
-its token. An expert-parallel dispatcher plugs in behind the same two methods.
+gathers the kept tokens. The experts scale each result by its gate weight (their backward can
+then get the gate's gradient without keeping the unscaled output), and combine() sums each result
+back into its token. An expert-parallel dispatcher plugs in behind the same two methods.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class LocalDispatcher:
         return x_SD, counts_E.tolist(), plan
 
     def combine(self, out_SD: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
-        weighted_SD = out_SD * plan.weight_S.unsqueeze(-1).to(out_SD.dtype)
+        """Sum each (already gate-weighted) result into its token: (S, D) -> (T, D)."""
         y_TD = out_SD.new_zeros(plan.num_tokens, out_SD.shape[-1])
-        return y_TD.index_add(0, plan.token_idx_S, weighted_SD)
+        # index_put_ with accumulate, not index_add: index_add saves its (S, D) source for backward
+        return y_TD.index_put_((plan.token_idx_S,), out_SD, accumulate=True)

@@ -38,18 +38,23 @@ class Experts(nn.Module):
     def macs_per_assignment(self) -> int:
         return (3 if self.kind == "swiglu" else 2) * self.d_model * self.d_hidden
 
-    def forward(self, x_AD: torch.Tensor, counts: list[int], impl: str = "auto") -> torch.Tensor:
-        """x_AD sorted by expert, counts[e] rows for expert e -> (A, D)."""
+    def forward(
+        self, x_AD: torch.Tensor, counts: list[int], impl: str = "auto", scale_A: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x_AD sorted by expert, counts[e] rows for expert e -> (A, D), each row times scale_A."""
+        if scale_A is None:
+            scale_A = x_AD.new_ones(x_AD.shape[0])
         if impl == "auto":
             impl = "grouped_mm" if _grouped_mm_ok(x_AD) else "fused"
+        scale_A1 = scale_A.to(x_AD.dtype).unsqueeze(-1)
         if impl == "grouped_mm":
-            return self._forward_grouped_mm(x_AD, counts)
+            return self._forward_grouped_mm(x_AD, counts) * scale_A1
         if impl == "fused":
             if self.w_gate is not None:
-                return GroupedSwiGLUFFN.apply(x_AD, self.w_gate, self.w_in, self.w_out, counts)
-            return GroupedReluFFN.apply(x_AD, self.w_in, self.w_out, counts)
+                return GroupedSwiGLUFFN.apply(x_AD, scale_A, self.w_gate, self.w_in, self.w_out, counts)
+            return GroupedReluFFN.apply(x_AD, scale_A, self.w_in, self.w_out, counts)
         if impl == "loop":
-            return self._forward_loop(x_AD, counts)
+            return self._forward_loop(x_AD, counts) * scale_A1
         raise ValueError(f"expert_impl ({impl!r}) is unknown; choose auto, fused, loop or grouped_mm")
 
     def forward_dense(self, x_TD: torch.Tensor, expert: int) -> torch.Tensor:

@@ -26,10 +26,14 @@ def _spans(counts: list[int]):
 
 
 class GroupedReluFFN(torch.autograd.Function):
-    """out_AD = relu(x_e @ w_in[e]) @ w_out[e] for each expert's rows."""
+    """out_AD = scale_A * (relu(x_e @ w_in[e]) @ w_out[e]) for each expert's rows.
+
+    The gate weight is applied inside so that backward gets its gradient from quantities it
+    already has, d out_a / d scale_a . g_a = (g_a @ w_out[e]^T) . h_a, instead of saving the
+    (A, D) unscaled output just for that."""
 
     @staticmethod
-    def forward(ctx, x_AD, w_in_EDH, w_out_EHD, counts):
+    def forward(ctx, x_AD, scale_A, w_in_EDH, w_out_EHD, counts):
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
         h_AH = x_AD.new_empty(A, H)
         out_AD = x_AD.new_empty(A, D)
@@ -38,35 +42,39 @@ class GroupedReluFFN(torch.autograd.Function):
         h_AH.relu_()
         for e, s, t in _spans(counts):
             torch.mm(h_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
-        ctx.save_for_backward(x_AD, h_AH, w_in_EDH, w_out_EHD)
+        out_AD.mul_(scale_A.unsqueeze(-1))
+        ctx.save_for_backward(x_AD, scale_A, h_AH, w_in_EDH, w_out_EHD)
         ctx.counts = counts
         return out_AD
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out_AD):
-        x_AD, h_AH, w_in_EDH, w_out_EHD = ctx.saved_tensors
+        x_AD, scale_A, h_AH, w_in_EDH, w_out_EHD = ctx.saved_tensors
         counts = ctx.counts
         g_out_AD = g_out_AD.contiguous()
-        g_h_AH = torch.empty_like(h_AH)
+        t_AH = torch.empty_like(h_AH)  # g_out @ w_out^T, before the gate weight
         for e, s, t in _spans(counts):
-            torch.mm(g_out_AD[s:t], w_out_EHD[e].t(), out=g_h_AH[s:t])
-        g_h_AH.mul_(h_AH > 0)  # relu'
-        g_x_AD = g_w_in = g_w_out = None
+            torch.mm(g_out_AD[s:t], w_out_EHD[e].t(), out=t_AH[s:t])
+        g_scale_A = (t_AH * h_AH).sum(-1) if ctx.needs_input_grad[1] else None
+        g_h_AH = t_AH.mul_(scale_A.unsqueeze(-1)).mul_(h_AH > 0)  # relu', in place
+        g_x_AD = None
         if ctx.needs_input_grad[0]:
             g_x_AD = torch.empty_like(x_AD)
             for e, s, t in _spans(counts):
                 torch.mm(g_h_AH[s:t], w_in_EDH[e].t(), out=g_x_AD[s:t])
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            g_w_in, g_w_out = _weight_grads(counts, [(x_AD, g_h_AH)], [(h_AH, g_out_AD)], w_in_EDH, w_out_EHD)
-        return g_x_AD, g_w_in, g_w_out, None
+        g_w_in = g_w_out = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
+            g_w_in, g_w_out = _weight_grads(counts, [(x_AD, g_h_AH)], [(h_AH, g_scaled_AD)], w_in_EDH, w_out_EHD)
+        return g_x_AD, g_scale_A, g_w_in, g_w_out, None
 
 
 class GroupedSwiGLUFFN(torch.autograd.Function):
-    """out_AD = (silu(x_e @ w_gate[e]) * (x_e @ w_in[e])) @ w_out[e] for each expert's rows."""
+    """out_AD = scale_A * ((silu(x_e @ w_gate[e]) * (x_e @ w_in[e])) @ w_out[e]) per expert."""
 
     @staticmethod
-    def forward(ctx, x_AD, w_gate_EDH, w_in_EDH, w_out_EHD, counts):
+    def forward(ctx, x_AD, scale_A, w_gate_EDH, w_in_EDH, w_out_EHD, counts):
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
         g_AH, u_AH = x_AD.new_empty(A, H), x_AD.new_empty(A, H)
         out_AD = x_AD.new_empty(A, D)
@@ -76,22 +84,25 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         a_AH = F.silu(g_AH) * u_AH
         for e, s, t in _spans(counts):
             torch.mm(a_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
-        ctx.save_for_backward(x_AD, g_AH, u_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
+        out_AD.mul_(scale_A.unsqueeze(-1))
+        ctx.save_for_backward(x_AD, scale_A, g_AH, u_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
         ctx.counts = counts
         return out_AD
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out_AD):
-        x_AD, g_AH, u_AH, w_gate, w_in, w_out = ctx.saved_tensors
+        x_AD, scale_A, g_AH, u_AH, w_gate, w_in, w_out = ctx.saved_tensors
         counts = ctx.counts
         g_out_AD = g_out_AD.contiguous()
         sig_AH = torch.sigmoid(g_AH)
         silu_AH = g_AH * sig_AH
-        a_AH = silu_AH * u_AH
-        g_a_AH = torch.empty_like(u_AH)
+        a_AH = silu_AH * u_AH  # recomputed rather than saved
+        t_AH = torch.empty_like(u_AH)
         for e, s, t in _spans(counts):
-            torch.mm(g_out_AD[s:t], w_out[e].t(), out=g_a_AH[s:t])
+            torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
+        g_scale_A = (t_AH * a_AH).sum(-1) if ctx.needs_input_grad[1] else None
+        g_a_AH = t_AH.mul_(scale_A.unsqueeze(-1))
         g_u_AH = g_a_AH * silu_AH
         g_g_AH = g_a_AH * u_AH * sig_AH * (1 + g_AH * (1 - sig_AH))  # d silu(z)/dz
         g_x_AD = None
@@ -100,10 +111,11 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
             for e, s, t in _spans(counts):
                 torch.mm(g_u_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
                 g_x_AD[s:t].addmm_(g_g_AH[s:t], w_gate[e].t())
+        g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
         g_w_gate, g_w_in, g_w_out = _weight_grads(
-            counts, [(x_AD, g_g_AH), (x_AD, g_u_AH)], [(a_AH, g_out_AD)], w_gate, w_in, w_out
+            counts, [(x_AD, g_g_AH), (x_AD, g_u_AH)], [(a_AH, g_scaled_AD)], w_gate, w_in, w_out
         )
-        return g_x_AD, g_w_gate, g_w_in, g_w_out, None
+        return g_x_AD, g_scale_A, g_w_gate, g_w_in, g_w_out, None
 
 
 def _weight_grads(counts, in_pairs, out_pairs, *weights):

@@ -123,7 +123,7 @@ class MoE(nn.Module):
         T = x_TD.shape[0]
         decision = self.router(x_TD, router_noise)
         x_SD, counts, plan = self.dispatcher.dispatch(x_TD, decision, cfg.capacity(T))
-        out_SD = self.experts(x_SD, counts, self.expert_impl)  # (S, D)
+        out_SD = self.experts(x_SD, counts, self.expert_impl, scale_A=plan.weight_S)  # (S, D)
         y_TD = self.dispatcher.combine(out_SD, plan)
         if self.shared_experts is not None:
             for e in range(cfg.num_shared_experts):
@@ -219,7 +219,7 @@ class HierarchicalMoE(nn.Module):
                 load_rows.append(x.new_zeros(E2))
                 tokens.append(x.new_zeros(E2))
                 continue
-            outs.append(group(piece))
+            outs.append(group(piece) * plan.weight_S[starts[g] : starts[g + 1]].unsqueeze(-1))
             d2 = group.last_decision
             w_primary_S = plan.weight_S[starts[g] : starts[g + 1]]  # this group's tokens, in order
             importance_rows.append(

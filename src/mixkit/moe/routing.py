@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mixkit.moe.config import MoEConfig
 
@@ -84,24 +85,35 @@ class NoisyTopKRouter(Router):
         self.w_noise = nn.Parameter(torch.zeros(cfg.d_model, cfg.num_experts))
 
     def forward(self, x_TD, noise_TE=None):
-        k, E = self.cfg.k, self.cfg.num_experts
+        k = self.cfg.k
         clean_TE = x_TD @ self.w_gate
         load_TE = None
         if self.training:
-            noise_std_TE = F.softplus(x_TD @ self.w_noise) + self.cfg.noise_eps
+            raw_noise_TE = x_TD @ self.w_noise
             if noise_TE is None:
                 noise_TE = torch.randn_like(clean_TE)
-            noisy_TE = clean_TE + noise_TE * noise_std_TE
-            if k < E:
-                load_TE = smooth_load(clean_TE, noisy_TE, noise_std_TE, k)
-            else:  # every expert is always selected
-                load_TE = torch.ones_like(clean_TE)
+            # Recomputed in backward: the gate and load math would otherwise keep ~8 (T, E)
+            # tensors alive, more than the experts' own activations at E=256.
+            noisy_TE, probs_TE, load_TE = checkpoint(
+                _noisy_gate, clean_TE, raw_noise_TE, noise_TE, k, self.cfg.noise_eps, use_reentrant=False
+            )
         else:
             noisy_TE = clean_TE
-        probs_TE = noisy_TE.softmax(dim=-1)
+            probs_TE = noisy_TE.softmax(dim=-1)
         # softmax over the kept k == the full softmax renormalised over the kept k
         tok, exp, w = _token_choice(noisy_TE, probs_TE, k, renormalize=True)
         return RoutingDecision(tok, exp, w, clean_TE, probs_TE, load_TE, x_TD.shape[0])
+
+
+def _noisy_gate(clean_TE, raw_noise_TE, noise_TE, k: int, noise_eps: float):
+    """H = clean + noise * softplus(raw) (+eps); returns H, softmax(H) and the smooth load."""
+    noise_std_TE = F.softplus(raw_noise_TE) + noise_eps
+    noisy_TE = clean_TE + noise_TE * noise_std_TE
+    if k < clean_TE.shape[-1]:
+        load_TE = smooth_load(clean_TE, noisy_TE, noise_std_TE, k)
+    else:  # every expert is always selected
+        load_TE = torch.ones_like(clean_TE)
+    return noisy_TE, noisy_TE.softmax(dim=-1), load_TE
 
 
 def smooth_load(
