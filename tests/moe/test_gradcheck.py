@@ -32,7 +32,7 @@ def test_gradcheck_output_and_default_losses(router, capacity_factor):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("router", ["noisy_topk", "topk", "sigmoid_bias"])
+@pytest.mark.parametrize("router", ALL_ROUTERS)
 def test_gradcheck_each_loss_alone(router, loss):
     weights = {name: (1.0 if name == loss else 0.0) for name in LOSSES}
     layer = make_layer(router, d=4, h=5, E=4, dtype=torch.float64, **weights)
