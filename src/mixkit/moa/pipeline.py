@@ -193,11 +193,14 @@ class MoA:
         deadline_s: float | None = None,
         conversation_id: str | None = None,
         on_layer: Callable[[int, list[CallRecord]], None] | None = None,
+        run_id: str | None = None,
     ) -> AnswerStream:
         """Answer `question` (after `messages`, a prior conversation); stream the final answer.
 
         `max_tokens` overrides every agent's (evals compare systems at equal max_tokens).
         `on_layer(layer_no, calls)` is called as each proposer layer finishes.
+        `run_id` (default: a fresh uuid4 hex) lets a caller name the run before it starts
+        (the server sends it in a header ahead of the first token).
         """
         conversation = as_conversation(question, messages)
         holder = AnswerStream(
@@ -208,15 +211,16 @@ class MoA:
                 conversation_id,
                 on_layer,
                 lambda a: setattr(holder, "result", a),
+                run_id,
             )
         )
         return holder
 
     async def _generate(
-        self, conversation, max_tokens, deadline_s, conversation_id, on_layer, set_result
+        self, conversation, max_tokens, deadline_s, conversation_id, on_layer, set_result, run_id=None
     ) -> AsyncIterator[str]:
         cfg = self.config
-        run_id = uuid.uuid4().hex
+        run_id = run_id or uuid.uuid4().hex
         started_at, start = time.time(), time.monotonic()
         calls: list[CallRecord] = []
         pieces: list[str] = []
