@@ -217,7 +217,14 @@ class MoA:
         return holder
 
     async def _generate(
-        self, conversation, max_tokens, deadline_s, conversation_id, on_layer, set_result, run_id=None
+        self,
+        conversation,
+        max_tokens,
+        deadline_s,
+        conversation_id,
+        on_layer,
+        set_result,
+        run_id=None,
     ) -> AsyncIterator[str]:
         cfg = self.config
         run_id = run_id or uuid.uuid4().hex
