@@ -17,6 +17,9 @@ Memory columns:
 - peak MB: the process's peak RSS increase during one forward+backward, parameter gradients
   already allocated (so the transient weight-gradient buffer, which is sized by the parameters
   and not by the tokens, is included).
+- fresh-grad ms: the time to allocate and first-touch buffers the size of the parameters. Every
+  backward after optimizer.zero_grad() (set_to_none) pays it; an MoE has E/k times the ideal's
+  parameters, so this part of its cost follows E by construction, whatever the routing does.
 """
 
 from __future__ import annotations
@@ -116,6 +119,18 @@ def peak_rss_mb(module: nn.Module, x: torch.Tensor) -> float | None:
         return None
 
 
+def fresh_grad_ms(module: nn.Module, repeats: int) -> float:
+    """Time to allocate and first-touch buffers the size of the module's parameters: the floor that
+    any backward pays for fresh weight gradients (optimizer.zero_grad() sets them to None)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        bufs = [torch.empty_like(p).fill_(0.0) for p in module.parameters()]
+        best = min(best, time.perf_counter() - t0)
+        del bufs
+    return best * 1e3
+
+
 def time_variants(variants: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
     for module in variants.values():  # warm-up
         fwd_bwd(module, x)
@@ -151,12 +166,17 @@ def run_row(T, D, E, k, args) -> dict:
     row["act_mixkit"] = activation_bytes(variants["mixkit"], x)
     row["rss_ideal"] = peak_rss_mb(variants["ideal"], x)
     row["rss_mixkit"] = peak_rss_mb(variants["mixkit"], x)
+    row["grad_alloc_ms_ideal"] = fresh_grad_ms(variants["ideal"], args.repeats)
+    row["grad_alloc_ms_mixkit"] = fresh_grad_ms(variants["mixkit"], args.repeats)
     return row
 
 
 def fmt_table(rows: list[dict], peers: bool) -> str:
-    head = "| T | d_model | E | ideal ms | mixkit ms | mixkit ×ideal | dropped % | act ×ideal | peak MB ideal / mixkit |"
-    sep = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    head = (
+        "| T | d_model | E | ideal ms | mixkit ms | mixkit ×ideal | dropped % | act ×ideal "
+        "| peak MB ideal / mixkit | fresh-grad ms ideal / mixkit |"
+    )
+    sep = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     if peers:
         head += " SwiGLU: mixkit ×ideal | HF eager ×ideal | HF grouped_mm ×ideal |"
         sep += "---:|---:|---:|"
@@ -169,7 +189,8 @@ def fmt_table(rows: list[dict], peers: bool) -> str:
         line = (
             f"| {r['T']} | {r['D']} | {r['E']} | {t['ideal'] * 1e3:.1f} | {t['mixkit'] * 1e3:.1f} | "
             f"**{t['mixkit'] / t['ideal']:.2f}** | {100 * r['dropped']:.1f} | "
-            f"{r['act_mixkit'] / r['act_ideal']:.2f} | {rss} |"
+            f"{r['act_mixkit'] / r['act_ideal']:.2f} | {rss} | "
+            f"{r['grad_alloc_ms_ideal']:.0f} / {r['grad_alloc_ms_mixkit']:.0f} |"
         )
         if peers:
             s = t["ideal_swiglu"]
