@@ -30,6 +30,7 @@ def _register() -> None:
     from mixkit.cli import demo  # noqa: F401
     from mixkit.cli import train  # noqa: F401
     from mixkit.cli import moa  # noqa: F401
+    from mixkit.cli import serve  # noqa: F401
 
 
 def main() -> None:

@@ -1,0 +1,106 @@
+"""One chat completion = one MoA run: start it, pull its pieces, map its failures to HTTP.
+
+A client that goes away cancels the run: `until_disconnect` races the work against the ASGI
+`http.disconnect` message, and cancelling the engine cancels every agent call it has open
+(their HTTP connections are closed, local generation stops at the next token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from mixkit.errors import ConfigError, MixkitError
+from mixkit.moa import Answer, MoA
+from mixkit.serve.errors import APIError
+from mixkit.serve.schemas import ChatCompletionRequest
+
+T = TypeVar("T")
+Receive = Callable[[], Awaitable[dict]]
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Return when the ASGI server reports that the client went away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work`; if the client disconnects first, cancel it and raise ClientGone."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when this handler itself is cancelled (server shutdown)
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, gone, return_exceptions=True)
+    if task.cancelled():
+        raise ClientGone()
+    return task.result()
+
+
+class Run:
+    """A started MoA run for one request; `run_id` is known before the first token."""
+
+    def __init__(self, moa: MoA, req: ChatCompletionRequest):
+        self.model = req.model
+        self.max_tokens = req.answer_max_tokens()
+        self.run_id = uuid.uuid4().hex
+        self.stream = moa.stream(
+            messages=req.engine_messages(), max_tokens=self.max_tokens, run_id=self.run_id
+        )
+        self.effective_max_tokens = (
+            self.max_tokens or moa.agents[moa.config.aggregator].config.max_tokens
+        )
+
+    @property
+    def answer(self) -> Answer | None:
+        return self.stream.result
+
+    async def next_piece(self) -> str | None:
+        """The next piece of the answer, None at the end; APIError (502/504/400) on failure."""
+        try:
+            return await self.stream.__anext__()
+        except StopAsyncIteration:
+            return None
+        except MixkitError as e:
+            raise run_error(e, self.stream.result, self.model) from None
+
+    async def collect(self) -> Answer:
+        """Run to the end (non-streaming)."""
+        while await self.next_piece() is not None:
+            pass
+        assert self.stream.result is not None
+        return self.stream.result
+
+    async def close(self) -> None:
+        """Stop the run if it is still going (its open agent calls are cancelled)."""
+        try:
+            await self.stream.aclose()
+        except (RuntimeError, StopAsyncIteration):  # already finished or running elsewhere
+            pass
+
+
+def run_error(err: MixkitError, answer: Answer | None, model: str) -> APIError:
+    """A failed run as an HTTP error naming the agents that failed: 504 if all timed out."""
+    if isinstance(err, ConfigError):
+        return APIError(400, f"mixture '{model}': {err}", param="messages")
+    failed = [c for c in (answer.calls if answer else []) if c.outcome == "error"]
+    detail = "; ".join(f"{c.agent} (layer {c.layer}): {c.error}" for c in failed)
+    reason = str(err) if str(err).startswith("layer ") or not detail else detail
+    timed_out = bool(failed) and all((c.error or "").startswith("Timeout") for c in failed)
+    return APIError(
+        504 if timed_out else 502,
+        f"mixture '{model}' failed: {reason}",
+        code="agents_timed_out" if timed_out else "agents_failed",
+    )

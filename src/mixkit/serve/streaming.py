@@ -1,0 +1,93 @@
+"""Server-sent events for `stream: true`: chunks go out as the aggregator makes its tokens.
+
+`SSEResponse` owns the run's end: whether the stream finishes, fails midway (an OpenAI-shaped
+`{"error": ...}` event, which the `openai` SDK raises as an APIError) or the client goes away
+(the run is cancelled), its cleanup runs exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from mixkit.serve import schemas
+from mixkit.serve.errors import APIError
+from mixkit.serve.runs import Run, wait_for_disconnect
+
+
+def sse(obj: dict | str) -> bytes:
+    """One SSE event."""
+    data = obj if isinstance(obj, str) else json.dumps(obj, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+async def chunks(run: Run, first: str, include_usage: bool) -> AsyncIterator[bytes]:
+    """The run as `chat.completion.chunk` events, ending with `[DONE]` (or an error event)."""
+    created, model, rid = schemas.now(), run.model, run.run_id
+    yield sse(schemas.chunk(rid, model, created, {"role": "assistant", "content": first}))
+    try:
+        while (piece := await run.next_piece()) is not None:
+            yield sse(schemas.chunk(rid, model, created, {"content": piece}))
+    except APIError as e:  # the status line is long gone: report it in the stream
+        yield sse(e.body())
+        return
+    answer = run.answer
+    assert answer is not None
+    finish = schemas.finish_reason(answer, run.effective_max_tokens)
+    yield sse(
+        schemas.chunk(rid, model, created, {}, finish, mixkit=schemas.mixkit_extension(answer))
+    )
+    if include_usage:
+        last = schemas.chunk(rid, model, created, {}, usage=schemas.usage(answer))
+        last["choices"] = []
+        yield sse(last)
+    yield sse("[DONE]")
+
+
+class SSEResponse(Response):
+    """Streams `events`; cancels them when the client disconnects; always calls `cleanup`."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        cleanup: Callable[[], Awaitable[None]],
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(content=None, status_code=200, headers=headers)
+        # Response sized the empty body (content-length: 0); a stream has no length.
+        self.raw_headers = [h for h in self.raw_headers if h[0] != b"content-length"]
+        self.raw_headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        self.events = events
+        self.cleanup = cleanup
+
+    async def _send_all(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for event in self.events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.ensure_future(self._send_all(send))
+        gone = asyncio.ensure_future(wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({streaming, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, gone):
+                task.cancel()
+            results = await asyncio.gather(streaming, gone, return_exceptions=True)
+            await self.events.aclose()  # type: ignore[attr-defined]
+            await self.cleanup()
+        error = results[0]
+        if isinstance(error, BaseException) and not isinstance(
+            error,
+            (asyncio.CancelledError, OSError),  # OSError: the client went away mid-send
+        ):
+            raise error
