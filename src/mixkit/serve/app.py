@@ -110,8 +110,10 @@ def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None 
         except ClientGone:
             await finish()
             return Response(status_code=499)  # nobody is listening; for the access log only
-        except BaseException:
+        except BaseException as e:
             await finish()
+            if isinstance(e, APIError):  # a failed run is logged too: say which
+                e.headers[RUN_ID_HEADER] = run.run_id
             raise
         if not req.stream:
             await finish()
