@@ -173,3 +173,18 @@ def test_past_the_concurrency_limit_the_server_answers_429_at_once(backend):
     with ThreadServer(configs, ServeSettings(max_concurrent=1)) as s:
         asyncio.run(go(s.url, s.health))
         assert s.health()["running"] == 0
+
+
+def test_a_client_at_the_limit_never_sees_its_own_finished_run_counted(backend):
+    """Back-to-back streams on one connection with max_concurrent=1: the slot is free in time."""
+    with ThreadServer(
+        [mixture("mix", backend.url, [], "ok")], ServeSettings(max_concurrent=1)
+    ) as s:
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            statuses = []
+            for _ in range(30):
+                body = {"model": "mix", "messages": Q, "stream": True}
+                with c.stream("POST", "/chat/completions", json=body) as r:
+                    r.read()
+                    statuses.append(r.status_code)
+    assert statuses == [200] * 30

@@ -64,7 +64,14 @@ class SSEResponse(Response):
         self.raw_headers = [h for h in self.raw_headers if h[0] != b"content-length"]
         self.raw_headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         self.events = events
-        self.cleanup = cleanup
+        self._cleanup = cleanup
+        self._cleaned = False
+
+    async def cleanup(self) -> None:
+        """Free the run's slot once, as soon as the run is over (before the last byte goes)."""
+        if not self._cleaned:
+            self._cleaned = True
+            await self._cleanup()
 
     async def _send_all(self, send: Send) -> None:
         await send(
@@ -72,6 +79,9 @@ class SSEResponse(Response):
         )
         async for event in self.events:
             await send({"type": "http.response.body", "body": event, "more_body": True})
+        # A client may send its next request the moment the body ends: free the slot first,
+        # or a client at the limit would get a spurious 429.
+        await self.cleanup()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
