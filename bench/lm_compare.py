@@ -36,12 +36,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="1: robust on a shared machine")
     p.add_argument("--out", default="runs/lm_compare", help="run folders (replaced)")
     p.add_argument("--images", default="docs/images", help="where the PNGs go")
+    p.add_argument(
+        "--plot-only", action="store_true", help="redraw the PNGs from the logs under --out"
+    )
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
+    if args.plot_only:
+        names = [p.name for p in sorted(out.iterdir()) if (p / "log.jsonl").exists()]
+        names.sort(key=lambda n: (n != "dense", int(n.split("-")[-1]) if "-" in n else 0))
+        plot(out, names, Path(args.images))
+        return
     shutil.rmtree(out, ignore_errors=True)
     common = [f"train.threads={args.threads}"]
     if args.steps:
@@ -98,13 +106,20 @@ def main() -> None:
         )
     (out / "results.json").write_text(json.dumps(rows, indent=2), "utf-8")
 
-    images = Path(args.images)
+    plot(out, list(trainers), Path(args.images))
+
+
+def plot(out: Path, names: list[str], images: Path) -> None:
     images.mkdir(parents=True, exist_ok=True)
-    logs = {name: read_log(out / name / "log.jsonl") for name in trainers}
-    curve = plot_losses(logs, images / "lm_compare_loss.png", "dense LSTM vs LSTM-MoE-LSTM (equal ops/token)")
-    largest = list(trainers)[-1]
-    heat = plot_expert_load(logs[largest], images / f"lm_compare_expert_load_{largest}.png")
-    print(f"\nplots: {curve}, {heat}")
+    logs = {name: read_log(out / name / "log.jsonl") for name in names}
+    title = "dense LSTM vs LSTM-MoE-LSTM (equal ops/token, equal tokens)"
+    curve = plot_losses(logs, images / "lm_compare_loss.png", title)
+    last = max(r["step"] for r in logs[names[0]] if r.get("event") == "eval")
+    zoom = plot_losses(
+        logs, images / "lm_compare_val_zoom.png", "validation loss, second half", True, last // 2
+    )
+    heat = plot_expert_load(logs[names[-1]], images / f"lm_compare_expert_load_{names[-1]}.png")
+    print(f"\nplots: {curve}, {zoom}, {heat}")
 
 
 if __name__ == "__main__":

@@ -31,15 +31,30 @@ def _pyplot():
     return plt
 
 
-def plot_losses(runs: dict[str, list[dict[str, Any]]], out: Path, title: str = "") -> Path:
-    """One figure: train (thin) and validation (thick, markers) loss of each named run."""
+def plot_losses(
+    runs: dict[str, list[dict[str, Any]]],
+    out: Path,
+    title: str = "",
+    val_only: bool = False,
+    since_step: int = 0,
+) -> Path:
+    """One figure: train (thin) and validation (thick, markers) loss of each named run.
+    `val_only` and `since_step` zoom in on the end of training, where runs differ."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for i, (name, records) in enumerate(runs.items()):
         color = f"C{i}"
-        train = [(r["step"], r["loss"]) for r in records if r.get("event") == "train"]
-        val = [(r["step"], r["val_loss"]) for r in records if r.get("event") == "eval"]
-        if train:
+        train = [
+            (r["step"], r["loss"])
+            for r in records
+            if r.get("event") == "train" and r["step"] >= since_step
+        ]
+        val = [
+            (r["step"], r["val_loss"])
+            for r in records
+            if r.get("event") == "eval" and r["step"] >= since_step
+        ]
+        if train and not val_only:
             ax.plot(*zip(*train, strict=True), color=color, alpha=0.45, lw=1, label=f"{name} train")
         if val:
             ax.plot(
