@@ -130,3 +130,33 @@ def test_tiny_preset_reaches_its_stated_loss_on_shakespeare(tmp_path):
     assert cfg.expect.val_loss_below is not None
     assert result.expect_met, f"val loss {result.val_loss:.4f} >= {cfg.expect.val_loss_below}"
     assert result.val_loss < math.log(256) - 2.5  # far below the uniform byte model
+
+
+def test_transformer_with_bpe_trains_through_the_same_loop(corpus, tmp_path):
+    cfg = tiny_config(
+        corpus,
+        model__arch="transformer",
+        model__n_layers=2,
+        model__moe_every=2,
+        data__tokenizer="bpe",
+        data__vocab_size=300,
+        train__steps=40,
+        train__eval_every=40,
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    untrained = evaluate(trainer.model, trainer.corpus.splits["val"], 16, 64, 4)
+    result = trainer.run(plots=False)
+    assert trainer.model.cfg.block_size == cfg.train.seq_len  # filled from the loop config
+    assert [name for name, _ in trainer.model.moe_layers()] == ["ffn1"]
+    assert result.val_loss < untrained - 1.0
+    assert generate_text(tmp_path / "run", "ROMEO:", 10).startswith("ROMEO:")
+
+
+def test_sigmoid_bias_router_is_balanced_by_the_post_step_hook(corpus, tmp_path):
+    cfg = tiny_config(corpus, model__moe__router="sigmoid_bias", train__steps=20)
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.run(plots=False)
+    bias = trainer.model.ffns[0].router.bias
+    assert bias.abs().sum() > 0  # update_router_biases ran after optimizer steps
+    saved = load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
+    assert torch.equal(saved["ffns.0.router.bias"], bias)  # and it is part of the checkpoint
