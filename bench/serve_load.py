@@ -98,7 +98,9 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_server(config: Path, home: Path, max_concurrent: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    config: Path, home: Path, max_concurrent: int, *extra: str
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -108,7 +110,7 @@ def start_server(config: Path, home: Path, max_concurrent: int) -> tuple[subproc
         "--port",
         str(port),
     ]
-    cmd += ["-c", str(config), "--max-concurrent", str(max_concurrent)]
+    cmd += ["-c", str(config), "--max-concurrent", str(max_concurrent), *extra]
     env = {**os.environ, "MIXKIT_HOME": str(home)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -128,6 +130,7 @@ def main() -> None:
     parser.add_argument("--ttft", type=float, default=0.02, help="fake backend: s to first word")
     parser.add_argument("--gap", type=float, default=0.002, help="fake backend: s between words")
     parser.add_argument("--tokens", type=int, default=8, help="fake backend: words per answer")
+    parser.add_argument("--no-log", action="store_true", help="serve with --no-log (no SQLite)")
     args = parser.parse_args()
 
     print(f"cpu cores: {os.cpu_count()}, python {sys.version.split()[0]}")
@@ -146,7 +149,8 @@ def main() -> None:
         config = Path(tmp) / "bench.toml"
         config.write_text(CONFIG.format(url=b.url))
         for c in args.concurrency:
-            proc, base = start_server(config, Path(tmp), max(c, 1))
+            extra = ["--no-log"] if args.no_log else []
+            proc, base = start_server(config, Path(tmp), max(c, 1), *extra)
             try:
                 asyncio.run(load(base, min(10, args.requests), c))  # warm-up (imports, pools)
                 results, elapsed = asyncio.run(load(base, args.requests, c))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -59,7 +60,15 @@ def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None 
     settings = settings or ServeSettings()
     mixtures = mixtures or Mixtures([], log=settings.log)
     limiter = RunLimiter(settings.max_concurrent)
-    app = FastAPI(title="mixkit", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        mixtures.writer.close()  # after the graceful shutdown: the last runs' logs are written
+
+    app = FastAPI(
+        title="mixkit", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.state.settings, app.state.mixtures, app.state.limiter = settings, mixtures, limiter
     install_handlers(app)
 

@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mixkit.errors import ConfigError, MixkitError
-from mixkit.moa import Answer, MoA
+from mixkit.moa import Answer
 from mixkit.serve.errors import APIError
+from mixkit.serve.mixtures import ServedMoA
 from mixkit.serve.schemas import ChatCompletionRequest
 
 T = TypeVar("T")
@@ -52,7 +53,8 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 class Run:
     """A started MoA run for one request; `run_id` is known before the first token."""
 
-    def __init__(self, moa: MoA, req: ChatCompletionRequest):
+    def __init__(self, moa: ServedMoA, req: ChatCompletionRequest):
+        self.writer = moa.writer
         self.model = req.model
         self.max_tokens = req.answer_max_tokens()
         self.run_id = uuid.uuid4().hex
@@ -72,8 +74,10 @@ class Run:
         try:
             return await self.stream.__anext__()
         except StopAsyncIteration:
+            await self.writer.flush(self.run_id)  # the log is complete before the answer is
             return None
         except MixkitError as e:
+            await self.writer.flush(self.run_id)
             raise run_error(e, self.stream.result, self.model) from None
 
     async def collect(self) -> Answer:
@@ -89,6 +93,7 @@ class Run:
             await self.stream.aclose()
         except (RuntimeError, StopAsyncIteration):  # already finished or running elsewhere
             pass
+        await self.writer.flush(self.run_id)
 
 
 def run_error(err: MixkitError, answer: Answer | None, model: str) -> APIError:
