@@ -44,11 +44,17 @@ def normal_cdf(z: torch.Tensor) -> torch.Tensor:
 
 
 def _token_choice(
-    select_TE: torch.Tensor, gate_TE: torch.Tensor, k: int, renormalize: bool
+    select_TE: torch.Tensor,
+    gate_TE: torch.Tensor,
+    k: int,
+    renormalize: bool,
+    topk_ids_TK: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k by `select_TE`, weights read from `gate_TE`. Returns flat slot-major assignments."""
+    """Top-k by `select_TE` (or the given ids), weights read from `gate_TE`. Returns flat
+    slot-major assignments."""
     T = select_TE.shape[0]
-    topk_ids_TK = select_TE.topk(k, dim=-1).indices
+    if topk_ids_TK is None:
+        topk_ids_TK = select_TE.topk(k, dim=-1).indices
     weights_TK = gate_TE.gather(1, topk_ids_TK)
     if renormalize and k > 1:  # for k=1 renormalising would make the gate identically 1
         weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True).clamp_min(1e-20)
@@ -85,46 +91,62 @@ class NoisyTopKRouter(Router):
         self.w_noise = nn.Parameter(torch.zeros(cfg.d_model, cfg.num_experts))
 
     def forward(self, x_TD, noise_TE=None):
-        k = self.cfg.k
+        k, E = self.cfg.k, self.cfg.num_experts
         clean_TE = x_TD @ self.w_gate
         load_TE = None
+        top_ids_TK = None
         if self.training:
             raw_noise_TE = x_TD @ self.w_noise
             if noise_TE is None:
                 noise_TE = torch.randn_like(clean_TE)
+            # One top-(k+1) serves both the selection (its first k) and the load estimator's
+            # thresholds; it is index-only, so it needs no gradient.
+            with torch.no_grad():
+                noisy = clean_TE + noise_TE * (F.softplus(raw_noise_TE) + self.cfg.noise_eps)
+                top_ids_Tk1 = noisy.topk(min(k + 1, E), dim=-1).indices
+            top_ids_TK = top_ids_Tk1[:, :k]
             # Recomputed in backward: the gate and load math would otherwise keep ~8 (T, E)
             # tensors alive, more than the experts' own activations at E=256.
             noisy_TE, probs_TE, load_TE = checkpoint(
-                _noisy_gate, clean_TE, raw_noise_TE, noise_TE, k, self.cfg.noise_eps, use_reentrant=False
+                _noisy_gate, clean_TE, raw_noise_TE, noise_TE, top_ids_Tk1, k, self.cfg.noise_eps,
+                use_reentrant=False,
             )
         else:
             noisy_TE = clean_TE
             probs_TE = noisy_TE.softmax(dim=-1)
         # softmax over the kept k == the full softmax renormalised over the kept k
-        tok, exp, w = _token_choice(noisy_TE, probs_TE, k, renormalize=True)
+        tok, exp, w = _token_choice(noisy_TE, probs_TE, k, renormalize=True, topk_ids_TK=top_ids_TK)
         return RoutingDecision(tok, exp, w, clean_TE, probs_TE, load_TE, x_TD.shape[0])
 
 
-def _noisy_gate(clean_TE, raw_noise_TE, noise_TE, k: int, noise_eps: float):
+def _noisy_gate(clean_TE, raw_noise_TE, noise_TE, top_ids_Tk1, k: int, noise_eps: float):
     """H = clean + noise * softplus(raw) (+eps); returns H, softmax(H) and the smooth load."""
     noise_std_TE = F.softplus(raw_noise_TE) + noise_eps
     noisy_TE = clean_TE + noise_TE * noise_std_TE
     if k < clean_TE.shape[-1]:
-        load_TE = smooth_load(clean_TE, noisy_TE, noise_std_TE, k)
+        load_TE = smooth_load(clean_TE, noisy_TE, noise_std_TE, k, top_ids_Tk1)
     else:  # every expert is always selected
         load_TE = torch.ones_like(clean_TE)
     return noisy_TE, noisy_TE.softmax(dim=-1), load_TE
 
 
 def smooth_load(
-    clean_TE: torch.Tensor, noisy_TE: torch.Tensor, noise_std_TE: torch.Tensor, k: int
+    clean_TE: torch.Tensor,
+    noisy_TE: torch.Tensor,
+    noise_std_TE: torch.Tensor,
+    k: int,
+    top_ids_Tk1: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """P(expert i is in the top k of token t), re-drawing only expert i's noise (paper, App. A).
 
     kth_excluding(H, k, i) is the k-th largest noisy logit among the other experts. If i is in the
     current top k, that is the (k+1)-th largest overall; otherwise it is the k-th largest.
+    `top_ids_Tk1`, the indices of the k+1 largest, may be passed in when already known.
     """
-    top_T_k1 = noisy_TE.topk(k + 1, dim=-1).values  # (T, k+1)
+    if top_ids_Tk1 is None:
+        top_T_k1 = noisy_TE.topk(k + 1, dim=-1).values  # (T, k+1)
+    else:
+        top_T_k1 = noisy_TE.gather(1, top_ids_Tk1)  # differentiable, like topk's values
     threshold_if_in_T1 = top_T_k1[:, k : k + 1]
     threshold_if_out_T1 = top_T_k1[:, k - 1 : k]
     is_in_TE = noisy_TE > threshold_if_in_T1
