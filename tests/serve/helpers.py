@@ -143,7 +143,9 @@ class ServerProcess:
 
 
 def logged_run(home: Path, run_id: str) -> tuple[dict, list[dict]]:
-    """The run and its calls as `mixkit logs` reads them from SQLite."""
+    """The run and its calls as `mixkit logs` reads them from SQLite (written moments after
+    the response, by the server's log thread: wait for it)."""
+    wait_for(lambda: _has_run(home, run_id), what=f"run {run_id} in the log")
     db = sqlite3.connect(home / "logs.db")
     db.row_factory = sqlite3.Row
     try:
@@ -157,6 +159,18 @@ def logged_run(home: Path, run_id: str) -> tuple[dict, list[dict]]:
     finally:
         db.close()
     return run, calls
+
+
+def _has_run(home: Path, run_id: str) -> bool:
+    if not (home / "logs.db").exists():
+        return False
+    db = sqlite3.connect(home / "logs.db")
+    try:
+        return db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
+    except sqlite3.OperationalError:  # the schema is being created
+        return False
+    finally:
+        db.close()
 
 
 def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):

@@ -40,8 +40,8 @@ def test_a_non_streaming_client_that_gives_up_cancels_its_proposers(server, fres
     )
     assert stats["started"] == 2 and stats["completed"] == 0
     wait_for(lambda: server.health()["running"] == 0, what="the run slot to be released")
-    db_runs = logged_runs_since(home, "hang-mix")
-    assert db_runs and db_runs[-1]["outcome"] == "cancelled"
+    db_runs = wait_for(lambda: logged_runs_since(home, "hang-mix"), what="the run in the log")
+    assert db_runs[-1]["outcome"] == "cancelled"
     _, calls = logged_run(home, db_runs[-1]["id"])
     assert [c["outcome"] for c in calls] == ["cancelled", "cancelled"]  # no aggregator call made
 

@@ -21,16 +21,26 @@ log = logging.getLogger("mixkit.serve")
 class LogWriter:
     """Writes run logs on one background thread. A run's SQLite commit (an fsync, 15 ms median
     here) on the event loop stalled every request in flight: under load it was the largest
-    single cost in a profile of the server."""
+    single cost in a profile of the server.
 
-    def __init__(self):
+    A response does not wait for its run's log (it lands moments later) unless more than
+    `max_pending` writes are queued: then it waits for its own, so the queue stays bounded.
+    """
+
+    def __init__(self, max_pending: int = 64):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mixkit-log")
         self._pending: dict[str, Future] = {}
+        self.max_pending = max_pending
 
     def submit(self, run_id: str, write, *args) -> None:
         future = self._pool.submit(write, *args)
         self._pending[run_id] = future
         future.add_done_callback(lambda _: self._pending.pop(run_id, None))
+
+    async def backpressure(self, run_id: str) -> None:
+        """Wait for `run_id`'s log only if the writer has fallen behind."""
+        if len(self._pending) > self.max_pending:
+            await self.flush(run_id)
 
     async def flush(self, run_id: str) -> None:
         """Wait until `run_id`'s log is written (so `mixkit logs --run` finds it)."""

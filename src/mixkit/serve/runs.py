@@ -74,10 +74,10 @@ class Run:
         try:
             return await self.stream.__anext__()
         except StopAsyncIteration:
-            await self.writer.flush(self.run_id)  # the log is complete before the answer is
+            await self.writer.backpressure(self.run_id)
             return None
         except MixkitError as e:
-            await self.writer.flush(self.run_id)
+            await self.writer.backpressure(self.run_id)
             raise run_error(e, self.stream.result, self.model) from None
 
     async def collect(self) -> Answer:
@@ -93,7 +93,7 @@ class Run:
             await self.stream.aclose()
         except (RuntimeError, StopAsyncIteration):  # already finished or running elsewhere
             pass
-        await self.writer.flush(self.run_id)
+        await self.writer.backpressure(self.run_id)
 
 
 def run_error(err: MixkitError, answer: Answer | None, model: str) -> APIError:
