@@ -138,3 +138,25 @@ def test_auth_off_needs_no_key(server):
         f"{server.url}/chat/completions", json={"model": "mix", "messages": QUESTION}, timeout=60
     )
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_mixkit_logs_shows_the_run_named_by_the_header(server, home, monkeypatch, capsys):
+    import json
+    import sys
+
+    from mixkit.cli import main
+
+    raw = client(server.url).chat.completions.with_raw_response.create(
+        model="mix", messages=QUESTION
+    )
+    run_id = raw.headers[RUN_ID_HEADER]
+    logged_run(home, run_id)  # wait until the server's log thread has written it
+    monkeypatch.setattr(sys, "argv", ["mixkit", "logs", "--run", run_id[:12], "--json"])
+    try:
+        main()
+    except SystemExit as e:
+        assert not e.code
+    (shown,) = json.loads(capsys.readouterr().out)
+    assert shown["id"] == run_id and shown["preset"] == "mix" and shown["outcome"] == "ok"
+    assert shown["answer"] == raw.parse().choices[0].message.content
+    assert len(shown["calls"]) == 3
