@@ -102,7 +102,11 @@ def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None 
         )
         moa = mixtures.get(req.model)
         limiter.acquire()
-        run = Run(moa, req)
+        try:
+            run = Run(moa, req)
+        except BaseException:
+            limiter.release()
+            raise
         headers = {RUN_ID_HEADER: run.run_id}
 
         async def finish() -> None:

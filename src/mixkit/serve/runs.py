@@ -58,9 +58,12 @@ class Run:
         self.model = req.model
         self.max_tokens = req.answer_max_tokens()
         self.run_id = uuid.uuid4().hex
-        self.stream = moa.stream(
-            messages=req.engine_messages(), max_tokens=self.max_tokens, run_id=self.run_id
-        )
+        try:
+            self.stream = moa.stream(
+                messages=req.engine_messages(), max_tokens=self.max_tokens, run_id=self.run_id
+            )
+        except ConfigError as e:  # the engine's own check of the conversation
+            raise APIError(400, str(e), param="messages") from None
         self.effective_max_tokens = (
             self.max_tokens or moa.agents[moa.config.aggregator].config.max_tokens
         )
