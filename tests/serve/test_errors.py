@@ -188,3 +188,21 @@ def test_a_client_at_the_limit_never_sees_its_own_finished_run_counted(backend):
                     r.read()
                     statuses.append(r.status_code)
     assert statuses == [200] * 30
+
+
+def test_a_body_that_stalls_gets_408_and_frees_the_connection(backend):
+    """A client that declares a body and never finishes it (slow-loris) is cut off."""
+    import socket
+
+    settings = ServeSettings(body_timeout_s=0.5)
+    with ThreadServer([mixture("mix", backend.url, [], "ok")], settings) as s:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as conn:
+            conn.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model"'
+            )
+            reply = conn.recv(65536).decode()  # blocks until the server answers (timeout 30 s)
+        status, _, rest = reply.partition("\r\n")
+        assert " 408 " in status
+        assert json.loads(rest.split("\r\n\r\n", 1)[1])["error"]["code"] == "body_timeout"
+        assert s.health()["running"] == 0

@@ -96,7 +96,8 @@ def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         check_auth(request, settings.api_key)
-        data = decode_json(await read_body(request, settings.max_body_bytes))
+        raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
+        data = decode_json(raw)
         req = schemas.parse_request(
             data, max_messages=settings.max_messages, max_tokens=settings.max_tokens
         )

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import ClientDisconnect, Request
 
 from mixkit.serve.errors import APIError
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 once it passes `max_bytes` (declared or streamed)."""
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request body: 413 once it passes `max_bytes` (declared or streamed), 408 if it has
+    not all arrived within `timeout_s`."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise APIError(400, "invalid Content-Length header", code="invalid_body")
         if int(declared) > max_bytes:
             raise _too_large(max_bytes)
+    try:
+        return await asyncio.wait_for(_read(request, max_bytes), timeout_s)
+    except asyncio.TimeoutError:
+        raise APIError(
+            408, f"the request body did not arrive within {timeout_s:g}s", code="body_timeout"
+        ) from None
+
+
+async def _read(request: Request, max_bytes: int) -> bytes:
     body = bytearray()
     try:
         async for part in request.stream():

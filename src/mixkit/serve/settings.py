@@ -18,6 +18,7 @@ class ServeSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = Field(None, repr=False)  # None: no auth
     max_body_bytes: int = Field(1 << 20, ge=1024)  # 413 past this
+    body_timeout_s: float = Field(30.0, gt=0)  # 408 for a body that stalls (slow-loris)
     max_messages: int = Field(256, ge=1)
     max_tokens: int = Field(4096, ge=1)  # a request's max_tokens may not exceed it
     max_concurrent: int = Field(32, ge=1)  # runs at once; 429 past it (never an unbounded queue)
