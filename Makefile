@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.mixkit-installed
 
-.PHONY: run test bench lint install clean
+.PHONY: run test bench serve lint install clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The Mixture-of-Agents as an OpenAI-compatible endpoint on 127.0.0.1:8000.
+serve: $(STAMP)
+	$(VENV)/bin/mixkit serve
 
 bench: $(STAMP)
 	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[bench]"
