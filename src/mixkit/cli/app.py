@@ -7,6 +7,7 @@ shows a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -34,6 +35,10 @@ def _register() -> None:
 
 
 def main() -> None:
+    # Large CPU tensors (an MoE's stacked expert gradients, fresh every step) on transparent huge
+    # pages: measured 5x cheaper to first-touch here. torch reads this once, at its import, which
+    # happens later, inside the command bodies.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     _register()
     try:
         app(standalone_mode=False)
