@@ -46,26 +46,67 @@ class MoEStats:
         return out
 
 
-def _losses(decision: RoutingDecision, cfg: MoEConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of the enabled losses, and every loss's unweighted value for the stats."""
+def _group_losses(
+    decision: RoutingDecision, cfg: MoEConfig, reduce=None, extra: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor]:
+    """Weighted sum of the enabled losses, every loss's unweighted value, and the summed extras.
+
+    The losses are functions of a few sums over tokens (importance, load, routing probability,
+    assignment counts, z), so they are computed from those sums. `reduce` (expert parallelism)
+    sums them over the group first, in one collective, with `extra` (non-differentiable counts)
+    riding along; each loss then covers the whole group's batch, as the paper defines it.
+    Disabled losses are computed without gradient and only reported.
+    """
     E = cfg.num_experts
-    terms = {
-        "importance_loss": (cfg.w_importance, lambda: balance.cv_squared(balance.importance_E(decision, E))),
-        "load_loss": (cfg.w_load, lambda: balance.cv_squared(balance.load_E(decision, E))),
-        "switch_loss": (cfg.w_switch, lambda: balance.switch_loss(decision, E)),
-        "z_loss": (cfg.w_zloss, lambda: balance.z_loss(decision)),
+    T = decision.probs_TE.shape[0]
+
+    def maybe_grad(on: bool, fn):
+        if on:
+            return fn()
+        with torch.no_grad():
+            return fn()
+
+    importance_E = maybe_grad(cfg.w_importance > 0, lambda: balance.importance_E(decision, E))
+    load_E = maybe_grad(cfg.w_load > 0, lambda: balance.load_E(decision, E).to(importance_E.dtype))
+    probsum_E = maybe_grad(cfg.w_switch > 0, lambda: decision.probs_TE.sum(dim=0))
+    zsum_1 = maybe_grad(
+        cfg.w_zloss > 0, lambda: torch.logsumexp(decision.logits_TE, dim=-1).pow(2).sum().reshape(1)
+    )
+    with torch.no_grad():
+        counts_E = torch.bincount(decision.expert_idx_A, minlength=E).to(importance_E.dtype)
+        p = decision.probs_TE.detach()
+        entropy_1 = -(p * torch.log(p.clamp_min(1e-20))).sum().reshape(1)
+        sizes_2 = importance_E.new_tensor([T, decision.expert_idx_A.numel()])
+    dtype = importance_E.dtype
+    parts = [importance_E, load_E, probsum_E.to(dtype), counts_E, zsum_1.to(dtype), entropy_1.to(dtype), sizes_2]
+    if extra is not None:
+        parts.append(extra.to(dtype))
+    sums = torch.cat(parts)
+    if reduce is not None:
+        sums = reduce(sums)
+    importance_E, load_E, probsum_E, counts_E, zsum, entropy, sizes, extra_sum = torch.split(
+        sums, [E, E, E, E, 1, 1, 2, sums.numel() - 4 * E - 4]
+    )
+    Tg, Ag = sizes[0].clamp_min(1), sizes[1].clamp_min(1)
+    values = {
+        "importance_loss": balance.cv_squared(importance_E),
+        "load_loss": balance.cv_squared(load_E),
+        "switch_loss": E * ((counts_E / Ag) * (probsum_E / Tg)).sum(),
+        "z_loss": (zsum / Tg).squeeze(0),
+    }
+    weights = {
+        "importance_loss": cfg.w_importance,
+        "load_loss": cfg.w_load,
+        "switch_loss": cfg.w_switch,
+        "z_loss": cfg.w_zloss,
     }
     total = decision.weight_A.new_zeros(())
-    values = {}
-    for name, (weight, fn) in terms.items():
-        if weight > 0:
-            value = fn()
-            total = total + weight * value
-            values[name] = value.detach()
-        else:  # reported, not trained
-            with torch.no_grad():
-                values[name] = fn()
-    return total, values
+    for name, value in values.items():
+        if weights[name] > 0:
+            total = total + weights[name] * value
+    values = {name: v.detach() for name, v in values.items()}
+    entropy = (entropy / Tg).squeeze(0).detach()
+    return total, values, (extra_sum.detach() if extra is not None else None), entropy
 
 
 class MoE(nn.Module):
@@ -103,6 +144,7 @@ class MoE(nn.Module):
             Experts(cfg.num_shared_experts, d_model, d_hidden, expert) if cfg.num_shared_experts else None
         )
         self.dispatcher = LocalDispatcher(num_experts)
+        self.ep = None  # an ExpertParallel once mixkit.moe.parallel.shard_experts() has run
         self.expert_impl = "auto"  # "loop" | "grouped_mm" | "auto"
         self.aux_loss: torch.Tensor = torch.zeros(())
         self.last_stats: MoEStats | None = None
@@ -121,15 +163,15 @@ class MoE(nn.Module):
             )
         x_TD = x.reshape(-1, cfg.d_model)
         T = x_TD.shape[0]
+        if self.ep is not None:
+            return self._forward_parallel(x, x_TD, router_noise)
         decision = self.router(x_TD, router_noise)
         x_SD, counts, plan = self.dispatcher.dispatch(x_TD, decision, cfg.capacity(T))
         out_SD = self.experts(x_SD, counts, self.expert_impl, scale_A=plan.weight_S)  # (S, D)
         y_TD = self.dispatcher.combine(out_SD, plan)
-        if self.shared_experts is not None:
-            for e in range(cfg.num_shared_experts):
-                y_TD = y_TD + self.shared_experts.forward_dense(x_TD, e)
+        y_TD = self._add_shared(x_TD, y_TD)
 
-        self.aux_loss, loss_values = _losses(decision, cfg)
+        self.aux_loss, loss_values, _, entropy = _group_losses(decision, cfg)
         if decision.expert_choice:  # tokens that no expert picked
             covered = torch.zeros(T, dtype=torch.bool, device=x.device)
             covered[plan.token_idx_S] = True
@@ -139,7 +181,57 @@ class MoE(nn.Module):
         self.last_stats = MoEStats(
             tokens_per_expert=plan.counts_E.detach().float(),
             dropped_fraction=dropped,
-            router_entropy=balance.router_entropy(decision),
+            router_entropy=entropy,
+            losses=loss_values,
+        )
+        self.last_decision = decision
+        return y_TD.reshape(x.shape)
+
+    def _add_shared(self, x_TD: torch.Tensor, y_TD: torch.Tensor) -> torch.Tensor:
+        if self.shared_experts is not None:
+            for e in range(self.cfg.num_shared_experts):
+                y_TD = y_TD + self.shared_experts.forward_dense(x_TD, e)
+        return y_TD
+
+    def _forward_parallel(self, x, x_TD, router_noise):
+        """Expert-parallel forward (see mixkit.moe.parallel): same result as one process running
+        the whole group's batch, with this rank's tokens as its slice."""
+        from mixkit.moe.parallel import expert_choice_decision
+
+        cfg, ep = self.cfg, self.ep
+        T = x_TD.shape[0]
+        offset, group_tokens, sizes = ep.token_layout(T, x_TD.device)
+        if cfg.router == "expert_choice":
+            decision = expert_choice_decision(self.router, x_TD, ep, offset, sizes)
+        else:
+            decision = self.router(x_TD, router_noise)
+        y_TD, plan = self.dispatcher.run(
+            x_TD, decision, cfg.capacity(group_tokens), self.experts, self.expert_impl, offset, group_tokens
+        )
+        y_TD = self._add_shared(x_TD, y_TD)
+        with torch.no_grad():
+            if decision.expert_choice:
+                covered = torch.zeros(T, dtype=torch.bool, device=x.device)
+                covered[plan.token_idx_S] = True
+                covered_count = covered.sum()
+            else:
+                covered_count = torch.zeros((), device=x.device)
+            extra = torch.cat(
+                [plan.counts_E.float(), x_TD.new_tensor([plan.num_dropped, covered_count]).float()]
+            )
+        self.aux_loss, loss_values, extra_sum, entropy = _group_losses(
+            decision, cfg, reduce=ep.all_reduce_sum, extra=extra
+        )
+        E = cfg.num_experts
+        counts_E, dropped_count, covered_g = extra_sum[:E], extra_sum[E], extra_sum[E + 1]
+        if decision.expert_choice:
+            dropped = 1.0 - covered_g / max(group_tokens, 1)
+        else:
+            dropped = dropped_count / max(cfg.k * group_tokens, 1)
+        self.last_stats = MoEStats(
+            tokens_per_expert=counts_E.float(),
+            dropped_fraction=dropped.float().cpu(),
+            router_entropy=entropy,
             losses=loss_values,
         )
         self.last_decision = decision

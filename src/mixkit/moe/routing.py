@@ -223,6 +223,10 @@ class SigmoidBiasRouter(Router):
 
     @torch.no_grad()
     def update_bias(self) -> None:
+        from mixkit import distributed as mdist
+
+        if mdist.is_initialized():  # data/expert parallel: every rank applies the global load
+            mdist.all_reduce_(self.load_accum)
         if self.load_accum.sum() == 0:
             return
         self.bias += self.cfg.bias_update_rate * torch.sign(self.load_accum.mean() - self.load_accum)

@@ -1,0 +1,309 @@
+"""Expert parallelism: the E experts of an MoE split over the ranks of a process group.
+
+Legend: T local tokens, Tg tokens of the whole group, D d_model, E experts, El = E / R experts per
+rank, R ranks, A local assignments, N assignments received by this rank's experts.
+
+    layer = MoE(d_model, d_hidden, num_experts=64, k=2)     # same seed on every rank
+    shard_experts(layer, group)                              # keep experts [r*El, (r+1)*El)
+    y = layer(x_local)                                       # tokens travel by all_to_all
+
+Each rank routes its own tokens with its own (replicated) router. The assignments are sorted by
+expert, which also groups them by destination rank, because rank r holds a contiguous block of
+experts. Per-rank counts go first (one all_to_all of R*El integers), then the token rows, each
+carrying its gate weight as an extra column, so one all_to_all moves both and the gate keeps its
+gradient. The receiving rank regroups rows by local expert, applies the capacity in the same
+priority order one process would use on the whole batch (first choices before second choices,
+then token order across ranks), runs its grouped FFN, and the results return by the reverse
+all_to_all. Dropped assignments come back as zeros.
+
+The result equals the single-process layer on the concatenated batch: outputs, input gradients,
+expert-weight gradients and, because the balancing statistics (importance, load, switch, z) are
+summed over the group before the losses are taken, the aux loss too. Expert choice picks each
+expert's top C over the whole group's tokens: the routing probabilities are all-gathered (no
+gradient), and each rank keeps the picks of its own tokens, weighted by its local probabilities.
+
+Gradient bookkeeping for training: expert weights already receive the sum over the group of every
+rank's loss gradient (the backward all_to_all brings them home); dense weights (router, shared
+experts, the rest of the model) need the usual data-parallel all_reduce. See
+`mixkit.train.distributed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mixkit import distributed as mdist
+from mixkit.errors import ConfigError
+from mixkit.moe.routing import RoutingDecision
+
+
+@dataclass
+class ExpertParallel:
+    """Where this rank sits in its expert-parallel group."""
+
+    group: object  # a torch.distributed ProcessGroup (None: the default group)
+    rank: int
+    size: int
+    num_experts: int
+
+    @property
+    def local_experts(self) -> int:
+        return self.num_experts // self.size
+
+    @property
+    def first_expert(self) -> int:
+        return self.rank * self.local_experts
+
+    def token_layout(self, num_tokens: int, device) -> tuple[int, int, list[int]]:
+        """(offset of this rank's tokens in the group batch, group batch size, all ranks' T)."""
+        t = torch.tensor([num_tokens], dtype=torch.int64, device=device)
+        out = [torch.zeros_like(t) for _ in range(self.size)]
+        with mdist.collective("expert-parallel all_gather of token counts", self.group):
+            dist.all_gather(out, t, group=self.group)
+        sizes = [int(v) for v in out]
+        return sum(sizes[: self.rank]), sum(sizes), sizes
+
+    def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        return mdist.all_reduce_sum(x, self.group)
+
+
+def expert_choice_decision(
+    router, x_TD: torch.Tensor, ep: ExpertParallel, offset: int, sizes: list[int]
+) -> RoutingDecision:
+    """Expert choice over the whole group's batch: expert e takes its top C of Tg tokens."""
+    T, E = x_TD.shape[0], router.cfg.num_experts
+    logits_TE = x_TD @ router.w_gate
+    probs_TE = logits_TE.softmax(dim=-1)
+    Tg, Tmax = sum(sizes), max(sizes)
+    with torch.no_grad():  # selection only; the weights below come from the local probabilities
+        padded = probs_TE.new_zeros(Tmax, E)
+        padded[:T] = probs_TE.detach()
+        parts = [torch.empty_like(padded) for _ in range(ep.size)]
+        with mdist.collective("expert-choice all_gather of router probabilities", ep.group):
+            dist.all_gather(parts, padded, group=ep.group)
+        probs_all = torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])  # (Tg, E)
+        C = router.cfg.capacity(Tg)
+        token_EC = probs_all.t().topk(C, dim=-1).indices  # (E, C), as one process would pick
+        expert_EC = torch.arange(E, device=x_TD.device).unsqueeze(1).expand(E, C)
+        mine = (token_EC >= offset) & (token_EC < offset + T)
+        token_idx_A = token_EC[mine] - offset  # expert-major, like the local router
+        expert_idx_A = expert_EC[mine]
+    weight_A = probs_TE[token_idx_A, expert_idx_A]
+    return RoutingDecision(
+        token_idx_A, expert_idx_A, weight_A, logits_TE, probs_TE, None, T, expert_choice=True
+    )
+
+
+@dataclass
+class ParallelPlan:
+    counts_E: torch.Tensor  # (E,) kept assignments per expert, this rank's experts only (others 0)
+    num_dropped: int  # assignments this rank's experts dropped
+    num_assignments: int  # assignments this rank's tokens made
+    token_idx_S: torch.Tensor  # (A,) this rank's tokens, sorted by expert
+
+
+class AllToAllDispatcher:
+    """Token rows to the rank that holds their expert and back, with capacity applied there."""
+
+    def __init__(self, ep: ExpertParallel):
+        self.ep = ep
+
+    def run(
+        self,
+        x_TD: torch.Tensor,
+        decision: RoutingDecision,
+        capacity: int | None,
+        experts,
+        impl: str,
+        offset: int,
+        group_tokens: int,
+    ) -> tuple[torch.Tensor, ParallelPlan]:
+        ep = self.ep
+        R, El, E = ep.size, ep.local_experts, ep.num_experts
+        T, D = x_TD.shape
+        expert_idx_A = decision.expert_idx_A
+        A = expert_idx_A.numel()
+        if decision.expert_choice:
+            order_A = torch.arange(A, device=x_TD.device)  # already expert-major
+        else:
+            order_A = torch.argsort(expert_idx_A, stable=True)
+        token_S = decision.token_idx_A[order_A]
+        weight_S = decision.weight_A[order_A]
+        send_counts_RE = torch.bincount(expert_idx_A, minlength=E).view(R, El)
+        recv_counts_RE = mdist.all_to_all(
+            send_counts_RE.reshape(-1), [El] * R, [El] * R, ep.group
+        ).view(R, El)
+        send_splits = send_counts_RE.sum(1).tolist()
+        recv_splits = recv_counts_RE.sum(1).tolist()
+
+        payload = torch.cat(
+            [x_TD.index_select(0, token_S), weight_S.to(x_TD.dtype).unsqueeze(1)], dim=1
+        )
+        recv_ND1 = mdist.all_to_all(payload, recv_splits, send_splits, ep.group)  # (N, D+1)
+        N = recv_ND1.shape[0]
+        local_expert_N = torch.repeat_interleave(
+            torch.arange(El, device=x_TD.device).repeat(R), recv_counts_RE.reshape(-1)
+        )
+        limited = capacity is not None and not decision.expert_choice
+        if limited:
+            # One process on the whole batch keeps, per expert, the first `capacity` assignments in
+            # slot-major order: slot, then the token's position in the group batch.
+            slot_S = order_A // T if T else order_A
+            key_S = slot_S * group_tokens + offset + token_S
+            key_N = mdist.all_to_all(key_S, recv_splits, send_splits, ep.group)
+            span = max(1, decision.expert_idx_A.numel() // max(T, 1)) * group_tokens
+            sort_N = torch.argsort(local_expert_N * span + key_N)
+        else:
+            sort_N = torch.argsort(local_expert_N, stable=True)
+        counts_El = torch.bincount(local_expert_N, minlength=El)
+        num_dropped = 0
+        if limited and N and int(counts_El.max()) > capacity:
+            expert_sorted_N = local_expert_N[sort_N]
+            starts_El = counts_El.cumsum(0) - counts_El
+            keep_N = torch.arange(N, device=x_TD.device) - starts_El[expert_sorted_N] < capacity
+            sort_N = sort_N[keep_N]
+            kept_El = counts_El.clamp(max=capacity)
+            num_dropped = int((counts_El - kept_El).sum())
+            counts_El = kept_El
+        rows = recv_ND1.index_select(0, sort_N)
+        out_KD = experts(rows[:, :D], counts_El.tolist(), impl, scale_A=rows[:, D])
+        back_ND = out_KD.new_zeros(N, D).index_copy(0, sort_N, out_KD)  # dropped rows stay zero
+        out_SD = mdist.all_to_all(back_ND, send_splits, recv_splits, ep.group)  # (A, D)
+        y_TD = out_SD.new_zeros(T, D).index_put_((token_S,), out_SD, accumulate=True)
+        counts_E = torch.zeros(E, dtype=counts_El.dtype, device=x_TD.device)
+        counts_E[ep.first_expert : ep.first_expert + El] = counts_El
+        return y_TD, ParallelPlan(counts_E, num_dropped, A, token_S)
+
+
+# --- set-up -----------------------------------------------------------------------------------
+def _moe_layers(module: nn.Module):
+    from mixkit.moe.layer import MoE
+
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, MoE)]
+
+
+def shard_experts(module: nn.Module, group=None) -> nn.Module:
+    """Make every MoE in `module` expert-parallel over `group` (default: the whole world), in place.
+
+    Call it on identically initialised modules on every rank (same seed, same config): each rank
+    keeps its block of E/R experts, and the others' weights are freed. Raises ConfigError when E is
+    not divisible by the group size or when the ranks' configs differ.
+    """
+    if not mdist.is_initialized():
+        raise ConfigError(
+            "expert parallelism needs torch.distributed: run under torchrun, or call "
+            "torch.distributed.init_process_group first"
+        )
+    R, r = dist.get_world_size(group), dist.get_rank(group)
+    layers = _moe_layers(module)
+    mdist.check_same(
+        "the MoE configuration",
+        {name or "moe": repr(sorted(layer.cfg.to_dict().items())) for name, layer in layers},
+        group,
+    )
+    for name, layer in layers:
+        E = layer.cfg.num_experts
+        if E % R:
+            raise ConfigError(
+                f"{name or 'moe'}.num_experts ({E}) is not divisible by the expert-parallel size ({R}); "
+                f"choose a size that divides {E}"
+            )
+        if layer.ep is not None:
+            raise ConfigError(f"{name or 'moe'} is already expert-parallel")
+        ep = ExpertParallel(group, r, R, E)
+        _slice_experts(layer.experts, ep.first_expert, ep.local_experts)
+        layer.ep = ep
+        layer.dispatcher = AllToAllDispatcher(ep)
+        if hasattr(layer.router, "sync_group"):
+            layer.router.sync_group = group
+    return module
+
+
+def _slice_experts(experts: nn.Module, first: int, count: int) -> None:
+    for pname, p in list(experts.named_parameters(recurse=False)):
+        new = nn.Parameter(p.detach()[first : first + count].clone(), requires_grad=p.requires_grad)
+        setattr(experts, pname, new)
+    experts.num_experts = count
+
+
+def expert_parameter_names(module: nn.Module) -> set[str]:
+    """Names (as in module.named_parameters()) of the expert-parallel (sharded) parameters."""
+    names = set()
+    for lname, layer in _moe_layers(module):
+        if layer.ep is None:
+            continue
+        for pname, _ in layer.experts.named_parameters():
+            names.add(f"{lname}.experts.{pname}" if lname else f"experts.{pname}")
+    return names
+
+
+def _gather_dim0(shard: torch.Tensor, ep: ExpertParallel) -> torch.Tensor:
+    parts = [torch.empty_like(shard) for _ in range(ep.size)]
+    with mdist.collective("expert-parallel all_gather of expert weights", ep.group):
+        dist.all_gather(parts, shard.contiguous(), group=ep.group)
+    return torch.cat(parts)
+
+
+def _sharded_tensors(module: nn.Module):
+    """(full name, parameter, ExpertParallel) for every sharded parameter."""
+    for lname, layer in _moe_layers(module):
+        if layer.ep is None:
+            continue
+        for pname, p in layer.experts.named_parameters():
+            yield (f"{lname}.experts.{pname}" if lname else f"experts.{pname}"), p, layer.ep
+
+
+@contextlib.contextmanager
+def gathered_experts(module: nn.Module) -> Iterator[None]:
+    """Inside the block every sharded expert parameter holds all E experts (for saving)."""
+    saved = []
+    for _, p, ep in _sharded_tensors(module):
+        saved.append((p, p.data))
+        p.data = _gather_dim0(p.data, ep)
+    try:
+        yield
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
+def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() with each sharded parameter's state gathered to all E experts."""
+    sd = optimizer.state_dict()
+    index = _param_index(optimizer)
+    for _, p, ep in _sharded_tensors(module):
+        state = sd["state"].get(index[id(p)])
+        if not state:
+            continue
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == p.shape[0]:
+                state[key] = _gather_dim0(value, ep)
+    return sd
+
+
+def shard_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, sd: dict) -> dict:
+    """The inverse of full_optimizer_state: keep this rank's experts of a full state dict."""
+    index = _param_index(optimizer)
+    for _, p, ep in _sharded_tensors(module):
+        state = sd["state"].get(index[id(p)])
+        if not state:
+            continue
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == ep.num_experts:
+                state[key] = value[ep.first_expert : ep.first_expert + ep.local_experts].clone()
+    return sd
+
+
+def _param_index(optimizer: torch.optim.Optimizer) -> dict[int, int]:
+    index, i = {}, 0
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            index[id(p)] = i
+            i += 1
+    return index

@@ -1,0 +1,63 @@
+"""Expert parallelism over real gloo process groups (2 and 4 ranks, started by the tests)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.parallel import workers
+from tests.parallel.harness import run_ranks, values
+
+ROUTERS = ["noisy_topk", "topk", "switch", "expert_choice", "sigmoid_bias"]
+CASES = (
+    [(r, None, "train", 0) for r in ROUTERS]
+    + [(r, 0.5, "train", 0) for r in ROUTERS if r != "expert_choice"]
+    + [
+        ("expert_choice", 1.5, "train", 0),
+        ("noisy_topk", None, "eval", 0),
+        ("sigmoid_bias", 1.0, "train", 1),
+    ]
+)
+TOL = 1e-10  # float64
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_expert_parallel_equals_single_process(world):
+    reports = values(run_ranks(workers.equivalence, world, cases=CASES))
+    dropped_somewhere = False
+    for rank, report in enumerate(reports):
+        assert len(report) == len(CASES)
+        for case, errs in report.items():
+            dropped_somewhere |= "cf=0.5" in case and errs.pop("dropped_any") > 0
+            errs.pop("dropped_any", None)
+            bad = {k: v for k, v in errs.items() if not v <= TOL}
+            assert not bad, f"rank {rank}, {case}: {bad}"
+            assert any(k.startswith("expert_grad.") for k in errs)
+            assert "dense_grad.router.w_gate" in errs
+    assert dropped_somewhere, "the capacity cases must actually drop assignments"
+
+
+def test_experts_must_divide_over_ranks():
+    results = run_ranks(workers.not_divisible, 2, E=5)
+    for res in results:
+        assert res.error and res.error.startswith("ConfigError")
+        assert "num_experts (5) is not divisible by the expert-parallel size (2)" in res.error
+
+
+def test_mismatched_configs_are_named():
+    results = run_ranks(workers.mismatched, 2)
+    for res in results:
+        assert res.error and res.error.startswith("ConfigError"), res
+        assert "differs across ranks" in res.error and "capacity_factor" in res.error
+
+
+def test_a_dead_rank_is_an_error_not_a_hang():
+    t0 = time.monotonic()
+    results = run_ranks(workers.dies, 2, timeout_s=20, deadline_s=120)
+    assert results[1].exitcode == 3
+    assert results[0].error is not None and results[0].error.startswith("DistributedError"), (
+        results[0]
+    )
+    assert "failed on rank 0 of 2" in results[0].error
+    assert time.monotonic() - t0 < 100
