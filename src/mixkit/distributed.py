@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -77,11 +78,59 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+class CommRecord:
+    """Seconds and bytes sent per collective, filled while `record_comm()` is active."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.bytes_sent: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+
+    def add(self, what: str, seconds: float, nbytes: int) -> None:
+        self.seconds[what] = self.seconds.get(what, 0.0) + seconds
+        self.bytes_sent[what] = self.bytes_sent.get(what, 0) + nbytes
+        self.calls[what] = self.calls.get(what, 0) + 1
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_sent.values())
+
+
+_recorders: list[CommRecord] = []
+
+
 @contextlib.contextmanager
-def collective(what: str, group=None) -> Iterator[None]:
-    """Re-raise a backend failure inside the block as a DistributedError that says what to do."""
+def record_comm() -> Iterator[CommRecord]:
+    """Time every mixkit collective in the block (for benchmarks):
+
+    with record_comm() as rec:
+        loss.backward()
+    rec.seconds["all_to_all"], rec.bytes_sent["all_to_all"]
+    """
+    rec = CommRecord()
+    _recorders.append(rec)
+    try:
+        yield rec
+    finally:
+        _recorders.remove(rec)
+
+
+@contextlib.contextmanager
+def collective(what: str, group=None, nbytes: int = 0) -> Iterator[None]:
+    """Re-raise a backend failure inside the block as a DistributedError that says what to do.
+
+    `nbytes` (what this rank sends) and the block's time go to any active `record_comm()`.
+    """
+    t0 = time.perf_counter() if _recorders else 0.0
     try:
         yield
+        if _recorders:
+            for rec in _recorders:
+                rec.add(what, time.perf_counter() - t0, nbytes)
     except DistributedError:
         raise
     except (RuntimeError, ValueError) as e:  # DistBackendError is a RuntimeError
@@ -122,7 +171,7 @@ def check_same(name: str, value: dict, group=None) -> None:
 
 def all_reduce_(tensor: torch.Tensor, group=None, op=None) -> torch.Tensor:
     """In-place sum (or `op`) over the group, without autograd."""
-    with collective("all_reduce", group):
+    with collective("all_reduce", group, nbytes=tensor.numel() * tensor.element_size()):
         dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=group)
     return tensor
 
@@ -132,7 +181,7 @@ def _all_to_all_raw(
 ) -> torch.Tensor:
     x = x.contiguous()
     out = x.new_empty((sum(out_splits),) + tuple(x.shape[1:]))
-    with collective("all_to_all", group):
+    with collective("all_to_all", group, nbytes=x.numel() * x.element_size()):
         dist.all_to_all_single(out, x, out_splits, in_splits, group=group)
     return out
 

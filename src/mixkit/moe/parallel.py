@@ -64,7 +64,7 @@ class ExpertParallel:
         """(offset of this rank's tokens in the group batch, group batch size, all ranks' T)."""
         t = torch.tensor([num_tokens], dtype=torch.int64, device=device)
         out = [torch.zeros_like(t) for _ in range(self.size)]
-        with mdist.collective("expert-parallel all_gather of token counts", self.group):
+        with mdist.collective("all_gather of token counts", self.group, nbytes=8):
             dist.all_gather(out, t, group=self.group)
         sizes = [int(v) for v in out]
         return sum(sizes[: self.rank]), sum(sizes), sizes
@@ -85,7 +85,11 @@ def expert_choice_decision(
         padded = probs_TE.new_zeros(Tmax, E)
         padded[:T] = probs_TE.detach()
         parts = [torch.empty_like(padded) for _ in range(ep.size)]
-        with mdist.collective("expert-choice all_gather of router probabilities", ep.group):
+        with mdist.collective(
+            "all_gather of router probabilities",
+            ep.group,
+            nbytes=padded.numel() * padded.element_size(),
+        ):
             dist.all_gather(parts, padded, group=ep.group)
         probs_all = torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])  # (Tg, E)
         C = router.cfg.capacity(Tg)
@@ -245,7 +249,7 @@ def expert_parameter_names(module: nn.Module) -> set[str]:
 
 def _gather_dim0(shard: torch.Tensor, ep: ExpertParallel) -> torch.Tensor:
     parts = [torch.empty_like(shard) for _ in range(ep.size)]
-    with mdist.collective("expert-parallel all_gather of expert weights", ep.group):
+    with mdist.collective("all_gather of expert weights", ep.group):
         dist.all_gather(parts, shard.contiguous(), group=ep.group)
     return torch.cat(parts)
 
