@@ -43,7 +43,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MixkitError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        err_console.print(f"[bold red]error{where}:[/] {e}")
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

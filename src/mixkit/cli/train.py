@@ -34,6 +34,11 @@ class _RichProgress:
         console.print(
             f"[bold]{info['name']}[/]: {info['params']:,} params, {macs:,} active multiply-adds/token, "
             f"MoE layers: {', '.join(info['moe_layers']) or 'none'}, {info['threads']} threads"
+            + (
+                f", {info['world_size']} ranks (expert parallel {info['expert_parallel']})"
+                if info.get("world_size", 1) > 1
+                else ""
+            )
             + (f", resuming at step {info['step']}" if info["resumed"] else "")
         )
         if self.quiet:
@@ -107,8 +112,19 @@ def train(
         bool, typer.Option("--list-presets", help="list the presets and exit")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    expert_parallel: Annotated[
+        int,
+        typer.Option(
+            "--expert-parallel",
+            help="under torchrun: split each MoE layer's experts over groups of N ranks "
+            "(1: plain data parallelism)",
+        ),
+    ] = 1,
 ) -> None:
-    """Train a language model; checkpoints, log.jsonl and PNG plots go to --out."""
+    """Train a language model; checkpoints, log.jsonl and PNG plots go to --out.
+
+    Multi-process: torchrun --nproc_per_node N -m mixkit train ... [--expert-parallel N]
+    """
     from mixkit.train import load_config, preset_names
     from mixkit.train import train as run_training
 
@@ -120,7 +136,9 @@ def train(
     overrides = list(set_ or [])
     if data is not None:
         overrides.append(f"data.path={str(data.expanduser().resolve())!r}")
-    if steps is not None:
+    # `--resume --steps N` alone extends the stored run; anything else is a config to compare
+    extend = steps if (resume and preset is None and config is None and not overrides) else None
+    if steps is not None and extend is None:
         overrides.append(f"train.steps={steps}")
     given = preset is not None or config is not None or bool(overrides)
     cfg = load_config(preset, config, overrides) if (given or not resume) else None
@@ -128,11 +146,23 @@ def train(
         if cfg is None:
             raise typer.BadParameter("--resume needs --out DIR (the run to continue)")
         out = Path("runs") / (preset or (config.stem if config else cfg.name))
-    progress = _RichProgress(quiet)
+    import os
+
+    main_rank = os.environ.get("RANK", "0") == "0"
+    progress = _RichProgress(quiet or not main_rank)
     try:
-        result = run_training(cfg, out, resume=resume, callbacks=[progress])
+        result = run_training(
+            cfg,
+            out,
+            resume=resume,
+            callbacks=[progress],
+            expert_parallel=expert_parallel,
+            steps=extend,
+        )
     finally:
         progress.close()
+    if not main_rank:
+        return
 
     table = Table(title=f"run {out}", show_header=False)
     table.add_row("steps", str(result.steps))

@@ -52,7 +52,7 @@ def _fsync_dir(path: Path) -> None:
 def save_checkpoint(
     out_dir: Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer: torch.optim.Optimizer | dict | None,
     train_state: dict[str, Any],
     config: dict[str, Any],
     tokenizer_path: Path,
@@ -66,7 +66,9 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     save_model(model, str(tmp / "model.safetensors"))
     state = dict(train_state)
-    state["optimizer"] = optimizer.state_dict() if optimizer is not None else None
+    if isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.state_dict()
+    state["optimizer"] = optimizer  # a state dict (expert parallel runs pass a gathered one)
     state["torch_rng"] = torch.get_rng_state()
     torch.save(state, tmp / "train_state.pt")
     (tmp / "config.json").write_text(json.dumps(config, indent=2), "utf-8")

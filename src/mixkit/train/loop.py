@@ -25,8 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mixkit import distributed as mdist
 from mixkit.errors import ConfigError, DataError
 from mixkit.models import LanguageModel, build_model
+from mixkit.train import distributed as tdist
 from mixkit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from mixkit.train.config import OptimConfig, RunConfig, config_from_dict
 from mixkit.train.data import Corpus, TrainBatches, eval_batches, prepare_corpus
@@ -90,13 +92,15 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Adam
 
 @torch.no_grad()
 def evaluate(
-    model: LanguageModel, tokens, batch_size: int, seq_len: int, max_batches: int
+    model: LanguageModel, tokens, batch_size: int, seq_len: int, max_batches: int, device=None
 ) -> float:
     """Mean next-token cross-entropy (nats) over the first windows of a split."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for x_BT, y_BT in eval_batches(tokens, batch_size, seq_len, max_batches):
+        if device is not None:
+            x_BT, y_BT = x_BT.to(device), y_BT.to(device)
         logits_BTV = model(x_BT)
         total += F.cross_entropy(logits_BTV.flatten(0, 1), y_BT.flatten(), reduction="sum").item()
         count += y_BT.numel()
@@ -116,6 +120,13 @@ def _balance(load_by_layer: dict[str, torch.Tensor]) -> float | None:
     """Worst layer's max/mean expert load (1.0 = perfectly even)."""
     ratios = [float(v.max() / v.mean()) for v in load_by_layer.values() if v.sum() > 0]
     return max(ratios) if ratios else None
+
+
+class _NoLog:
+    """What ranks other than 0 log: nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
 
 
 class _JsonlLog:
@@ -147,6 +158,10 @@ class Trainer:
 
     resume=True continues from out_dir's checkpoint (cfg may then be None, or must match the
     stored config); with no checkpoint yet it starts fresh from cfg.
+
+    Under torchrun every rank builds a Trainer: dense weights are data parallel, and with
+    expert_parallel=N each group of N ranks splits the experts (see mixkit.train.distributed).
+    Rank 0 alone writes logs, checkpoints and plots, and runs the callbacks.
     """
 
     def __init__(
@@ -155,9 +170,12 @@ class Trainer:
         out_dir: str | Path,
         resume: bool = False,
         callbacks: Iterable[Callback] = (),
+        expert_parallel: int = 1,
+        steps: int | None = None,
     ):
         out_dir = self.out_dir = Path(out_dir)
-        self.callbacks = list(callbacks)
+        par = self.par = tdist.setup(expert_parallel)
+        self.callbacks = list(callbacks) if par.is_main else []
         ckpt = None
         if resume and find_checkpoint(out_dir) is not None:
             ckpt = load_checkpoint(out_dir)
@@ -171,7 +189,10 @@ class Trainer:
             raise ConfigError(f"nothing to resume in {str(out_dir)!r}; pass --preset or --config")
 
         run_cfg = cfg if cfg is not None else stored
-        torch.set_num_threads(run_cfg.train.threads or min(4, os.cpu_count() or 1))
+        default_threads = (
+            tdist.default_threads(par) if par.distributed else min(4, os.cpu_count() or 1)
+        )
+        torch.set_num_threads(run_cfg.train.threads or default_threads)
         corpus = self.corpus = prepare_corpus(run_cfg.data)
         run_cfg = resolve(run_cfg, corpus)
         if ckpt is not None:
@@ -181,28 +202,69 @@ class Trainer:
                     "differs from the one given; drop --preset/--config/--set or use another --out"
                 )
             run_cfg = stored
+            if steps is not None and steps != stored.train.steps:
+                if steps < ckpt.step:
+                    raise ConfigError(
+                        f"--steps {steps} is before the checkpoint in {str(out_dir)!r} (step "
+                        f"{ckpt.step}); give a larger number to extend the run"
+                    )
+                # extending a run: the cosine schedule stretches to the new end
+                run_cfg = stored.model_copy(
+                    update={"train": stored.train.model_copy(update={"steps": steps})}
+                )
             if ckpt.train_state.get("data_fingerprint") != corpus.fingerprint:
                 raise DataError(
                     f"the data changed since the checkpoint in {str(out_dir)!r} was written "
                     "(different text, tokenizer or split); resume needs the same --data"
                 )
-        out_dir.mkdir(parents=True, exist_ok=True)
+        tdist.check_same_config({**run_cfg.to_dict(), "expert_parallel": par.ep_size}, par)
+        if par.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
         self.cfg, self.loop = run_cfg, run_cfg.train
 
-        torch.manual_seed(self.loop.seed)
+        torch.manual_seed(self.loop.seed)  # the same initial weights on every rank
         self.model = build_model(run_cfg.model)
-        self.optimizer = make_optimizer(self.model, run_cfg.optim)
+        self.params = self.model.num_parameters()  # all experts, before any sharding
+        self.params_excluding_embeddings = self.model.num_parameters(exclude_embeddings=True)
         self.start = 0
         if ckpt is not None:
-            ckpt.load_weights(self.model)
-            self.optimizer.load_state_dict(ckpt.train_state["optimizer"])
-            torch.set_rng_state(ckpt.train_state["torch_rng"])
+            ckpt.load_weights(self.model)  # a full checkpoint, whatever world size wrote it
             self.start = ckpt.step
+        if par.ep_size > 1:
+            if not self.model.moe_layers():
+                raise ConfigError(
+                    f"--expert-parallel {par.ep_size} needs a model with MoE layers; "
+                    f"{run_cfg.name!r} is dense (use --expert-parallel 1 for data parallelism)"
+                )
+            from mixkit.moe.parallel import shard_experts
+
+            shard_experts(self.model, par.ep_group)
+        self.device = mdist.device()
+        self.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, run_cfg.optim)
+        if ckpt is not None:
+            opt_state = ckpt.train_state["optimizer"]
+            if par.ep_size > 1:
+                from mixkit.moe.parallel import shard_optimizer_state
+
+                opt_state = shard_optimizer_state(self.model, self.optimizer, opt_state)
+            self.optimizer.load_state_dict(opt_state)
+            torch.set_rng_state(ckpt.train_state["torch_rng"])
+        if par.distributed:  # independent noise and dropout per rank, reproducible per step
+            torch.manual_seed(self.loop.seed * 1_000_003 + 7919 * par.rank + self.start)
         self.done = self.start  # optimizer steps completed
+        # every rank reads its slice of a global batch of world x batch_size sequences
         self.batches = TrainBatches(
-            corpus.splits["train"], self.loop.batch_size, self.loop.seq_len, self.loop.seed
+            corpus.splits["train"],
+            self.loop.batch_size * par.world,
+            self.loop.seq_len,
+            self.loop.seed,
         )
-        self.log = _JsonlLog(out_dir / "log.jsonl", keep_until_step=self.start if ckpt else None)
+        self.log = (
+            _JsonlLog(out_dir / "log.jsonl", keep_until_step=self.start if ckpt else None)
+            if par.is_main
+            else _NoLog()
+        )
         self.config_dict = run_cfg.to_dict()
         try:
             from mixkit.moe import update_router_biases
@@ -210,20 +272,21 @@ class Trainer:
             update_router_biases = None
         self._update_router_biases = update_router_biases
 
-        self.params = self.model.num_parameters()
         self.macs = self.model.active_macs_per_token()
         info = {
             "event": "start",
             "step": self.start,
             "name": run_cfg.name,
             "params": self.params,
-            "params_excluding_embeddings": self.model.num_parameters(exclude_embeddings=True),
+            "params_excluding_embeddings": self.params_excluding_embeddings,
             "active_macs_per_token": self.macs,
             "macs_breakdown": self.model.macs_breakdown(),
             "moe_layers": [name for name, _ in self.model.moe_layers()],
             "total_steps": self.loop.steps,
             "resumed": ckpt is not None,
             "threads": torch.get_num_threads(),
+            "world_size": par.world,
+            "expert_parallel": par.ep_size,
             "tokens": {k: int(len(v)) for k, v in corpus.splits.items()},
             "config": self.config_dict,
         }
@@ -250,18 +313,27 @@ class Trainer:
         lr = lr_at(step, loop.steps, self.cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        par = self.par
         x_BT, y_BT = self.batches.get(step)
+        if par.distributed:
+            B = loop.batch_size
+            x_BT, y_BT = (
+                x_BT[par.rank * B : (par.rank + 1) * B],
+                y_BT[par.rank * B : (par.rank + 1) * B],
+            )
+        x_BT, y_BT = x_BT.to(self.device), y_BT.to(self.device)
         logits_BTV = model(x_BT)
         loss = F.cross_entropy(logits_BTV.flatten(0, 1), y_BT.flatten())
         aux = model.aux_loss()  # weighted MoE balancing losses (0 for a dense model)
         self.optimizer.zero_grad(set_to_none=True)
         (loss + aux).backward()
+        tdist.reduce_gradients(model, par)
         if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip)
+            tdist.clip_grad_norm(model, self.cfg.optim.grad_clip, par)
         self.optimizer.step()
         if self._update_router_biases is not None:
             self._update_router_biases(model)  # aux-loss-free balancing lives outside forward
-        loss_value = loss.item()
+        loss_value, aux_value = tdist.mean_over_ranks([loss.item(), aux.detach().item()], par)
         elapsed = time.perf_counter() - t0
         self._w_time += elapsed
         self.train_time += elapsed
@@ -272,7 +344,7 @@ class Trainer:
                 "optim.warmup_steps"
             )
         self._w_loss += loss_value
-        self._w_aux += aux.detach().item()
+        self._w_aux += aux_value
         self._w_n += 1
         for name, tpe in model.expert_load().items():
             self._w_load[name] = self._w_load.get(name, 0) + tpe
@@ -288,7 +360,7 @@ class Trainer:
             self.checkpoint()
 
     def _log_window(self, lr: float) -> None:
-        tokens_per_step = self.loop.batch_size * self.loop.seq_len
+        tokens_per_step = self.loop.batch_size * self.loop.seq_len * self.par.world
         self.train_loss = self._w_loss / self._w_n
         self.tokens_per_s = self._w_n * tokens_per_step / max(self._w_time, 1e-9)
         rec = {
@@ -309,8 +381,14 @@ class Trainer:
 
     def evaluate_val(self) -> float:
         loop = self.loop
+        # every rank evaluates the same windows (expert parallel layers need every rank anyway)
         val = evaluate(
-            self.model, self.corpus.splits["val"], loop.batch_size, loop.seq_len, loop.eval_batches
+            self.model,
+            self.corpus.splits["val"],
+            loop.batch_size,
+            loop.seq_len,
+            loop.eval_batches,
+            self.device,
         )
         rec = {
             "event": "eval",
@@ -329,17 +407,28 @@ class Trainer:
             "step": self.done,
             "data_position": self.batches.position(self.done),
             "data_fingerprint": self.corpus.fingerprint,
+            "world_size": self.par.world,
+            "expert_parallel": self.par.ep_size,
         }
-        path = save_checkpoint(
-            self.out_dir,
-            self.model,
-            self.optimizer,
-            state,
-            self.config_dict,
-            self.corpus.tokenizer_path,
-        )
+        path = self.out_dir / "checkpoint"
+        if self.par.ep_size > 1:  # gather the experts: a checkpoint always holds all of them
+            from mixkit.moe.parallel import full_optimizer_state, gathered_experts
+
+            opt_state = full_optimizer_state(self.model, self.optimizer)
+            with gathered_experts(self.model):
+                if self.par.is_main:
+                    path = self._save(state, opt_state)
+        elif self.par.is_main:
+            path = self._save(state, self.optimizer)
+        tdist.barrier(self.par)  # nobody runs ahead (or exits) before the checkpoint is on disk
         self.log.write({"event": "checkpoint", "step": self.done})
         return path
+
+    def _save(self, state, optimizer) -> Path:
+        model = self.model if self.device.type == "cpu" else _cpu_copy(self.model)
+        return save_checkpoint(
+            self.out_dir, model, optimizer, state, self.config_dict, self.corpus.tokenizer_path
+        )
 
     def finish(self, plots: bool = True) -> TrainResult:
         """Test loss, plots, summary.json; call once `finished`."""
@@ -349,7 +438,12 @@ class Trainer:
         test_loss = None
         if len(splits["test"]) > loop.seq_len + 1:
             test_loss = evaluate(
-                self.model, splits["test"], loop.batch_size, loop.seq_len, loop.eval_batches
+                self.model,
+                splits["test"],
+                loop.batch_size,
+                loop.seq_len,
+                loop.eval_batches,
+                self.device,
             )
         expect = self.cfg.expect.val_loss_below
         result = TrainResult(
@@ -363,6 +457,8 @@ class Trainer:
             tokens_per_s=self.tokens_per_s,
             expect_met=None if expect is None else bool(self.val_loss < expect),
         )
+        if not self.par.is_main:
+            return result
         if plots:
             from mixkit.train.plots import plot_run
 
@@ -379,16 +475,34 @@ class Trainer:
         return self.finish(plots)
 
 
+def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to("cpu")
+
+
 def train(
     cfg: RunConfig | None,
     out_dir: str | Path,
     resume: bool = False,
     callbacks: Iterable[Callback] = (),
     plots: bool = True,
+    expert_parallel: int = 1,
+    steps: int | None = None,
 ) -> TrainResult:
     """Train the model `cfg` describes, writing checkpoints, log.jsonl and plots under out_dir.
 
     resume=True continues from out_dir's checkpoint (cfg may then be None, or must match the
-    stored config); with no checkpoint yet it starts fresh from cfg.
+    stored config); with no checkpoint yet it starts fresh from cfg. `steps` with resume=True and
+    cfg=None extends the stored run to that many steps. Under torchrun, each rank calls this;
+    expert_parallel=N splits the experts over groups of N ranks.
     """
-    return Trainer(cfg, out_dir, resume=resume, callbacks=callbacks).run(plots)
+    trainer = Trainer(
+        cfg,
+        out_dir,
+        resume=resume,
+        callbacks=callbacks,
+        expert_parallel=expert_parallel,
+        steps=steps,
+    )
+    return trainer.run(plots)

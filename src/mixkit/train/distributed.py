@@ -1,0 +1,189 @@
+"""Multi-process training: data parallelism for dense weights, expert parallelism for experts.
+
+    torchrun --nproc_per_node 4 -m mixkit train --preset tiny --expert-parallel 2
+
+W ranks form W/ep expert-parallel groups of ep consecutive ranks. Inside a group each rank holds
+E/ep experts of every MoE layer and tokens travel by all_to_all (mixkit.moe.parallel); ranks with
+the same position in different groups hold the same experts and average them like data-parallel
+replicas. Every rank reads its own slice of a global batch of W x batch_size sequences.
+
+Gradients. Each rank backpropagates its own loss (its batch's mean cross-entropy plus the aux loss
+of its group's batch). Afterwards:
+- a dense weight (embeddings, LSTMs, routers, shared experts) holds this rank's gradient: it is
+  summed over all W ranks and divided by W (what DDP does), in one flat all_reduce;
+- an expert weight already holds the sum over its expert-parallel group, which the backward
+  all_to_all brought home; it is summed over its replicas (when ep < W) and divided by W.
+Both then equal the gradient of the mean of the W ranks' losses, as one process would compute on
+the global batch. Gradient clipping uses the global norm: the dense part is the same on every rank,
+the expert part is summed over the group's shards.
+
+Checkpoints have the single-process format: experts (and their optimizer state) are gathered before
+rank 0 writes, and sliced again on load, so a run saved with N ranks continues with 1 and the reverse.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mixkit import distributed as mdist
+from mixkit.errors import ConfigError
+
+
+@dataclass
+class ParallelContext:
+    world: int
+    rank: int
+    ep_size: int
+    ep_group: object = None  # this rank's expert-parallel group
+    replica_group: object = None  # ranks holding the same experts (None when ep == world)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+SINGLE = ParallelContext(world=1, rank=0, ep_size=1)
+
+
+def setup(expert_parallel: int = 1) -> ParallelContext:
+    """Join torchrun's process group (if any) and build the expert-parallel groups."""
+    if expert_parallel < 1:
+        raise ConfigError(f"--expert-parallel ({expert_parallel}) must be >= 1")
+    if not mdist.init_from_env():
+        if expert_parallel > 1:
+            raise ConfigError(
+                f"--expert-parallel {expert_parallel} needs {expert_parallel} processes: run "
+                f"`torchrun --nproc_per_node {expert_parallel} -m mixkit train ...`"
+            )
+        return SINGLE
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % expert_parallel:
+        raise ConfigError(
+            f"--expert-parallel ({expert_parallel}) must divide the number of processes ({world})"
+        )
+    ep = expert_parallel
+    ctx = ParallelContext(world, rank, ep)
+    with mdist.collective("new_group"):
+        for start in range(0, world, ep):  # every rank creates every group, in the same order
+            g = dist.new_group(list(range(start, start + ep)))
+            if start <= rank < start + ep:
+                ctx.ep_group = g
+        if ep < world:
+            for offset in range(ep):
+                g = dist.new_group(list(range(offset, world, ep)))
+                if rank % ep == offset:
+                    ctx.replica_group = g
+    return ctx
+
+
+def default_threads(ctx: ParallelContext) -> int:
+    """Split the cores among the ranks on this machine (oversubscribed threads spin-wait)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world))
+    return max(1, (os.cpu_count() or 1) // max(1, local))
+
+
+def expert_params(model: nn.Module) -> list[nn.Parameter]:
+    from mixkit.moe.parallel import expert_parameter_names
+
+    names = expert_parameter_names(model)
+    return [p for n, p in model.named_parameters() if n in names]
+
+
+def dense_params(model: nn.Module) -> list[nn.Parameter]:
+    from mixkit.moe.parallel import expert_parameter_names
+
+    names = expert_parameter_names(model)
+    return [p for n, p in model.named_parameters() if n not in names and p.requires_grad]
+
+
+def reduce_gradients(model: nn.Module, ctx: ParallelContext) -> None:
+    """Turn each rank's gradients into the gradient of the mean loss over all ranks."""
+    if not ctx.distributed:
+        return
+    dense = [p for p in dense_params(model)]
+    for p in dense:
+        if p.grad is None:  # a parameter this rank's batch did not reach still takes part
+            p.grad = torch.zeros_like(p)
+    if dense:
+        flat = torch.cat([p.grad.reshape(-1) for p in dense])
+        mdist.all_reduce_(flat)
+        flat /= ctx.world
+        offset = 0
+        for p in dense:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+    experts = expert_params(model)
+    for p in experts:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if experts:
+        flat = torch.cat([p.grad.reshape(-1) for p in experts])
+        if ctx.replica_group is not None:
+            mdist.all_reduce_(flat, ctx.replica_group)
+        flat /= ctx.world
+        offset = 0
+        for p in experts:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float, ctx: ParallelContext) -> float:
+    """clip_grad_norm_ over the whole (sharded) model; returns the global norm before clipping."""
+    if not ctx.distributed:
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    dense = [p.grad for p in dense_params(model) if p.grad is not None]
+    experts = [p.grad for p in expert_params(model) if p.grad is not None]
+    sq = torch.zeros((), dtype=torch.float64)
+    for g in dense:
+        sq += g.double().pow(2).sum().cpu()
+    esq = torch.zeros((), dtype=torch.float64)
+    for g in experts:
+        esq += g.double().pow(2).sum().cpu()
+    if ctx.ep_size > 1:
+        mdist.all_reduce_(esq, ctx.ep_group)
+    norm = float((sq + esq).sqrt())
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1.0:
+        for g in dense + experts:
+            g.mul_(scale)
+    return norm
+
+
+def mean_over_ranks(values: list[float], ctx: ParallelContext) -> list[float]:
+    if not ctx.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    mdist.all_reduce_(t)
+    return (t / ctx.world).tolist()
+
+
+def check_same_config(config: dict, ctx: ParallelContext) -> None:
+    if ctx.distributed:
+        flat = {}
+
+        def walk(prefix, d):
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    walk(f"{prefix}{k}.", v)
+                else:
+                    flat[f"{prefix}{k}"] = v
+
+        walk("", config)
+        mdist.check_same("the training configuration", flat)
+
+
+def barrier(ctx: ParallelContext) -> None:
+    if ctx.distributed:
+        with mdist.collective("barrier"):
+            dist.barrier()
