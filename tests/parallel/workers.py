@@ -122,3 +122,63 @@ def dies(rank: int, world: int) -> str:
         os._exit(3)  # a crash: no clean shutdown, no exception
     layer(torch.randn(5, D, dtype=torch.float64))
     return "no error"
+
+
+# --- training ---------------------------------------------------------------------------------
+def train_step_equivalence(
+    rank: int, world: int, ep_size: int, router: str, arch: str = "lstm"
+) -> dict:
+    """One training step's gradients under data + expert parallelism vs one process on the global
+    batch: after reduce_gradients every rank holds the global gradient (its shard of it for
+    experts), and the clipping norm is the global norm."""
+    import torch.nn.functional as F
+
+    from mixkit.models import build_model
+    from mixkit.train import distributed as tdist
+    from mixkit.train import load_config
+
+    ctx = tdist.setup(ep_size)
+    sets = [f"model.moe.router='{router}'", "model.dropout=0.0"]
+    if router == "switch":
+        sets.append("model.moe.k=1")
+    cfg = load_config("tiny", overrides=sets).model
+    update = {"vocab_size": 40}
+    if arch == "transformer":
+        cfg = load_config("shakespeare-transformer-moe", overrides=sets).model
+        update.update(d_model=32, n_heads=2, n_layers=2, block_size=12, ffn_hidden=48)
+        update["moe"] = cfg.moe.model_copy(update={"d_hidden": 24})
+    cfg = cfg.model_copy(update=update)
+    torch.manual_seed(0)
+    full = build_model(cfg).double()
+    model = tdist.parallelize(copy.deepcopy(full), ctx)
+    B_local, T = 3, 12
+    g = torch.Generator().manual_seed(7)
+    idx = torch.randint(0, 40, (B_local * world, T + 1), generator=g)
+    x, y = idx[:, :-1], idx[:, 1:]
+
+    def loss_of(m, xb, yb):
+        logits = m(xb)
+        return F.cross_entropy(logits.flatten(0, 1), yb.flatten()) + m.aux_loss()
+
+    loss_of(full, x, y).backward()
+    full_norm = float(torch.nn.utils.clip_grad_norm_(full.parameters(), float("inf")))
+    lo, hi = rank * B_local, (rank + 1) * B_local
+    loss_of(model, x[lo:hi], y[lo:hi]).backward()
+    tdist.reduce_gradients(model, ctx)
+    norm = tdist.clip_grad_norm(model, float("inf"), ctx)
+
+    errs = {"grad_norm": abs(norm - full_norm) / full_norm}
+    full_params = dict(full.named_parameters())
+    for _, layer in model.moe_layers():
+        if layer.ep is not None:
+            first, El = layer.ep.first_expert, layer.ep.local_experts
+    from mixkit.moe.parallel import expert_parameter_names
+
+    expert_names = expert_parameter_names(model)
+    for name, p in model.named_parameters():
+        ref = full_params[name].grad
+        if name in expert_names:
+            ref = ref[first : first + El]
+        errs[name] = _max_err(p.grad, ref)
+    errs["num_expert_params"] = len(expert_names)
+    return errs

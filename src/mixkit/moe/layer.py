@@ -27,7 +27,9 @@ class MoEStats:
     """Routing statistics of one forward. Tensors are detached; `as_dict()` gives plain numbers."""
 
     tokens_per_expert: torch.Tensor  # (E,) kept assignments per expert
-    dropped_fraction: torch.Tensor  # dropped assignments / all assignments (expert choice: tokens with no expert / T)
+    dropped_fraction: (
+        torch.Tensor
+    )  # dropped assignments / all assignments (expert choice: tokens with no expert / T)
     router_entropy: torch.Tensor  # mean entropy (nats) of the routing distribution over experts
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted, every loss
 
@@ -78,7 +80,15 @@ def _group_losses(
         entropy_1 = -(p * torch.log(p.clamp_min(1e-20))).sum().reshape(1)
         sizes_2 = importance_E.new_tensor([T, decision.expert_idx_A.numel()])
     dtype = importance_E.dtype
-    parts = [importance_E, load_E, probsum_E.to(dtype), counts_E, zsum_1.to(dtype), entropy_1.to(dtype), sizes_2]
+    parts = [
+        importance_E,
+        load_E,
+        probsum_E.to(dtype),
+        counts_E,
+        zsum_1.to(dtype),
+        entropy_1.to(dtype),
+        sizes_2,
+    ]
     if extra is not None:
         parts.append(extra.to(dtype))
     sums = torch.cat(parts)
@@ -106,7 +116,8 @@ def _group_losses(
             total = total + weights[name] * value
     values = {name: v.detach() for name, v in values.items()}
     entropy = (entropy / Tg).squeeze(0).detach()
-    return total, values, (extra_sum.detach() if extra is not None else None), entropy
+    extra_sum = torch.cat([extra_sum.detach(), sizes.detach()])  # + group tokens, assignments
+    return total, values, extra_sum, entropy
 
 
 class MoE(nn.Module):
@@ -134,21 +145,46 @@ class MoE(nn.Module):
     ):
         super().__init__()
         try:
-            cfg = MoEConfig(d_model, d_hidden, num_experts, k, router, capacity_factor, expert, **options)
+            cfg = MoEConfig(
+                d_model, d_hidden, num_experts, k, router, capacity_factor, expert, **options
+            )
         except TypeError as e:  # an unknown keyword
             raise ValueError(f"MoE: {e}; see mixkit.moe.MoEConfig for the options") from None
         self.cfg = cfg
         self.router = build_router(cfg)
         self.experts = Experts(num_experts, d_model, d_hidden, expert)
         self.shared_experts = (
-            Experts(cfg.num_shared_experts, d_model, d_hidden, expert) if cfg.num_shared_experts else None
+            Experts(cfg.num_shared_experts, d_model, d_hidden, expert)
+            if cfg.num_shared_experts
+            else None
         )
         self.dispatcher = LocalDispatcher(num_experts)
         self.ep = None  # an ExpertParallel once mixkit.moe.parallel.shard_experts() has run
+        # Data-parallel training sets this (see set_stats_group): the balancing losses then use the
+        # routing statistics of every rank's batch, not only this rank's.
+        self.stats_group: object | None = None
+        self.sync_stats = False
         self.expert_impl = "auto"  # "loop" | "grouped_mm" | "auto"
         self.aux_loss: torch.Tensor = torch.zeros(())
         self.last_stats: MoEStats | None = None
         self.last_decision: RoutingDecision | None = None
+
+    def set_stats_group(self, group=None) -> None:
+        """Sum routing statistics over `group` (None: the default group) before taking the losses.
+
+        Expert-parallel layers always sum over their expert-parallel group; data-parallel training
+        calls this so that importance and load cover the whole global batch, as in the paper.
+        """
+        self.stats_group, self.sync_stats = group, True
+
+    def _stats_reducer(self):
+        from mixkit import distributed as mdist
+
+        if self.sync_stats:
+            return lambda t: mdist.all_reduce_sum(t, self.stats_group)
+        if self.ep is not None:
+            return self.ep.all_reduce_sum
+        return None
 
     @classmethod
     def from_config(cls, cfg: MoEConfig) -> MoE:
@@ -171,6 +207,10 @@ class MoE(nn.Module):
         y_TD = self.dispatcher.combine(out_SD, plan)
         y_TD = self._add_shared(x_TD, y_TD)
 
+        if self.sync_stats:  # data parallel: losses over every rank's batch
+            return self._finish_synced(
+                x, decision, plan.counts_E, plan.num_dropped, plan.token_idx_S, y_TD
+            )
         self.aux_loss, loss_values, _, entropy = _group_losses(decision, cfg)
         if decision.expert_choice:  # tokens that no expert picked
             covered = torch.zeros(T, dtype=torch.bool, device=x.device)
@@ -206,28 +246,42 @@ class MoE(nn.Module):
         else:
             decision = self.router(x_TD, router_noise)
         y_TD, plan = self.dispatcher.run(
-            x_TD, decision, cfg.capacity(group_tokens), self.experts, self.expert_impl, offset, group_tokens
+            x_TD,
+            decision,
+            cfg.capacity(group_tokens),
+            self.experts,
+            self.expert_impl,
+            offset,
+            group_tokens,
         )
         y_TD = self._add_shared(x_TD, y_TD)
+        return self._finish_synced(
+            x, decision, plan.counts_E, plan.num_dropped, plan.token_idx_S, y_TD
+        )
+
+    def _finish_synced(self, x, decision, counts_E, num_dropped, token_idx_S, y_TD):
+        """Losses and stats from routing statistics summed over the group (expert or data parallel)."""
+        cfg, T = self.cfg, decision.probs_TE.shape[0]
         with torch.no_grad():
             if decision.expert_choice:
                 covered = torch.zeros(T, dtype=torch.bool, device=x.device)
-                covered[plan.token_idx_S] = True
+                covered[token_idx_S] = True
                 covered_count = covered.sum()
             else:
                 covered_count = torch.zeros((), device=x.device)
             extra = torch.cat(
-                [plan.counts_E.float(), x_TD.new_tensor([plan.num_dropped, covered_count]).float()]
+                [counts_E.float(), x.new_tensor([num_dropped, covered_count]).float()]
             )
         self.aux_loss, loss_values, extra_sum, entropy = _group_losses(
-            decision, cfg, reduce=ep.all_reduce_sum, extra=extra
+            decision, cfg, reduce=self._stats_reducer(), extra=extra
         )
         E = cfg.num_experts
         counts_E, dropped_count, covered_g = extra_sum[:E], extra_sum[E], extra_sum[E + 1]
+        group_tokens, group_assignments = extra_sum[E + 2], extra_sum[E + 3]
         if decision.expert_choice:
-            dropped = 1.0 - covered_g / max(group_tokens, 1)
+            dropped = 1.0 - covered_g / group_tokens.clamp_min(1)
         else:
-            dropped = dropped_count / max(cfg.k * group_tokens, 1)
+            dropped = dropped_count / group_assignments.clamp_min(1)
         self.last_stats = MoEStats(
             tokens_per_expert=counts_E.float(),
             dropped_fraction=dropped.float().cpu(),
@@ -244,7 +298,9 @@ class MoE(nn.Module):
         """Multiply-adds one token costs at inference: the gate plus k experts (plus shared ones)."""
         cfg = self.cfg
         per_expert = self.experts.macs_per_assignment()
-        return cfg.d_model * cfg.num_experts + cfg.k * per_expert + cfg.num_shared_experts * per_expert
+        return (
+            cfg.d_model * cfg.num_experts + cfg.k * per_expert + cfg.num_shared_experts * per_expert
+        )
 
 
 class HierarchicalMoE(nn.Module):
@@ -276,16 +332,34 @@ class HierarchicalMoE(nn.Module):
     ):
         super().__init__()
         if router == "expert_choice":
-            raise ValueError("HierarchicalMoE: router 'expert_choice' is not supported; use a token-choice router")
-        common = dict(router=router, expert=expert, w_importance=0.0, w_load=0.0, w_switch=0.0, w_zloss=0.0)
+            raise ValueError(
+                "HierarchicalMoE: router 'expert_choice' is not supported; use a token-choice router"
+            )
+        common = dict(
+            router=router, expert=expert, w_importance=0.0, w_load=0.0, w_switch=0.0, w_zloss=0.0
+        )
         self.primary_cfg = MoEConfig(
-            d_model, d_hidden, num_groups, k_primary, name="hierarchical_moe.primary", **common, **router_options
+            d_model,
+            d_hidden,
+            num_groups,
+            k_primary,
+            name="hierarchical_moe.primary",
+            **common,
+            **router_options,
         )
         self.primary = build_router(self.primary_cfg)
         self.dispatcher = LocalDispatcher(num_groups)
         self.groups = nn.ModuleList(
-            MoE(d_model, d_hidden, experts_per_group, k_secondary, capacity_factor=capacity_factor,
-                name=f"hierarchical_moe.groups.{g}", **common, **router_options)
+            MoE(
+                d_model,
+                d_hidden,
+                experts_per_group,
+                k_secondary,
+                capacity_factor=capacity_factor,
+                name=f"hierarchical_moe.groups.{g}",
+                **common,
+                **router_options,
+            )
             for g in range(num_groups)
         )
         self.w_importance, self.w_load, self.w_zloss = w_importance, w_load, w_zloss
@@ -295,7 +369,9 @@ class HierarchicalMoE(nn.Module):
     def forward(self, x: torch.Tensor, router_noise: torch.Tensor | None = None) -> torch.Tensor:
         D = self.primary_cfg.d_model
         if x.shape[-1] != D:
-            raise ValueError(f"HierarchicalMoE input's last dimension must be d_model={D}, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"HierarchicalMoE input's last dimension must be d_model={D}, got shape {tuple(x.shape)}"
+            )
         x_TD = x.reshape(-1, D)
         decision = self.primary(x_TD, router_noise)
         x_SD, counts, plan = self.dispatcher.dispatch(x_TD, decision, None)
@@ -315,7 +391,9 @@ class HierarchicalMoE(nn.Module):
             d2 = group.last_decision
             w_primary_S = plan.weight_S[starts[g] : starts[g + 1]]  # this group's tokens, in order
             importance_rows.append(
-                x.new_zeros(E2).index_add(0, d2.expert_idx_A, w_primary_S[d2.token_idx_A] * d2.weight_A)
+                x.new_zeros(E2).index_add(
+                    0, d2.expert_idx_A, w_primary_S[d2.token_idx_A] * d2.weight_A
+                )
             )
             load_rows.append(balance.load_E(d2, E2) / piece.shape[0])
             tokens.append(group.last_stats.tokens_per_expert)

@@ -85,6 +85,29 @@ def setup(expert_parallel: int = 1) -> ParallelContext:
     return ctx
 
 
+def parallelize(model: nn.Module, ctx: ParallelContext) -> nn.Module:
+    """Shard the experts over ctx's expert-parallel group (when ep_size > 1) and make every MoE
+    layer's balancing losses cover the global batch (its routing statistics summed over all ranks).
+    Call it on identically initialised models on every rank, before building the optimizer."""
+    if not ctx.distributed:
+        return model
+    from mixkit.moe import MoE
+
+    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    if ctx.ep_size > 1:
+        if not layers:
+            raise ConfigError(
+                f"--expert-parallel {ctx.ep_size} needs a model with MoE layers; this one is dense "
+                "(use --expert-parallel 1 for data parallelism)"
+            )
+        from mixkit.moe.parallel import shard_experts
+
+        shard_experts(model, ctx.ep_group)
+    for layer in layers:
+        layer.set_stats_group(None)  # the whole world: every rank's batch
+    return model
+
+
 def default_threads(ctx: ParallelContext) -> int:
     """Split the cores among the ranks on this machine (oversubscribed threads spin-wait)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world))

@@ -230,15 +230,7 @@ class Trainer:
         if ckpt is not None:
             ckpt.load_weights(self.model)  # a full checkpoint, whatever world size wrote it
             self.start = ckpt.step
-        if par.ep_size > 1:
-            if not self.model.moe_layers():
-                raise ConfigError(
-                    f"--expert-parallel {par.ep_size} needs a model with MoE layers; "
-                    f"{run_cfg.name!r} is dense (use --expert-parallel 1 for data parallelism)"
-                )
-            from mixkit.moe.parallel import shard_experts
-
-            shard_experts(self.model, par.ep_group)
+        tdist.parallelize(self.model, par)
         self.device = mdist.device()
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.model, run_cfg.optim)

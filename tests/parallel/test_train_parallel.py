@@ -1,0 +1,184 @@
+"""Multi-process training: gradients against one process, and real torchrun runs of the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.parallel import workers
+from tests.parallel.harness import run_ranks, values
+from tests.train.helpers import run_cli, write_corpus
+
+
+@pytest.mark.parametrize(
+    ("world", "ep_size", "router"),
+    [(2, 2, "topk"), (2, 1, "topk"), (2, 2, "sigmoid_bias"), (4, 2, "switch"), (4, 4, "topk")],
+)
+def test_parallel_gradients_equal_one_process_on_the_global_batch(world, ep_size, router):
+    for rank, errs in enumerate(
+        values(run_ranks(workers.train_step_equivalence, world, ep_size=ep_size, router=router))
+    ):
+        n_expert = errs.pop("num_expert_params")
+        assert n_expert == (2 if ep_size > 1 else 0)  # w_in, w_out of the one MoE layer
+        bad = {k: v for k, v in errs.items() if not v <= 1e-10}
+        assert not bad, f"rank {rank}: {bad}"
+
+
+def test_transformer_gradients_under_expert_parallelism():
+    for errs in values(
+        run_ranks(workers.train_step_equivalence, 2, ep_size=2, router="topk", arch="transformer")
+    ):
+        errs.pop("num_expert_params")
+        assert max(errs.values()) <= 1e-10, errs
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "verse.txt")
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MIXKIT_DIST_TIMEOUT="60")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+    ]
+    return subprocess.run(
+        [*cmd, "-m", "mixkit", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def _train_losses(run: Path) -> list[float]:
+    recs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if r.get("event") == "train"]
+
+
+def test_torchrun_expert_parallel_run_then_one_process_then_back(corpus, tmp_path):
+    run = tmp_path / "run"
+    common = [
+        "--set",
+        "train.eval_every=10",
+        "--set",
+        "train.checkpoint_every=30",
+        "--set",
+        "train.log_every=5",
+        "-q",
+    ]
+    two = torchrun(
+        2,
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(corpus),
+        "--out",
+        str(run),
+        "--steps",
+        "30",
+        "--expert-parallel",
+        "2",
+        *common,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 ranks (expert parallel 2)" in two.stdout
+    losses = _train_losses(run)
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5, losses
+
+    # the checkpoint holds every expert, in the single-process format
+    weights = load_file(run / "checkpoint" / "model.safetensors")
+    experts = {k: v for k, v in weights.items() if ".experts." in k}
+    assert experts and all(v.shape[0] == 4 for v in experts.values()), {
+        k: v.shape for k, v in experts.items()
+    }
+    state = torch.load(run / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["expert_parallel"] == 2
+    exp_avg = [
+        s["exp_avg"] for s in state["optimizer"]["state"].values() if s["exp_avg"].dim() == 3
+    ]
+    assert exp_avg and all(t.shape[0] == 4 for t in exp_avg)
+
+    # one process reads it back: the same validation loss the two ranks measured
+    val_2 = json.loads((run / "summary.json").read_text())["val_loss"]
+    report = run_cli("train", "--resume", "--out", str(run), "-q")
+    assert report.returncode == 0, report.stderr
+    val_line = next(
+        line for line in report.stdout.splitlines() if line.startswith("step 30: val loss")
+    )
+    assert abs(float(val_line.split()[4].rstrip(",")) - val_2) < 1e-3, (val_line, val_2)
+
+    # ... and continues it
+    more = run_cli("train", "--resume", "--out", str(run), "--steps", "40", "-q")
+    assert more.returncode == 0, more.stderr
+    assert "resuming at step 30" in more.stdout
+    assert _train_losses(run)[-1] < losses[0] - 0.5
+
+    # and the reverse: a 1-process checkpoint continues on two expert-parallel ranks
+    back = torchrun(
+        2, "train", "--resume", "--out", str(run), "--steps", "50", "--expert-parallel", "2", "-q"
+    )
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert "resuming at step 40" in back.stdout
+    assert json.loads((run / "summary.json").read_text())["steps"] == 50
+
+
+def test_bad_parallel_setups_are_one_line_errors(corpus, tmp_path):
+    alone = run_cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path / "a"),
+        "--expert-parallel",
+        "2",
+    )
+    assert alone.returncode == 2
+    assert "needs 2 processes" in alone.stderr and "torchrun" in alone.stderr
+    assert "Traceback" not in alone.stderr
+
+    odd = torchrun(
+        2,
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path / "b"),
+        "--expert-parallel",
+        "3",
+    )
+    assert odd.returncode != 0
+    assert (
+        "error (rank 0): --expert-parallel (3) must divide the number of processes (2)"
+        in " ".join(odd.stderr.split())
+    )
+
+    # E=4 experts cannot be split over 3 ranks
+    three = torchrun(
+        3,
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path / "c"),
+        "--expert-parallel",
+        "3",
+    )
+    assert three.returncode != 0
+    assert "num_experts (4) is not divisible by the expert-parallel size (3)" in " ".join(
+        three.stderr.split()
+    )
