@@ -61,3 +61,8 @@ def test_a_dead_rank_is_an_error_not_a_hang():
     )
     assert "failed on rank 0 of 2" in results[0].error
     assert time.monotonic() - t0 < 100
+
+
+def test_hierarchical_moe_is_refused_clearly():
+    for res in run_ranks(workers.hierarchical, 2):
+        assert res.error and res.error.startswith("ConfigError") and "HierarchicalMoE" in res.error

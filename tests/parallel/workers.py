@@ -182,3 +182,10 @@ def train_step_equivalence(
         errs[name] = _max_err(p.grad, ref)
     errs["num_expert_params"] = len(expert_names)
     return errs
+
+
+def hierarchical(rank: int, world: int) -> str:
+    from mixkit.moe import HierarchicalMoE
+
+    shard_experts(HierarchicalMoE(D, H, num_groups=2, experts_per_group=2))
+    return "no error"

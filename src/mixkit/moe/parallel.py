@@ -205,6 +205,14 @@ def shard_experts(module: nn.Module, group=None) -> nn.Module:
             "torch.distributed.init_process_group first"
         )
     R, r = dist.get_world_size(group), dist.get_rank(group)
+    from mixkit.moe.layer import HierarchicalMoE
+
+    if any(isinstance(m, HierarchicalMoE) for m in module.modules()):
+        # its groups run only on ranks that routed tokens to them, so collectives would not match
+        raise ConfigError(
+            "HierarchicalMoE is not expert-parallel yet; use MoE layers, or data parallelism "
+            "(--expert-parallel 1)"
+        )
     layers = _moe_layers(module)
     mdist.check_same(
         "the MoE configuration",

@@ -167,12 +167,13 @@ def clip_grad_norm(model: nn.Module, max_norm: float, ctx: ParallelContext) -> f
         return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
     dense = [p.grad for p in dense_params(model) if p.grad is not None]
     experts = [p.grad for p in expert_params(model) if p.grad is not None]
-    sq = torch.zeros((), dtype=torch.float64)
+    dev = mdist.device()  # NCCL reduces GPU tensors only
+    sq = torch.zeros((), dtype=torch.float64, device=dev)
     for g in dense:
-        sq += g.double().pow(2).sum().cpu()
-    esq = torch.zeros((), dtype=torch.float64)
+        sq += g.double().pow(2).sum().to(dev)
+    esq = torch.zeros((), dtype=torch.float64, device=dev)
     for g in experts:
-        esq += g.double().pow(2).sum().cpu()
+        esq += g.double().pow(2).sum().to(dev)
     if ctx.ep_size > 1:
         mdist.all_reduce_(esq, ctx.ep_group)
     norm = float((sq + esq).sqrt())
@@ -186,7 +187,7 @@ def clip_grad_norm(model: nn.Module, max_norm: float, ctx: ParallelContext) -> f
 def mean_over_ranks(values: list[float], ctx: ParallelContext) -> list[float]:
     if not ctx.distributed:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=mdist.device())
     mdist.all_reduce_(t)
     return (t / ctx.world).tolist()
 
