@@ -51,6 +51,7 @@ def server(backend):
         mixture("agg-fail-mix", backend.url, ["ok"], "fail", retries=0),
         mixture("cut-mix", backend.url, ["ok"], "cut", retries=0),
         mixture("timeout-mix", backend.url, ["hang"], "ok", deadline_s=0.5),
+        mixture("sampling-mix", backend.url, ["ok"], "agg-ok"),
     ]
     with ThreadServer(configs, ServeSettings(max_concurrent=64)) as s:
         yield s

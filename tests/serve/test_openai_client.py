@@ -47,6 +47,18 @@ def test_non_streaming_answer_usage_and_trace_agree_with_the_log(server, home):
     assert completion.model_extra["mixkit"]["run_id"] == run_id
 
 
+def test_temperature_and_top_p_reach_the_final_aggregator(server, fresh_backend):
+    c = client(server.url)
+    c.chat.completions.create(model="sampling-mix", messages=QUESTION)
+    configured = fresh_backend.stats()["sampling"]
+    c.chat.completions.create(model="sampling-mix", messages=QUESTION, temperature=0.25, top_p=0.5)
+    asked = fresh_backend.stats()["sampling"]
+    assert (asked["agg-ok"]["temperature"], asked["agg-ok"]["top_p"]) == (0.25, 0.5)
+    assert configured["agg-ok"]["temperature"] != 0.25  # the aggregator's own, when not asked
+    # proposers keep their configured sampling: their diversity is what the aggregator mixes
+    assert asked["ok"] == configured["ok"]
+
+
 def test_answers_depend_on_the_conversation(server):
     c = client(server.url)
     a = c.chat.completions.create(model="mix", messages=QUESTION).choices[0].message.content

@@ -13,6 +13,7 @@ failed and why. Every call is a CallRecord; the run and its calls go to SQLite (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections import Counter
@@ -194,6 +195,8 @@ class MoA:
         conversation_id: str | None = None,
         on_layer: Callable[[int, list[CallRecord]], None] | None = None,
         run_id: str | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
     ) -> AnswerStream:
         """Answer `question` (after `messages`, a prior conversation); stream the final answer.
 
@@ -201,6 +204,8 @@ class MoA:
         `on_layer(layer_no, calls)` is called as each proposer layer finishes.
         `run_id` (default: a fresh uuid4 hex) lets a caller name the run before it starts
         (the server sends it in a header ahead of the first token).
+        `temperature` and `top_p` override the final aggregator's sampling (the answer the caller
+        sees); proposers keep their own, because their diversity is what the aggregator works with.
         """
         conversation = as_conversation(question, messages)
         holder = AnswerStream(
@@ -212,6 +217,7 @@ class MoA:
                 on_layer,
                 lambda a: setattr(holder, "result", a),
                 run_id,
+                {"temperature": temperature, "top_p": top_p},
             )
         )
         return holder
@@ -225,6 +231,7 @@ class MoA:
         on_layer,
         set_result,
         run_id=None,
+        answer_sampling: dict | None = None,
     ) -> AsyncIterator[str]:
         cfg = self.config
         run_id = run_id or uuid.uuid4().hex
@@ -243,11 +250,15 @@ class MoA:
             aggregator = self.agents[cfg.aggregator]
             record = aggregator.new_record(len(cfg.layers) + 1, cfg.aggregator)
             calls.append(record)
+            sampling = aggregator.sampling(0, max_tokens)
+            overrides = {k: v for k, v in (answer_sampling or {}).items() if v is not None}
+            if overrides:
+                sampling = dataclasses.replace(sampling, **overrides)
             async for piece in aggregator.stream(
                 prompt,
                 record,
                 deadline=time.monotonic() + deadline_s,
-                sampling=aggregator.sampling(0, max_tokens),
+                sampling=sampling,
                 retries=cfg.retries,
                 threads=self._threads_per_call([cfg.aggregator]),
             ):

@@ -45,7 +45,7 @@ class FakeBackend:
 
     def __init__(self, ttft: float, gap: float, tokens: int):
         self.ttft, self.gap, self.tokens = ttft, gap, tokens
-        self.stats = {"started": 0, "completed": 0, "disconnected": 0, "active": 0}
+        self.stats = {"started": 0, "completed": 0, "disconnected": 0, "active": 0, "sampling": {}}
         self.gate = asyncio.Event()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -68,7 +68,7 @@ class FakeBackend:
             return await self._json(send, 200, {"released": True})
         if path == "/reset" and method == "POST":
             self.gate.clear()
-            self.stats.update(started=0, completed=0, disconnected=0, active=0)
+            self.stats.update(started=0, completed=0, disconnected=0, active=0, sampling={})
             return await self._json(send, 200, {"reset": True})
         if path.endswith("/chat/completions") and method == "POST":
             return await self._chat(json.loads(body), receive, send)
@@ -86,6 +86,8 @@ class FakeBackend:
             return await self._json(send, 500, {"error": {"message": "fake backend failure"}})
         self.stats["started"] += 1
         self.stats["active"] += 1
+        # the last sampling parameters each behaviour was asked for (tests check pass-through)
+        self.stats["sampling"][model] = {k: req.get(k) for k in ("temperature", "top_p", "max_tokens")}
         work = asyncio.ensure_future(self._answer(req, model, send))
         gone = asyncio.ensure_future(_disconnect(receive))
         try:

@@ -60,7 +60,11 @@ class Run:
         self.run_id = uuid.uuid4().hex
         try:
             self.stream = moa.stream(
-                messages=req.engine_messages(), max_tokens=self.max_tokens, run_id=self.run_id
+                messages=req.engine_messages(),
+                max_tokens=self.max_tokens,
+                run_id=self.run_id,
+                temperature=req.temperature,
+                top_p=req.top_p,
             )
         except ConfigError as e:  # the engine's own check of the conversation
             raise APIError(400, str(e), param="messages") from None
