@@ -7,7 +7,7 @@ folder; gloo over loopback; one torch thread per rank). Every world size runs th
 single-process layer (no shard_experts, no process group, no collectives): the baseline.
 
     python bench/moe_parallel.py                   # T=4096, d_model=256, d_hidden=512, E=16, k=2
-    python bench/moe_parallel.py --quick           # a tiny grid, a few seconds
+    python bench/moe_parallel.py --quick           # a tiny problem: ~15 s, mostly process start-up
     python bench/moe_parallel.py --worlds 1,2 --tokens 8192 --experts 32 --repeats 20
     python bench/moe_parallel.py --weak            # T_global = --tokens per rank x world size
     python bench/moe_parallel.py --sharded-baseline  # add a 1-rank row that runs the EP code path
@@ -21,6 +21,8 @@ Columns (times are per step, averaged over the ranks of the repeat whose step ti
 - other coll. ms: every other mixkit collective (the all_reduce of the balancing-loss statistics,
   forward and backward, and the all_gather of the token counts).
 - rest ms: ms/step minus the two: routing, permutations, expert FFNs, loss, autograd.
+- CPU ms/rank: the rank process's CPU time during the step (all its threads, gloo's included).
+  Well below ms/step means the rank waited: for a peer, or for a core (another process).
 - a2a MB/rank, a2a MB total: bytes handed to all_to_all per step (what record_comm counts: the
   input tensor of each all_to_all_single, including the rows a rank keeps for its own experts),
   mean over ranks and summed over ranks. off-rank %: the part that leaves the rank.
@@ -106,20 +108,22 @@ def _measure(rank: int, world: int, opts: dict, store: str | None) -> dict:
         layer.zero_grad(set_to_none=True)
         x.grad = None
         y = layer(x)
-        loss = (y * y).mean() + layer.aux_loss
+        # each rank's aux_loss covers the whole group's batch: the group's total counts it once
+        loss = (y * y).mean() + layer.aux_loss / world
         loss.backward()
 
     for _ in range(opts["warmup"]):
         step()
-    out = {"step": [], "a2a": [], "other": [], "a2a_bytes": [], "other_bytes": []}
+    out = {"step": [], "cpu": [], "a2a": [], "other": [], "a2a_bytes": [], "other_bytes": []}
     for _ in range(opts["repeats"]):
         if parallel:
             dist.barrier()  # start together; not a mixkit collective, so not recorded
         with mdist.record_comm() as rec:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             step()
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         out["step"].append(elapsed)
+        out["cpu"].append(cpu)
         out["a2a"].append(rec.seconds.get(A2A, 0.0))
         out["other"].append(rec.total_seconds - rec.seconds.get(A2A, 0.0))
         out["a2a_bytes"].append(rec.bytes_sent.get(A2A, 0))
@@ -151,23 +155,36 @@ def run_world(world: int, opts: dict, sharded: bool) -> list[dict]:
         for p in procs:
             p.start()
         got: dict[int, dict] = {}
-        errors = []
+        errors: dict[int, str] = {}
         end = time.monotonic() + opts["deadline"]
+        dead_since: dict[int, float] = {}
         try:
             while len(got) + len(errors) < world:
                 try:
-                    rank, value, error = results.get(timeout=max(0.1, end - time.monotonic()))
+                    rank, value, error = results.get(timeout=0.5)
                 except queue_mod.Empty:
-                    raise RuntimeError(
-                        f"{world} ranks: no result from ranks "
-                        f"{sorted(set(range(world)) - set(got))} after {opts['deadline']}s"
-                    ) from None
+                    now = time.monotonic()
+                    missing = [r for r in range(world) if r not in got and r not in errors]
+                    for r in missing:  # a rank that died without reporting (its queue is flushed)
+                        if not procs[r].is_alive():
+                            dead_since.setdefault(r, now)
+                            if now - dead_since[r] > 5.0:
+                                errors[r] = f"exited with code {procs[r].exitcode}, no result"
+                    if now > end:
+                        raise RuntimeError(
+                            f"{world} ranks: no result from ranks {missing} after "
+                            f"{opts['deadline']}s"
+                        ) from None
+                    continue
                 if error is not None:
-                    errors.append(f"rank {rank}: {error}")
+                    errors[rank] = error
                 else:
                     got[rank] = value
             if errors:
-                raise RuntimeError(f"{world} ranks failed:\n" + "\n".join(errors))
+                raise RuntimeError(
+                    f"{world} ranks failed:\n"
+                    + "\n".join(f"rank {r}: {e}" for r, e in sorted(errors.items()))
+                )
         finally:
             for p in procs:
                 p.join(10)
@@ -185,12 +202,14 @@ def summarize(world: int, ranks: list[dict], opts: dict, sharded: bool) -> dict:
         return statistics.fmean(r[key][i] for r in ranks)
 
     per_repeat = [
-        {key: mean_over_ranks(key, i) for key in ("step", "a2a", "other")} for i in range(repeats)
+        {key: mean_over_ranks(key, i) for key in ("step", "cpu", "a2a", "other")}
+        for i in range(repeats)
     ]
     order = sorted(range(repeats), key=lambda i: per_repeat[i]["step"])
     med = per_repeat[order[len(order) // 2]]
     slowest = [max(r["step"][i] for r in ranks) for i in range(repeats)]
-    a2a_bytes = [r["a2a_bytes"][-1] for r in ranks]
+    a2a_bytes = [b for r in ranks for b in r["a2a_bytes"]]  # every rank, every repeat
+    totals = {sum(r["a2a_bytes"][i] for r in ranks) for i in range(repeats)}
     assignments = sum(r["assignments"] for r in ranks)
     remote = sum(r["remote_assignments"] for r in ranks) if sharded else 0
     D, E = opts["d_model"], opts["experts"]
@@ -210,12 +229,14 @@ def summarize(world: int, ranks: list[dict], opts: dict, sharded: bool) -> dict:
         "a2a": med["a2a"],
         "other": med["other"],
         "rest": med["step"] - med["a2a"] - med["other"],
+        "cpu": med["cpu"],
         "step_min": min(p["step"] for p in per_repeat),
         "step_max": max(p["step"] for p in per_repeat),
         "slowest_median": statistics.median(slowest),
         "a2a_bytes_rank": statistics.fmean(a2a_bytes),
         "a2a_bytes_rank_range": (min(a2a_bytes), max(a2a_bytes)),
-        "a2a_bytes_total": sum(a2a_bytes),
+        "a2a_bytes_total": max(totals),
+        "a2a_bytes_total_constant": len(totals) == 1,
         "other_bytes_total": sum(r["other_bytes"][-1] for r in ranks),
         "off_rank_bytes": off_rank if sharded else 0,
         "calls": ranks[0]["calls"],
@@ -246,9 +267,9 @@ def fmt_table(rows: list[dict], cpus: int) -> str:
     base = next((r for r in rows if r["world"] == 1 and not r["sharded"]), None)
     lines = [
         "| ranks | tokens/rank | experts/rank | ms/step (min–max) | speedup vs 1 | all_to_all ms "
-        "| other coll. ms | rest ms | all_to_all % | a2a MB/rank | a2a MB total | off-rank % "
+        "| other coll. ms | rest ms | all_to_all % | CPU ms/rank | a2a MB/rank | a2a MB total | off-rank % "
         "| calls/step per rank |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     mb = 1e6
     for r in rows:
@@ -258,12 +279,14 @@ def fmt_table(rows: list[dict], cpus: int) -> str:
         if r["world"] > cpus:
             label += " †"
         speedup = f"{base['step'] / r['step']:.2f}×" if base else "n/a"
-        off = f"{100 * r['off_rank_bytes'] / r['a2a_bytes_total']:.0f}" if r["a2a_bytes_total"] else "–"
+        total = r["a2a_bytes_total"]
+        off = f"{100 * r['off_rank_bytes'] / total:.0f}" if total else "–"
         lines.append(
             f"| {label} | {r['tokens_per_rank']} | {r['experts_per_rank']} | "
             f"{r['step'] * 1e3:.1f} ({r['step_min'] * 1e3:.1f}–{r['step_max'] * 1e3:.1f}) | "
             f"{speedup} | {r['a2a'] * 1e3:.1f} | {r['other'] * 1e3:.2f} | {r['rest'] * 1e3:.1f} | "
-            f"{100 * r['a2a'] / r['step']:.0f} | {r['a2a_bytes_rank'] / mb:.2f} | "
+            f"{100 * r['a2a'] / r['step']:.0f} | {r['cpu'] * 1e3:.0f} | "
+            f"{r['a2a_bytes_rank'] / mb:.2f} | "
             f"{r['a2a_bytes_total'] / mb:.2f} | {off} | {fmt_calls(r['calls'])} |"
         )
     return "\n".join(lines)
@@ -271,24 +294,29 @@ def fmt_table(rows: list[dict], cpus: int) -> str:
 
 def bytes_check(r: dict, opts: dict) -> str:
     """The recorded all_to_all bytes against the closed formula (see the module docstring)."""
-    A, D, E, R, elt = r["assignments"], opts["d_model"], opts["experts"], r["world"], r["element_size"]
+    A, R, elt = r["assignments"], r["world"], r["element_size"]
+    D, E = opts["d_model"], opts["experts"]
     rows = 2 * 2 * A * D * elt
     weight = 2 * A * elt
     counts = R * E * 8
     keys = A * 8 if r["limited"] else 0
     expected = rows + weight + counts + keys
     got = r["a2a_bytes_total"]
+    lo, hi = r["a2a_bytes_rank_range"]
     verdict = "OK" if got == expected else f"MISMATCH (off by {got - expected:+d} B)"
     keys_txt = f" + keys {keys}" if keys else ""
     return (
         f"{R} ranks: all_to_all bytes/step, all ranks = {got} B; formula 2·2·A·D·{elt} = "
         f"2·2·{A}·{D}·{elt} = {rows} + gate-weight column 2·A·{elt} = {weight} + counts "
-        f"R·E·8 = {counts}{keys_txt} = {expected} -> {verdict} (rows alone: {got / rows:.4f}×)"
+        f"R·E·8 = {counts}{keys_txt} = {expected} -> {verdict} (rows alone: {got / rows:.4f}×; "
+        f"per rank {lo}–{hi} B over all steps)"
     )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="a tiny problem and few repeats (seconds)")
     p.add_argument("--worlds", default="1,2,4", help="comma-separated rank counts (default 1,2,4)")
     p.add_argument("--tokens", type=int, default=4096, help="global tokens per step (T_global)")
@@ -299,8 +327,8 @@ def main() -> None:
     p.add_argument("-k", type=int, default=2)
     p.add_argument("--router", default="noisy_topk")
     p.add_argument("--capacity-factor", type=float, default=None, help="default: dropless")
-    p.add_argument("--repeats", type=int, default=15, help="timed steps per world size (median)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=30, help="timed steps per world size (median)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument(
         "--sharded-baseline",
@@ -342,7 +370,9 @@ def main() -> None:
         f"d_model={args.d_model}, d_hidden={args.d_hidden}, E={args.experts}, "
         f"{'T per rank' if args.weak else 'T_global'}={args.tokens}, "
         f"median of {args.repeats} steps after {args.warmup} warm-up, "
-        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
+        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}, "
+        f"load average at start {os.getloadavg()[0]:.2f}",
+        flush=True,
     )
     plan = [(w, w > 1) for w in worlds]
     if args.sharded_baseline and 1 in worlds:
@@ -354,7 +384,9 @@ def main() -> None:
         ranks = run_world(world, opts, sharded)
         rows.append(summarize(world, ranks, opts, sharded))
         opts_by_row.append(opts)
-        print(f"  {world} rank(s){' (sharded)' if sharded else ''}: done", file=sys.stderr)
+        print(
+            f"  {world} rank(s){' (sharded)' if sharded else ''}: done", file=sys.stderr, flush=True
+        )
     print()
     print(fmt_table(rows, cpus))
     print()
@@ -362,6 +394,8 @@ def main() -> None:
         if r["sharded"]:
             print(bytes_check(r, opts))
     for r in rows:
+        if not r["a2a_bytes_total_constant"]:
+            print(f"note: {r['world']} ranks: all_to_all bytes per step changed between steps")
         if not r["calls_same"]:
             print(f"note: {r['world']} ranks made different numbers of calls per rank")
         if r["dropped"] > 0:
@@ -378,7 +412,10 @@ def main() -> None:
             f"{cpus} CPU core(s) of this machine: ranks time-share cores, so their rows measure "
             "contention (and collectives wait for descheduled peers), not scaling."
         )
-    print(f"(wall {time.perf_counter() - t_start:.0f} s)")
+    print(
+        f"(wall {time.perf_counter() - t_start:.0f} s; load average at the end "
+        f"{os.getloadavg()[0]:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    # Validated for compatibility; the mixture's agents keep their configured sampling.
+    # The final aggregator samples with these when given; proposers keep their own sampling.
     temperature: StrictFloat | None = Field(None, ge=0.0, le=2.0)
     top_p: StrictFloat | None = Field(None, ge=0.0, le=1.0)
     presence_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
