@@ -10,7 +10,15 @@ The local dispatcher sorts assignments by expert (stable, so the router's priori
 choices before second choices, survives within each expert), drops those past capacity, and
 gathers the kept tokens. The experts scale each result by its gate weight (their backward can
 then get the gate's gradient without keeping the unscaled output), and combine() sums each result
-back into its token. An expert-parallel dispatcher plugs in behind the same two methods.
+back into its token. An expert-parallel dispatcher (parallel.py) does the same across ranks.
+
+Token-choice routers give every token exactly k assignments, slot-major (a = slot*T + t), so both
+directions can be written as gathers, with no scatter-add anywhere: the forward of dispatch and
+the backward of combine gather rows by `token_idx_S`; the forward of combine and the backward of
+dispatch gather, for each slot, the row where that assignment landed (`row_A`, or a zero row when
+it was dropped) and add the k slots. On the CPU a scatter-add (index_add / index_put with
+accumulate) runs serially and was the largest cost outside the expert matmuls; gathers run in
+parallel. Expert choice (a token gets any number of experts) keeps the scatter-add path.
 """
 
 from __future__ import annotations
@@ -30,6 +38,50 @@ class DispatchPlan:
     num_tokens: int
     num_assignments: int  # A, before capacity
     num_dropped: int
+    # token choice only: row of assignment a (slot-major) among the S kept ones, S when dropped
+    row_A: torch.Tensor | None = None
+    k: int = 0
+
+
+def _sum_slots(src_SD: torch.Tensor, row_A: torch.Tensor, k: int, T: int) -> torch.Tensor:
+    """(T, D): for each token, the sum over its k slots of src row row_A[slot*T + t] (row S = 0)."""
+    S, D = src_SD.shape
+    dropped = bool((row_A == S).any())
+    if dropped:  # a zero row for the dropped assignments to point at
+        src_SD = torch.cat([src_SD, src_SD.new_zeros(1, D)])
+    out_TD = src_SD.index_select(0, row_A[:T])
+    for slot in range(1, k):
+        out_TD += src_SD.index_select(0, row_A[slot * T : (slot + 1) * T])
+    return out_TD
+
+
+class _GatherToExperts(torch.autograd.Function):
+    """x_SD = x_TD[token_S]; backward sums each token's k slots by gathers."""
+
+    @staticmethod
+    def forward(ctx, x_TD, token_S, row_A, k):
+        ctx.save_for_backward(row_A)
+        ctx.k, ctx.T = k, x_TD.shape[0]
+        return x_TD.index_select(0, token_S)
+
+    @staticmethod
+    def backward(ctx, g_SD):
+        (row_A,) = ctx.saved_tensors
+        return _sum_slots(g_SD.contiguous(), row_A, ctx.k, ctx.T), None, None, None
+
+
+class _CombineSlots(torch.autograd.Function):
+    """y_TD = sum over the k slots of out_SD[row_A]; backward gathers g_TD[token_S]."""
+
+    @staticmethod
+    def forward(ctx, out_SD, token_S, row_A, k, T):
+        ctx.save_for_backward(token_S)
+        return _sum_slots(out_SD, row_A, k, T)
+
+    @staticmethod
+    def backward(ctx, g_TD):
+        (token_S,) = ctx.saved_tensors
+        return g_TD.contiguous().index_select(0, token_S), None, None, None, None
 
 
 class LocalDispatcher:
@@ -60,12 +112,25 @@ class LocalDispatcher:
             kept_E = counts_E.clamp(max=capacity)
             num_dropped = int((counts_E - kept_E).sum())
             counts_E = kept_E
-        x_SD = x_TD.index_select(0, token_S)
-        plan = DispatchPlan(token_S, weight_S, counts_E, x_TD.shape[0], A, num_dropped)
+        T = x_TD.shape[0]
+        if decision.expert_choice or T == 0:
+            x_SD = x_TD.index_select(0, token_S)
+            plan = DispatchPlan(token_S, weight_S, counts_E, T, A, num_dropped)
+            return x_SD, counts_E.tolist(), plan
+        # token choice: where did each assignment land among the kept rows?
+        S = token_S.shape[0]
+        row_A = torch.full((A,), S, dtype=torch.long, device=x_TD.device)
+        kept_order = order_A if num_dropped == 0 else order_A[keep_A]
+        row_A[kept_order] = torch.arange(S, device=x_TD.device)
+        k = A // T
+        x_SD = _GatherToExperts.apply(x_TD, token_S, row_A, k)
+        plan = DispatchPlan(token_S, weight_S, counts_E, T, A, num_dropped, row_A, k)
         return x_SD, counts_E.tolist(), plan
 
     def combine(self, out_SD: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
         """Sum each (already gate-weighted) result into its token: (S, D) -> (T, D)."""
+        if plan.row_A is not None:
+            return _CombineSlots.apply(out_SD, plan.token_idx_S, plan.row_A, plan.k, plan.num_tokens)
         y_TD = out_SD.new_zeros(plan.num_tokens, out_SD.shape[-1])
         # index_put_ with accumulate, not index_add: index_add saves its (S, D) source for backward
         return y_TD.index_put_((plan.token_idx_S,), out_SD, accumulate=True)
