@@ -70,6 +70,16 @@ class _GatherToExperts(torch.autograd.Function):
         return _sum_slots(g_SD.contiguous(), row_A, ctx.k, ctx.T), None, None, None
 
 
+def gather_to_experts(x_TD, token_S, row_A, k: int) -> torch.Tensor:
+    """x_TD[token_S] for token-choice assignments (row_A: see DispatchPlan), scatter-free backward."""
+    return _GatherToExperts.apply(x_TD, token_S, row_A, k)
+
+
+def combine_slots(out_SD, token_S, row_A, k: int, num_tokens: int) -> torch.Tensor:
+    """Each token's sum over its k slots of out_SD (dropped slots add 0), scatter-free backward."""
+    return _CombineSlots.apply(out_SD, token_S, row_A, k, num_tokens)
+
+
 class _CombineSlots(torch.autograd.Function):
     """y_TD = sum over the k slots of out_SD[row_A]; backward gathers g_TD[token_S]."""
 
@@ -123,14 +133,14 @@ class LocalDispatcher:
         kept_order = order_A if num_dropped == 0 else order_A[keep_A]
         row_A[kept_order] = torch.arange(S, device=x_TD.device)
         k = A // T
-        x_SD = _GatherToExperts.apply(x_TD, token_S, row_A, k)
+        x_SD = gather_to_experts(x_TD, token_S, row_A, k)
         plan = DispatchPlan(token_S, weight_S, counts_E, T, A, num_dropped, row_A, k)
         return x_SD, counts_E.tolist(), plan
 
     def combine(self, out_SD: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
         """Sum each (already gate-weighted) result into its token: (S, D) -> (T, D)."""
         if plan.row_A is not None:
-            return _CombineSlots.apply(out_SD, plan.token_idx_S, plan.row_A, plan.k, plan.num_tokens)
+            return combine_slots(out_SD, plan.token_idx_S, plan.row_A, plan.k, plan.num_tokens)
         y_TD = out_SD.new_zeros(plan.num_tokens, out_SD.shape[-1])
         # index_put_ with accumulate, not index_add: index_add saves its (S, D) source for backward
         return y_TD.index_put_((plan.token_idx_S,), out_SD, accumulate=True)

@@ -40,6 +40,7 @@ from torch import nn
 
 from mixkit import distributed as mdist
 from mixkit.errors import ConfigError
+from mixkit.moe.dispatch import combine_slots, gather_to_experts
 from mixkit.moe.routing import RoutingDecision
 
 
@@ -146,9 +147,15 @@ class AllToAllDispatcher:
         send_splits = send_counts_RE.sum(1).tolist()
         recv_splits = recv_counts_RE.sum(1).tolist()
 
-        payload = torch.cat(
-            [x_TD.index_select(0, token_S), weight_S.to(x_TD.dtype).unsqueeze(1)], dim=1
-        )
+        gathers = not decision.expert_choice and T > 0  # token choice: k slots per token
+        if gathers:  # see dispatch.py: gathers both ways instead of a serial scatter-add
+            k = A // T
+            row_A = torch.empty_like(order_A)
+            row_A[order_A] = torch.arange(A, device=x_TD.device)
+            x_SD = gather_to_experts(x_TD, token_S, row_A, k)
+        else:
+            x_SD = x_TD.index_select(0, token_S)
+        payload = torch.cat([x_SD, weight_S.to(x_TD.dtype).unsqueeze(1)], dim=1)
         recv_ND1 = mdist.all_to_all(payload, recv_splits, send_splits, ep.group)  # (N, D+1)
         N = recv_ND1.shape[0]
         local_expert_N = torch.repeat_interleave(
@@ -179,7 +186,10 @@ class AllToAllDispatcher:
         out_KD = experts(rows[:, :D], counts_El.tolist(), impl, scale_A=rows[:, D])
         back_ND = out_KD.new_zeros(N, D).index_copy(0, sort_N, out_KD)  # dropped rows stay zero
         out_SD = mdist.all_to_all(back_ND, send_splits, recv_splits, ep.group)  # (A, D)
-        y_TD = out_SD.new_zeros(T, D).index_put_((token_S,), out_SD, accumulate=True)
+        if gathers:
+            y_TD = combine_slots(out_SD, token_S, row_A, k, T)
+        else:
+            y_TD = out_SD.new_zeros(T, D).index_put_((token_S,), out_SD, accumulate=True)
         counts_E = torch.zeros(E, dtype=counts_El.dtype, device=x_TD.device)
         counts_E[ep.first_expert : ep.first_expert + El] = counts_El
         return y_TD, ParallelPlan(counts_E, num_dropped, A, token_S)
