@@ -150,9 +150,9 @@ def smooth_load(
     threshold_if_in_T1 = top_T_k1[:, k : k + 1]
     threshold_if_out_T1 = top_T_k1[:, k - 1 : k]
     is_in_TE = noisy_TE > threshold_if_in_T1
-    prob_if_in = normal_cdf((clean_TE - threshold_if_in_T1) / noise_std_TE)
-    prob_if_out = normal_cdf((clean_TE - threshold_if_out_T1) / noise_std_TE)
-    return torch.where(is_in_TE, prob_if_in, prob_if_out)
+    # pick each entry's threshold first, then one CDF: half the (T, E) passes of two CDFs + where
+    threshold_TE = torch.where(is_in_TE, threshold_if_in_T1, threshold_if_out_T1)
+    return normal_cdf((clean_TE - threshold_TE) / noise_std_TE)
 
 
 class TopKRouter(Router):
