@@ -7,7 +7,7 @@ folder; gloo over loopback; one torch thread per rank). Every world size runs th
 single-process layer (no shard_experts, no process group, no collectives): the baseline.
 
     python bench/moe_parallel.py                   # T=4096, d_model=256, d_hidden=512, E=16, k=2
-    python bench/moe_parallel.py --quick           # a tiny problem: ~15 s, mostly process start-up
+    python bench/moe_parallel.py --quick           # a tiny problem: ~10 s, mostly process start-up
     python bench/moe_parallel.py --worlds 1,2 --tokens 8192 --experts 32 --repeats 20
     python bench/moe_parallel.py --weak            # T_global = --tokens per rank x world size
     python bench/moe_parallel.py --sharded-baseline  # add a 1-rank row that runs the EP code path
@@ -25,7 +25,7 @@ Columns (times are per step, averaged over the ranks of the repeat whose step ti
   Well below ms/step means the rank waited: for a peer, or for a core (another process).
 - a2a MB/rank, a2a MB total: bytes handed to all_to_all per step (what record_comm counts: the
   input tensor of each all_to_all_single, including the rows a rank keeps for its own experts),
-  mean over ranks and summed over ranks. off-rank %: the part that leaves the rank.
+  mean over ranks and summed over ranks. off-rank %: the part that leaves the rank (last step).
 - calls/step: collective calls per rank per step, by kind.
 
 After the table the script checks the all_to_all bytes against the formula
