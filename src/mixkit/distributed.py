@@ -129,6 +129,8 @@ def collective(what: str, group=None, nbytes: int = 0) -> Iterator[None]:
     try:
         yield
         if _recorders:
+            if is_initialized() and dist.get_backend(group) == "nccl":
+                torch.cuda.synchronize()  # NCCL returns at launch; time the transfer itself
             for rec in _recorders:
                 rec.add(what, time.perf_counter() - t0, nbytes)
     except DistributedError:

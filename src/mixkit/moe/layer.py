@@ -240,7 +240,10 @@ class MoE(nn.Module):
 
         cfg, ep = self.cfg, self.ep
         T = x_TD.shape[0]
-        offset, group_tokens, sizes = ep.token_layout(T, x_TD.device)
+        if cfg.router == "expert_choice" or cfg.capacity_factor is not None:
+            offset, group_tokens, sizes = ep.token_layout(T, x_TD.device)
+        else:  # dropless token choice needs neither the offsets nor the group's token count
+            offset, group_tokens, sizes = 0, T, [T]
         if cfg.router == "expert_choice":
             decision = expert_choice_decision(self.router, x_TD, ep, offset, sizes)
         else:
