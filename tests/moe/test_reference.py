@@ -88,3 +88,37 @@ def test_expert_paths_agree_with_the_fused_default(expert, impl):
     for n in gp0:
         torch.testing.assert_close(gp0[n], gp1[n], rtol=1e-4, atol=1e-5, msg=n)
     assert torch.equal(gp0["experts.w_in"][5], torch.zeros_like(gp0["experts.w_in"][5]))
+
+
+@pytest.mark.parametrize("expert", ["relu", "swiglu"])
+def test_small_experts_side_by_side_match_one_at_a_time(expert, monkeypatch):
+    """The fused path runs small experts in a thread pool (one intra-op thread each): same
+    results, forward and backward, as one expert at a time; the caller's thread count survives."""
+    from mixkit.moe import grouped
+
+    layer = make_layer("topk", expert=expert, E=6, dtype=torch.float64)
+    x = torch.randn(60, 8, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    pools = []
+    real_pool = grouped._thread_pool
+    monkeypatch.setattr(grouped, "_thread_pool", lambda n: pools.append(n) or real_pool(n))
+    try:
+        results = []
+        for max_rows in (grouped.SIDE_BY_SIDE_MAX_ROWS, 0):  # 0: never side by side
+            monkeypatch.setattr(grouped, "SIDE_BY_SIDE_MAX_ROWS", max_rows)
+            used = len(pools)
+            xx = x.clone().requires_grad_(True)
+            layer.zero_grad()
+            y = layer(xx)
+            (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+            results.append((y.detach(), xx.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
+            assert (len(pools) > used) == (max_rows > 0)  # forward and backward both used the pool
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    (y0, gx0, gp0), (y1, gx1, gp1) = results
+    torch.testing.assert_close(y0, y1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx0, gx1, rtol=1e-12, atol=1e-12)
+    for n in gp0:
+        torch.testing.assert_close(gp0[n], gp1[n], rtol=1e-12, atol=1e-12, msg=n)
