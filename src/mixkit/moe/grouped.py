@@ -26,8 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-# Experts averaging more rows than this run one at a time with every intra-op thread.
-SIDE_BY_SIDE_MAX_ROWS = 512
+# When experts run side by side (measured on the 2-core CPU VM, fwd+bwd of the whole layer): with
+# d_model x d_hidden = 512 x 1024 weights it is faster at 32 rows per expert (593 -> 440 ms) and
+# 128 (375 -> 331 ms); with 256 x 512 weights it is slower at every size tried (e.g. 44 -> 62 ms at
+# 512 rows), the per-call thread hand-off costing more than the smaller matmuls gain.
+SIDE_BY_SIDE_MAX_ROWS = 512  # mean rows per expert, at most
+SIDE_BY_SIDE_MIN_WEIGHT = 1 << 19  # elements of one expert matrix (d_model * d_hidden), at least
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -50,13 +54,16 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _each_expert(counts: list[int], fn) -> None:
-    """fn(e, start, stop) for every expert with rows; small experts side by side (see above)."""
+def _each_expert(counts: list[int], fn, weight: torch.Tensor) -> None:
+    """fn(e, start, stop) for every expert with rows; small experts side by side (see above).
+
+    `weight` is one of the stacked (E, ., .) matrices the calls multiply by."""
     spans = list(_spans(counts))
     threads = torch.get_num_threads()
     rows = spans[-1][2] - spans[0][1] if spans else 0
     if (
         threads < 2
+        or weight[0].numel() < SIDE_BY_SIDE_MIN_WEIGHT
         or len(spans) < 2 * threads
         or rows > SIDE_BY_SIDE_MAX_ROWS * len(spans)
         or threading.current_thread().name.startswith("mixkit-experts")
@@ -102,13 +109,13 @@ class GroupedReluFFN(torch.autograd.Function):
         def up(e, s, t):
             torch.mm(x_AD[s:t], w_in_EDH[e], out=h_AH[s:t])
 
-        _each_expert(counts, up)
+        _each_expert(counts, up, w_in_EDH)
         h_AH.relu_()
 
         def down(e, s, t):
             torch.mm(h_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
 
-        _each_expert(counts, down)
+        _each_expert(counts, down, w_out_EHD)
         out_AD.mul_(scale_A.unsqueeze(-1))
         ctx.save_for_backward(x_AD, scale_A, h_AH, w_in_EDH, w_out_EHD)
         ctx.counts = counts
@@ -125,7 +132,7 @@ class GroupedReluFFN(torch.autograd.Function):
         def down_t(e, s, t):
             torch.mm(g_out_AD[s:t], w_out_EHD[e].t(), out=t_AH[s:t])
 
-        _each_expert(counts, down_t)
+        _each_expert(counts, down_t, w_out_EHD)
         g_scale_A = (t_AH * h_AH).sum(-1) if ctx.needs_input_grad[1] else None
         g_h_AH = t_AH.mul_(scale_A.unsqueeze(-1)).mul_(h_AH > 0)  # relu', in place
         g_x_AD = None
@@ -135,7 +142,7 @@ class GroupedReluFFN(torch.autograd.Function):
             def up_t(e, s, t):
                 torch.mm(g_h_AH[s:t], w_in_EDH[e].t(), out=g_x_AD[s:t])
 
-            _each_expert(counts, up_t)
+            _each_expert(counts, up_t, w_in_EDH)
         g_w_in = g_w_out = None
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
@@ -158,13 +165,13 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
             torch.mm(x_AD[s:t], w_gate_EDH[e], out=g_AH[s:t])
             torch.mm(x_AD[s:t], w_in_EDH[e], out=u_AH[s:t])
 
-        _each_expert(counts, up)
+        _each_expert(counts, up, w_in_EDH)
         a_AH = F.silu(g_AH) * u_AH
 
         def down(e, s, t):
             torch.mm(a_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
 
-        _each_expert(counts, down)
+        _each_expert(counts, down, w_out_EHD)
         out_AD.mul_(scale_A.unsqueeze(-1))
         ctx.save_for_backward(x_AD, scale_A, g_AH, u_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
         ctx.counts = counts
@@ -184,7 +191,7 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         def down_t(e, s, t):
             torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
 
-        _each_expert(counts, down_t)
+        _each_expert(counts, down_t, w_out)
         g_scale_A = (t_AH * a_AH).sum(-1) if ctx.needs_input_grad[1] else None
         g_a_AH = t_AH.mul_(scale_A.unsqueeze(-1))
         g_u_AH = g_a_AH * silu_AH
@@ -197,7 +204,7 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
                 torch.mm(g_u_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
                 g_x_AD[s:t].addmm_(g_g_AH[s:t], w_gate[e].t())
 
-            _each_expert(counts, up_t)
+            _each_expert(counts, up_t, w_in)
         g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
         g_w_gate, g_w_in, g_w_out = _weight_grads(
             counts, [(x_AD, g_g_AH), (x_AD, g_u_AH)], [(a_AH, g_scaled_AD)], w_gate, w_in, w_out
@@ -219,7 +226,7 @@ def _weight_grads(counts, in_pairs, out_pairs, *weights):
         for (inp, grad), buf in zip(pairs, grads, strict=True):
             torch.mm(inp[s:t].t(), grad[s:t], out=buf[e])
 
-    _each_expert(counts, grads_of)
+    _each_expert(counts, grads_of, weights[0])
     for e, hit in enumerate(seen):
         if not hit:  # an expert with no tokens gets an exact zero gradient
             for buf in grads:
