@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from mixkit.moe import MoE
 from mixkit.moe.parallel import shard_experts
+from tests.moe.conftest import make_layer
 
 D, H = 6, 10
 
@@ -19,19 +20,13 @@ def tokens_per_rank(world: int) -> list[int]:
 
 
 def make_full_layer(router: str, E: int, capacity_factor, shared: int = 0) -> MoE:
-    torch.manual_seed(0)
-    k = 1 if router == "switch" else 2
+    """Random router weights (see tests/moe), every loss on, float64."""
     options = dict(w_importance=0.1, w_load=0.1, w_switch=0.01, w_zloss=0.001)
     if shared:
         options["num_shared_experts"] = shared
-    layer = MoE(D, H, E, k=k, router=router, capacity_factor=capacity_factor, **options).double()
-    with torch.no_grad():
-        layer.router.w_gate.normal_(0, 1.0)
-        if router == "noisy_topk":
-            layer.router.w_noise.normal_(0, 0.5)
-        if router == "sigmoid_bias":
-            layer.router.bias.normal_(0, 0.3)
-    return layer
+    return make_layer(
+        router, d=D, h=H, E=E, dtype=torch.float64, capacity_factor=capacity_factor, **options
+    )
 
 
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:

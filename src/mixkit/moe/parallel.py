@@ -297,28 +297,33 @@ def gathered_experts(module: nn.Module) -> Iterator[None]:
 
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     """optimizer.state_dict() with each sharded parameter's state gathered to all E experts."""
-    sd = optimizer.state_dict()
-    index = _param_index(optimizer)
-    for _, p, ep in _sharded_tensors(module):
-        state = sd["state"].get(index[id(p)])
-        if not state:
-            continue
-        for key, value in list(state.items()):
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == p.shape[0]:
-                state[key] = _gather_dim0(value, ep)
-    return sd
+    return _map_expert_state(
+        module,
+        optimizer,
+        optimizer.state_dict(),
+        lambda v, p, ep: _gather_dim0(v, ep) if v.shape[0] == p.shape[0] else v,
+    )
 
 
 def shard_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, sd: dict) -> dict:
     """The inverse of full_optimizer_state: keep this rank's experts of a full state dict."""
+
+    def keep_mine(value, p, ep):
+        if value.shape[0] != ep.num_experts:
+            return value
+        return value[ep.first_expert : ep.first_expert + ep.local_experts].clone()
+
+    return _map_expert_state(module, optimizer, sd, keep_mine)
+
+
+def _map_expert_state(module, optimizer, sd: dict, fn) -> dict:
+    """Apply fn(value, param, ep) to every per-expert tensor (exp_avg, ...) of sharded params."""
     index = _param_index(optimizer)
     for _, p, ep in _sharded_tensors(module):
         state = sd["state"].get(index[id(p)])
-        if not state:
-            continue
-        for key, value in list(state.items()):
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == ep.num_experts:
-                state[key] = value[ep.first_expert : ep.first_expert + ep.local_experts].clone()
+        for key, value in list((state or {}).items()):
+            if torch.is_tensor(value) and value.dim() > 0:
+                state[key] = fn(value, p, ep)
     return sd
 
 

@@ -132,33 +132,27 @@ def reduce_gradients(model: nn.Module, ctx: ParallelContext) -> None:
     """Turn each rank's gradients into the gradient of the mean loss over all ranks."""
     if not ctx.distributed:
         return
-    dense = [p for p in dense_params(model)]
-    for p in dense:
+    _sum_and_scale(dense_params(model), "world", ctx)
+    _sum_and_scale(expert_params(model), ctx.replica_group, ctx)
+
+
+def _sum_and_scale(params: list[nn.Parameter], group, ctx: ParallelContext) -> None:
+    """Sum the gradients over `group` ("world", a group, or None: no sum) in one flat
+    all_reduce, then divide by the world size."""
+    for p in params:
         if p.grad is None:  # a parameter this rank's batch did not reach still takes part
             p.grad = torch.zeros_like(p)
-    if dense:
-        flat = torch.cat([p.grad.reshape(-1) for p in dense])
-        mdist.all_reduce_(flat)
-        flat /= ctx.world
-        offset = 0
-        for p in dense:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
-    experts = expert_params(model)
-    for p in experts:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    if experts:
-        flat = torch.cat([p.grad.reshape(-1) for p in experts])
-        if ctx.replica_group is not None:
-            mdist.all_reduce_(flat, ctx.replica_group)
-        flat /= ctx.world
-        offset = 0
-        for p in experts:
-            n = p.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
+    if not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    if group is not None:
+        mdist.all_reduce_(flat, None if group == "world" else group)
+    flat /= ctx.world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float, ctx: ParallelContext) -> float:
