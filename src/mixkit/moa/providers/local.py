@@ -67,6 +67,7 @@ class LlamaPool:
         self._idle: dict[tuple[str, int], list[Any]] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._closing_at_exit = False
 
     def take(self, path: Path, n_ctx: int) -> Any:
         key = (str(path), n_ctx)
@@ -78,6 +79,13 @@ class LlamaPool:
         # Llama() silences the model load by pointing the process-wide fds 1 and 2 at /dev/null
         # and back. Two loads at once interleave that dance and can leave stdout at /dev/null
         # for good (seen here: an eval printed nothing), so loads are serialized.
+        if not self._closing_at_exit:
+            # Free the models while llama_cpp is still importable: left to the garbage collector
+            # at interpreter shutdown, Llama.__del__ finds its C bindings gone and prints a traceback.
+            import atexit
+
+            atexit.register(self.clear)
+            self._closing_at_exit = True
         with self._load_lock:
             return Llama(
                 model_path=str(path),
@@ -92,8 +100,15 @@ class LlamaPool:
             self._idle.setdefault((str(path), n_ctx), []).append(llama)
 
     def clear(self) -> None:
+        """Close and forget every idle model."""
         with self._lock:
-            self._idle.clear()
+            idle, self._idle = self._idle, {}
+        for models in idle.values():
+            for llama in models:
+                try:
+                    llama.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
 
 
 POOL = LlamaPool()
