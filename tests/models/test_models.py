@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixkit.errors import ConfigError
+from mixkit.models.transformer_lm import KVCache
 from mixkit.models import (
     LSTMLM,
     LSTMLMConfig,
@@ -148,3 +149,44 @@ def test_config_errors_name_the_field():
         build_model(
             LSTMLMConfig(vocab_size=V, d_model=8, moe=MoESpec(router="switch", k=2, d_hidden=8))
         )
+
+
+@pytest.mark.parametrize(
+    "moe",
+    [
+        None,
+        MoESpec(num_experts=4, k=2, d_hidden=32),
+        MoESpec(num_experts=4, k=1, router="switch", d_hidden=32),
+    ],
+)
+def test_transformer_kv_cache_matches_recomputing(moe):
+    """Sampling with the KV cache gives the logits of a full forward at every step, across the
+    block_size boundary (where the window slides and the cache is dropped)."""
+    model = transformer(moe).eval()
+    assert model.can_cache()
+    x_BT = torch.randint(0, V, (2, 24))  # block_size is 16
+    logits, cache = model._next_logits(x_BT[:, :5], None, x_BT[:, :5])
+    for t in range(5, 24):
+        assert (cache is not None) == (t <= 16)  # cached while the context fits
+        logits, cache = model._next_logits(x_BT[:, t : t + 1], cache, x_BT[:, : t + 1])
+        window = x_BT[:, max(0, t + 1 - 16) : t + 1]
+        torch.testing.assert_close(logits, model(window)[:, -1], rtol=1e-5, atol=1e-5)
+    # a multi-token continuation of the cache is causal too
+    cache = [KVCache() for _ in model.blocks]
+    model(x_BT[:, :6], cache)
+    torch.testing.assert_close(
+        model(x_BT[:, 6:10], cache), model(x_BT[:, :10])[:, 6:10], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_transformer_with_batch_dependent_routing_does_not_cache():
+    for moe in (
+        MoESpec(num_experts=4, k=2, router="expert_choice", d_hidden=32),
+        MoESpec(num_experts=4, k=2, capacity_factor=1.0, d_hidden=32),
+    ):
+        model = transformer(moe).eval()
+        assert not model.can_cache()
+        x_BT = torch.randint(0, V, (1, 8))
+        logits, cache = model._next_logits(x_BT, None, x_BT)
+        assert cache is None
+        torch.testing.assert_close(logits, model(x_BT)[:, -1])

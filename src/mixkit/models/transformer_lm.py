@@ -55,14 +55,46 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
+        """Causal self-attention; with `kv`, attend to its past keys/values too and append the new."""
         B, T, D = x_BTD.shape
         q, k, v = self.qkv(x_BTD).split(D, dim=2)  # 3 x (B, T, D)
         q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        past = 0
+        if kv is not None:
+            past = kv.length
+            k, v = kv.append(k, v)  # (B, N, past + T, Dh)
+        if past == 0:
+            mask, causal = None, True
+        else:  # new query t sees every past key and the new keys up to itself
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x_BTD.device).tril(past)
+            causal = False
         y = F.scaled_dot_product_attention(  # (B, N, T, Dh)
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+class KVCache:
+    """One attention layer's keys and values of the tokens seen so far (sampling only)."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
 
 
 class Block(nn.Module):
@@ -74,8 +106,8 @@ class Block(nn.Module):
         self.ffn = ffn  # a DenseFFN or an MoE layer
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        x_BTD = x_BTD + self.drop(self.attn(self.ln1(x_BTD)))
+    def forward(self, x_BTD: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
+        x_BTD = x_BTD + self.drop(self.attn(self.ln1(x_BTD), kv))
         return x_BTD + self.drop(self.ffn(self.ln2(x_BTD)))
 
 
@@ -121,20 +153,41 @@ class TransformerLM(LanguageModel):
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, idx_BT: torch.Tensor) -> torch.Tensor:
-        """idx_BT (B, T) int64 with T <= block_size -> logits (B, T, V)."""
+    def forward(self, idx_BT: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """idx_BT (B, T) int64 -> logits (B, T, V). With `cache` (one KVCache per block), idx_BT
+        continues the cached tokens: positions start after them, and the cache grows."""
         B, T = idx_BT.shape
-        if T > self.cfg.block_size:
-            raise ValueError(f"sequence length {T} > block_size {self.cfg.block_size}")
-        pos_T = torch.arange(T, device=idx_BT.device)
+        past = cache[0].length if cache else 0
+        if past + T > self.cfg.block_size:
+            raise ValueError(f"sequence length {past + T} > block_size {self.cfg.block_size}")
+        pos_T = torch.arange(past, past + T, device=idx_BT.device)
         x = self.drop(self.tok_emb(idx_BT) + self.pos_emb(pos_T))  # (B, T, D)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache[i] if cache else None)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
+    def can_cache(self) -> bool:
+        """Cached sampling equals recomputing only if every FFN treats each token on its own:
+        dense FFNs and dropless token-choice MoE layers (expert choice and capacity limits look
+        at the whole batch)."""
+        for ffn in self.ffns:
+            cfg = getattr(ffn, "cfg", None)
+            if cfg is not None and hasattr(cfg, "router"):
+                if cfg.router == "expert_choice" or cfg.capacity_factor is not None:
+                    return False
+        return True
+
     def _next_logits(self, new_BT, cache, all_BT):
-        # No KV cache: recompute over the last block_size tokens (generation is not the hot path).
-        return self(all_BT[:, -self.cfg.block_size :])[:, -1, :], None
+        # A KV cache while the context fits in block_size. Past it, the absolute positions of the
+        # window shift every step, so the last block_size tokens are recomputed from scratch.
+        bs = self.cfg.block_size
+        if cache is not None and cache[0].length + new_BT.shape[1] <= bs:
+            return self(new_BT, cache)[:, -1, :], cache
+        window_BT = all_BT[:, -bs:]
+        if not self.can_cache() or all_BT.shape[1] > bs:
+            return self(window_BT)[:, -1, :], None
+        cache = [KVCache() for _ in self.blocks]
+        return self(window_BT, cache)[:, -1, :], cache
 
     def macs_breakdown(self) -> dict[str, int]:
         c = self.cfg
