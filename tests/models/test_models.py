@@ -43,7 +43,15 @@ def mm_macs_per_token(model, x_BT) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("make", [lstm, transformer])
-@pytest.mark.parametrize("moe", [None, MoESpec(num_experts=4, k=2, d_hidden=32)])
+@pytest.mark.parametrize(
+    "moe",
+    [
+        None,
+        MoESpec(num_experts=4, k=2, d_hidden=32),
+        MoESpec(num_experts=16, k=2, d_hidden=32, groups=4, k_groups=2),  # the paper's hierarchical
+    ],
+    ids=["dense", "moe", "hierarchical"],
+)
 def test_forward_shapes_and_gradients(make, moe):
     model = make(moe)
     x_BT = torch.randint(0, V, (3, 16))
@@ -190,3 +198,22 @@ def test_transformer_with_batch_dependent_routing_does_not_cache():
         logits, cache = model._next_logits(x_BT, None, x_BT)
         assert cache is None
         torch.testing.assert_close(logits, model(x_BT)[:, -1])
+
+
+def test_hierarchical_moe_from_config():
+    from mixkit.moe import HierarchicalMoE
+
+    model = transformer(MoESpec(num_experts=16, k=2, d_hidden=32, groups=4, k_groups=2))
+    layers = [f for f in model.ffns if isinstance(f, HierarchicalMoE)]
+    assert len(layers) == 2 and all(len(h.groups) == 4 for h in layers)
+    assert model.expert_load() == {} or all(v.numel() == 16 for v in model.expert_load().values())
+    model(torch.randint(0, V, (2, 8)))
+    assert all(v.numel() == 16 for v in model.expert_load().values())
+    for bad, field in [
+        (dict(num_experts=6, groups=4), "divisible by groups"),
+        (dict(num_experts=8, groups=4, k=3), "experts per group"),
+        (dict(num_experts=8, groups=2, k_groups=3), "k_groups (3) must be <= groups (2)"),
+        (dict(num_experts=8, groups=2, router="expert_choice"), "token-choice router"),
+    ]:
+        with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(")", r"\)")):
+            MoESpec(d_hidden=8, **{"k": 2, **bad})

@@ -35,6 +35,10 @@ class MoESpec(BaseModel):
     w_load: float | None = Field(None, ge=0)
     w_switch: float | None = Field(None, ge=0)
     w_zloss: float = Field(0.0, ge=0)
+    # The paper's hierarchical MoE: a primary gate picks k_groups of `groups` groups, each an MoE
+    # over num_experts / groups experts that picks k of them. None: one flat MoE.
+    groups: int | None = Field(None, ge=1)
+    k_groups: int = Field(2, ge=1)
     # Anything else MoE(...) accepts (noise settings, shared experts, ...), passed through as is.
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -42,6 +46,21 @@ class MoESpec(BaseModel):
     def _k_fits(self) -> MoESpec:
         if self.k > self.num_experts:
             raise ValueError(f"k ({self.k}) must be <= num_experts ({self.num_experts})")
+        if self.groups is not None:
+            if self.num_experts % self.groups:
+                raise ValueError(
+                    f"num_experts ({self.num_experts}) must be divisible by groups ({self.groups})"
+                )
+            if self.k > self.num_experts // self.groups:
+                raise ValueError(
+                    f"k ({self.k}) must be <= experts per group ({self.num_experts // self.groups})"
+                )
+            if self.k_groups > self.groups:
+                raise ValueError(f"k_groups ({self.k_groups}) must be <= groups ({self.groups})")
+            if self.router == "expert_choice" or self.w_switch:
+                raise ValueError(
+                    "a hierarchical MoE (groups) takes a token-choice router and no w_switch"
+                )
         return self
 
 
@@ -69,11 +88,27 @@ class DenseFFN(nn.Module):
 
 
 def build_ffn(d_model: int, ffn_hidden: int, expert: ExpertKind, moe: MoESpec | None) -> nn.Module:
-    """A dense FFN when `moe` is None, else a `mixkit.moe.MoE` layer."""
+    """A dense FFN when `moe` is None, else a `mixkit.moe.MoE` (or HierarchicalMoE) layer."""
     if moe is None:
         return DenseFFN(d_model, ffn_hidden, expert)
-    from mixkit.moe import MoE
+    from mixkit.moe import HierarchicalMoE, MoE
 
+    if moe.groups is not None:
+        return HierarchicalMoE(
+            d_model,
+            moe.d_hidden,
+            num_groups=moe.groups,
+            experts_per_group=moe.num_experts // moe.groups,
+            k_primary=moe.k_groups,
+            k_secondary=moe.k,
+            router=moe.router,
+            capacity_factor=moe.capacity_factor,
+            expert=expert,
+            w_importance=0.1 if moe.w_importance is None else moe.w_importance,
+            w_load=0.1 if moe.w_load is None else moe.w_load,
+            w_zloss=moe.w_zloss,
+            **moe.options,
+        )
     return MoE(
         d_model,
         moe.d_hidden,

@@ -170,11 +170,13 @@ class TransformerLM(LanguageModel):
         """Cached sampling equals recomputing only if every FFN treats each token on its own:
         dense FFNs and dropless token-choice MoE layers (expert choice and capacity limits look
         at the whole batch)."""
-        for ffn in self.ffns:
-            cfg = getattr(ffn, "cfg", None)
-            if cfg is not None and hasattr(cfg, "router"):
-                if cfg.router == "expert_choice" or cfg.capacity_factor is not None:
-                    return False
+        from mixkit.moe import MoE
+
+        for m in self.modules():  # includes the groups of a HierarchicalMoE
+            if isinstance(m, MoE) and (
+                m.cfg.router == "expert_choice" or m.cfg.capacity_factor is not None
+            ):
+                return False
         return True
 
     def _next_logits(self, new_BT, cache, all_BT):

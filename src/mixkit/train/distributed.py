@@ -91,10 +91,18 @@ def parallelize(model: nn.Module, ctx: ParallelContext) -> nn.Module:
     Call it on identically initialised models on every rank, before building the optimizer."""
     if not ctx.distributed:
         return model
-    from mixkit.moe import MoE
+    from mixkit.moe import HierarchicalMoE, MoE
 
-    layers = [m for m in model.modules() if isinstance(m, MoE)]
+    # A HierarchicalMoE's groups run only on ranks that routed tokens to them, so they cannot
+    # take part in collectives: its losses stay per rank under data parallelism.
+    nested = {id(g) for h in model.modules() if isinstance(h, HierarchicalMoE) for g in h.groups}
+    layers = [m for m in model.modules() if isinstance(m, MoE) and id(m) not in nested]
     if ctx.ep_size > 1:
+        if nested:
+            raise ConfigError(
+                f"--expert-parallel {ctx.ep_size}: a hierarchical MoE (model.moe.groups) is not "
+                "expert-parallel yet; use --expert-parallel 1 for data parallelism"
+            )
         if not layers:
             raise ConfigError(
                 f"--expert-parallel {ctx.ep_size} needs a model with MoE layers; this one is dense "
