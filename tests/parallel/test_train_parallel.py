@@ -165,6 +165,28 @@ def test_bad_parallel_setups_are_one_line_errors(corpus, tmp_path):
         in " ".join(odd.stderr.split())
     )
 
+    # the hierarchical MoE is refused, not hung, under expert parallelism
+    hier = torchrun(
+        2,
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        str(corpus),
+        "--out",
+        str(tmp_path / "h"),
+        "--set",
+        "model.moe.num_experts=8",
+        "--set",
+        "model.moe.groups=2",
+        "--expert-parallel",
+        "2",
+    )
+    assert hier.returncode != 0
+    assert "hierarchical MoE (model.moe.groups) is not expert-parallel yet" in " ".join(
+        hier.stderr.split()
+    )
+
     # E=4 experts cannot be split over 3 ranks
     three = torchrun(
         3,
