@@ -194,9 +194,7 @@ def fmt_table(rows: list[dict], peers: bool) -> str:
         )
         if peers:
             s = t["ideal_swiglu"]
-            line += (
-                f" {t['mixkit_swiglu'] / s:.2f} | {t['hf_eager'] / s:.2f} | {t['hf_grouped_mm'] / s:.2f} |"
-            )
+            line += f" {t['mixkit_swiglu'] / s:.2f} | {t['hf_eager'] / s:.2f} | {t['hf_grouped_mm'] / s:.2f} |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -212,15 +210,23 @@ def growth_summary(rows: list[dict]) -> str:
             if (T, D, E2) in by_key:
                 r2 = by_key[(T, D, E2)]
                 ratio = r2["times"]["mixkit"] / r2["times"]["ideal"]
-                out.append(f"T={T} d_model={D}: ×ideal grows {ratio / base:.2f}× from E=8 to E={E2}")
+                out.append(
+                    f"T={T} d_model={D}: ×ideal grows {ratio / base:.2f}× from E=8 to E={E2}"
+                )
     return "\n".join(out)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="a small grid for a smoke run")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (best is kept)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats per variant (best is kept)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     p.add_argument("--router", default="noisy_topk", help="mixkit router for the main column")
     p.add_argument("-k", type=int, default=2)
     p.add_argument("--no-peers", dest="peers", action="store_false", help="skip HF transformers")
@@ -232,7 +238,9 @@ def main() -> None:
         try:
             import transformers  # noqa: F401
         except ImportError:
-            print("transformers is not installed (pip install -e '.[bench]'); running without peers")
+            print(
+                "transformers is not installed (pip install -e '.[bench]'); running without peers"
+            )
             args.peers = False
     grid = QUICK_GRID if args.quick else FULL_GRID
     print(

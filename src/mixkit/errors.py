@@ -1,11 +1,11 @@
 """mixkit's one exception tree. Catch `MixkitError` to catch everything mixkit raises on purpose.
 
-    MixkitError
-    ├── ConfigError        bad preset / config file / argument (names the field and the fix)
-    ├── DataError          missing or unreadable data, corrupt checkpoint
-    └── ProviderError      an LLM backend failed
-        ├── RateLimited    429 (carries retry_after when the server sent one)
-        └── Timeout        a call passed its deadline
+MixkitError
+├── ConfigError        bad preset / config file / argument (names the field and the fix)
+├── DataError          missing or unreadable data, corrupt checkpoint
+└── ProviderError      an LLM backend failed
+    ├── RateLimited    429 (carries retry_after when the server sent one)
+    └── Timeout        a call passed its deadline
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ MIXKIT = [str(Path(sys.executable).parent / "mixkit")]
 
 def _run(*args, timeout=300):
     env = dict(os.environ, COLUMNS="120")
-    return subprocess.run(MIXKIT + list(args), capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        MIXKIT + list(args), capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_demo_trains_and_reports_routing():

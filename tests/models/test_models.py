@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixkit.errors import ConfigError
-from mixkit.models.transformer_lm import KVCache
 from mixkit.models import (
     LSTMLM,
     LSTMLMConfig,
@@ -17,6 +16,7 @@ from mixkit.models import (
     TransformerLMConfig,
     build_model,
 )
+from mixkit.models.transformer_lm import KVCache
 
 V = 97
 

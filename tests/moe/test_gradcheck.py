@@ -16,7 +16,7 @@ def _check(layer, x, noise, with_output=True):
     params = tuple(p.detach().clone().requires_grad_(True) for p in layer.parameters())
 
     def f(x, *ps):
-        y = functional_call(layer, dict(zip(names, ps)), (x,), {"router_noise": noise})
+        y = functional_call(layer, dict(zip(names, ps, strict=True)), (x,), {"router_noise": noise})
         return (y, layer.aux_loss) if with_output else layer.aux_loss
 
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3)
@@ -42,7 +42,9 @@ def test_gradcheck_each_loss_alone(router, loss):
 
 
 def test_gradcheck_swiglu_experts():
-    layer = make_layer("topk", d=4, h=5, E=4, dtype=torch.float64, expert="swiglu", num_shared_experts=1)
+    layer = make_layer(
+        "topk", d=4, h=5, E=4, dtype=torch.float64, expert="swiglu", num_shared_experts=1
+    )
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     _check(layer, x, None)
 

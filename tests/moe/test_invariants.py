@@ -85,7 +85,10 @@ def test_first_choices_win_capacity_over_second_choices():
     probs = torch.softmax(x @ layer.router.w_gate, dim=-1)
     first = probs.argmax(-1)
     expected = torch.stack(
-        [probs[t, first[t]] * layer.experts.forward_dense(x[t : t + 1], int(first[t]))[0] for t in range(T)]
+        [
+            probs[t, first[t]] * layer.experts.forward_dense(x[t : t + 1], int(first[t]))[0]
+            for t in range(T)
+        ]
     )
     torch.testing.assert_close(y, expected)
     assert float(layer.last_stats.dropped_fraction) == pytest.approx(0.5)
@@ -110,9 +113,16 @@ def test_load_estimator_matches_monte_carlo():
     topk = noisy.topk(k, dim=-1).indices
     in_topk = torch.zeros(S, T, E).scatter_(2, topk, 1.0)
     mc = in_topk.mean(0)
-    est = smooth_load(
-        clean.expand(S, T, E).reshape(S * T, E), noisy.reshape(S * T, E), std.expand(S, T, E).reshape(S * T, E), k
-    ).reshape(S, T, E).mean(0)
+    est = (
+        smooth_load(
+            clean.expand(S, T, E).reshape(S * T, E),
+            noisy.reshape(S * T, E),
+            std.expand(S, T, E).reshape(S * T, E),
+            k,
+        )
+        .reshape(S, T, E)
+        .mean(0)
+    )
     assert (est - mc).abs().max() < 0.02
     assert est.sum(-1).sub(k).abs().max() < 0.05  # k experts are selected per token
 
@@ -156,7 +166,9 @@ def test_sigmoid_bias_update_moves_load_toward_balance():
 
 def test_hierarchical_matches_per_token_reference_and_paper_losses():
     torch.manual_seed(0)
-    layer = HierarchicalMoE(6, 8, num_groups=3, experts_per_group=4, k_primary=2, k_secondary=2, router="topk")
+    layer = HierarchicalMoE(
+        6, 8, num_groups=3, experts_per_group=4, k_primary=2, k_secondary=2, router="topk"
+    )
     layer.eval()
     x = torch.randn(10, 6)
     y = layer(x)
@@ -166,11 +178,11 @@ def test_hierarchical_matches_per_token_reference_and_paper_losses():
     for t in range(10):
         top = probs[t].topk(2)
         w = top.values / top.values.sum()
-        for wg, g in zip(w, top.indices.tolist()):
+        for wg, g in zip(w, top.indices.tolist(), strict=True):
             group = layer.groups[g]
             expected[t] += wg * group(x[t : t + 1])[0]
             d = group.last_decision
-            for e, gw in zip(d.expert_idx_A.tolist(), d.weight_A):
+            for e, gw in zip(d.expert_idx_A.tolist(), d.weight_A, strict=True):
                 importance[g, e] += wg * gw
     layer(x)
     torch.testing.assert_close(y, expected)

@@ -12,7 +12,9 @@ MODES = [
     pytest.param(dict(capacity_factor=0.75), id="capacity0.75"),
     pytest.param(dict(expert="swiglu"), id="swiglu"),
     pytest.param(dict(num_shared_experts=1), id="shared"),
-    pytest.param(dict(k=3, w_zloss=0.01, w_switch=0.05, w_importance=0.2, w_load=0.3), id="k3-all-losses"),
+    pytest.param(
+        dict(k=3, w_zloss=0.01, w_switch=0.05, w_importance=0.2, w_load=0.3), id="k3-all-losses"
+    ),
 ]
 
 
@@ -46,7 +48,9 @@ def test_matches_reference(router, mode):
         torch.testing.assert_close(stats.losses[name], value.detach(), msg=name)
     assert stats.tokens_per_expert.tolist() == [float(c) for c in ref["counts"]]
     if router != "expert_choice":
-        assert float(stats.dropped_fraction) == pytest.approx(ref["num_dropped"] / (21 * layer.cfg.k))
+        assert float(stats.dropped_fraction) == pytest.approx(
+            ref["num_dropped"] / (21 * layer.cfg.k)
+        )
     torch.testing.assert_close(gx, rgx)
     assert gp.keys() == rgp.keys()
     for name in gp:
@@ -80,7 +84,11 @@ def test_expert_paths_agree_with_the_fused_default(expert, impl):
             (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
         except (RuntimeError, NotImplementedError) as e:
             pytest.skip(f"{name} unavailable for this device/dtype: {e}")
-        results[name] = (y.detach(), xx.grad, {n: p.grad.clone() for n, p in layer.named_parameters()})
+        results[name] = (
+            y.detach(),
+            xx.grad,
+            {n: p.grad.clone() for n, p in layer.named_parameters()},
+        )
     (y0, gx0, gp0), (y1, gx1, gp1) = results["fused"], results[impl]
     assert layer.last_stats.tokens_per_expert[5] == 0
     torch.testing.assert_close(y0, y1, rtol=1e-4, atol=1e-5)
@@ -113,7 +121,9 @@ def test_small_experts_side_by_side_match_one_at_a_time(expert, monkeypatch):
             layer.zero_grad()
             y = layer(xx)
             (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
-            results.append((y.detach(), xx.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
+            results.append(
+                (y.detach(), xx.grad, {n: p.grad.clone() for n, p in layer.named_parameters()})
+            )
             assert (len(pools) > used) == (max_rows > 0)  # forward and backward both used the pool
             assert torch.get_num_threads() == 3
     finally:

@@ -28,10 +28,12 @@ err_console = Console(stderr=True)
 def _register() -> None:
     # Imported for their side effect of adding commands to `app` (one line per command module).
     # Heavy imports (torch, llama.cpp) happen inside command bodies so `mixkit --help` stays fast.
-    from mixkit.cli import demo  # noqa: F401
-    from mixkit.cli import train  # noqa: F401
-    from mixkit.cli import moa  # noqa: F401
-    from mixkit.cli import serve  # noqa: F401
+    from mixkit.cli import (
+        demo,  # noqa: F401
+        moa,  # noqa: F401
+        serve,  # noqa: F401
+        train,  # noqa: F401
+    )
 
 
 def main() -> None:
@@ -43,7 +45,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MixkitError as e:
-        where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        where = (
+            f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        )
         err_console.print(f"[bold red]error{where}:[/] {e}")
         sys.exit(2)
     except KeyboardInterrupt:

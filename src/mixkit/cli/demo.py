@@ -15,7 +15,9 @@ from mixkit.errors import ConfigError
 
 @app.command()
 def demo(
-    router: str = typer.Option("noisy_topk", help="noisy_topk | topk | switch | expert_choice | sigmoid_bias"),
+    router: str = typer.Option(
+        "noisy_topk", help="noisy_topk | topk | switch | expert_choice | sigmoid_bias"
+    ),
     experts: int = typer.Option(8, "--experts", "-e", help="number of experts"),
     k: int = typer.Option(2, "-k", help="experts per token"),
     steps: int = typer.Option(300, help="training steps"),
@@ -43,7 +45,9 @@ def demo(
         moe = MoE(d, h, experts, k=k, router=router)
     except ValueError as e:
         raise ConfigError(f"{e} (check --router, --experts and -k)") from None
-    dense = torch.nn.Sequential(torch.nn.Linear(d, k * h), torch.nn.ReLU(), torch.nn.Linear(k * h, d))
+    dense = torch.nn.Sequential(
+        torch.nn.Linear(d, k * h), torch.nn.ReLU(), torch.nn.Linear(k * h, d)
+    )
     centers = torch.randn(clusters, d) * 3
     maps = torch.randn(clusters, d, d) / d**0.5
 
@@ -59,7 +63,12 @@ def demo(
         f"{moe.active_macs_per_token():,} active multiply-adds/token; "
         f"[bold]dense[/] width {k * h}: {sum(p.numel() for p in dense.parameters()):,} parameters"
     )
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("training", total=steps, info="")
         for step in range(steps):

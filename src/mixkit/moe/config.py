@@ -49,11 +49,15 @@ class MoEConfig:
     w_switch: float | None = None
     w_zloss: float = 0.0
     # router options
-    renormalize: bool = True  # topk: renormalise the kept k probabilities (Mixtral); ignored for k=1
+    renormalize: bool = (
+        True  # topk: renormalise the kept k probabilities (Mixtral); ignored for k=1
+    )
     noise_eps: float = 1e-2  # noisy_topk: floor on the noise std, keeps the load estimator finite
     bias_update_rate: float = 1e-3  # sigmoid_bias: gamma in b_i += gamma * sign(mean_load - load_i)
     route_scale: float = 1.0  # sigmoid_bias: scale applied to the normalised gate weights
-    num_shared_experts: int = 0  # sigmoid_bias (or any router): always-on dense experts, DeepSeek style
+    num_shared_experts: int = (
+        0  # sigmoid_bias (or any router): always-on dense experts, DeepSeek style
+    )
     name: str = field(default="moe", repr=False)  # prefix used in error messages
 
     def __post_init__(self) -> None:
@@ -72,16 +76,25 @@ class MoEConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise self._err(f"{name} ({value!r}) must be a positive integer")
         if self.router not in ROUTERS:
-            raise self._err(f"router ({self.router!r}) is unknown; choose one of {', '.join(ROUTERS)}")
+            raise self._err(
+                f"router ({self.router!r}) is unknown; choose one of {', '.join(ROUTERS)}"
+            )
         if self.expert not in EXPERTS:
-            raise self._err(f"expert ({self.expert!r}) is unknown; choose one of {', '.join(EXPERTS)}")
+            raise self._err(
+                f"expert ({self.expert!r}) is unknown; choose one of {', '.join(EXPERTS)}"
+            )
         if self.k > self.num_experts:
             raise self._err(f"k ({self.k}) must be <= num_experts ({self.num_experts})")
         if self.router == "switch" and self.k != 1:
             raise self._err(f"k ({self.k}) must be 1 for router 'switch' (it is top-1); pass k=1")
         if self.capacity_factor is not None:
             cf = self.capacity_factor
-            if isinstance(cf, bool) or not isinstance(cf, (int, float)) or not math.isfinite(cf) or cf <= 0:
+            if (
+                isinstance(cf, bool)
+                or not isinstance(cf, (int, float))
+                or not math.isfinite(cf)
+                or cf <= 0
+            ):
                 raise self._err(
                     f"capacity_factor ({cf!r}) must be a positive number, or None for dropless routing"
                 )
@@ -94,7 +107,9 @@ class MoEConfig:
         if self.bias_update_rate < 0:
             raise self._err(f"bias_update_rate ({self.bias_update_rate}) must be >= 0")
         if not isinstance(self.num_shared_experts, int) or self.num_shared_experts < 0:
-            raise self._err(f"num_shared_experts ({self.num_shared_experts!r}) must be an integer >= 0")
+            raise self._err(
+                f"num_shared_experts ({self.num_shared_experts!r}) must be an integer >= 0"
+            )
 
     def capacity(self, num_tokens: int) -> int | None:
         """Assignments each expert may hold for `num_tokens` tokens; None when dropless.

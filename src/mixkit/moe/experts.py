@@ -29,7 +29,12 @@ from mixkit.moe.grouped import GroupedReluFFN, GroupedSwiGLUFFN
 class Experts(nn.Module):
     def __init__(self, num_experts: int, d_model: int, d_hidden: int, kind: str = "relu"):
         super().__init__()
-        self.num_experts, self.d_model, self.d_hidden, self.kind = num_experts, d_model, d_hidden, kind
+        self.num_experts, self.d_model, self.d_hidden, self.kind = (
+            num_experts,
+            d_model,
+            d_hidden,
+            kind,
+        )
         E, D, H = num_experts, d_model, d_hidden
         self.w_in = nn.Parameter(torch.randn(E, D, H) * D**-0.5)
         self.w_gate = nn.Parameter(torch.randn(E, D, H) * D**-0.5) if kind == "swiglu" else None
@@ -39,7 +44,11 @@ class Experts(nn.Module):
         return (3 if self.kind == "swiglu" else 2) * self.d_model * self.d_hidden
 
     def forward(
-        self, x_AD: torch.Tensor, counts: list[int], impl: str = "auto", scale_A: torch.Tensor | None = None
+        self,
+        x_AD: torch.Tensor,
+        counts: list[int],
+        impl: str = "auto",
+        scale_A: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x_AD sorted by expert, counts[e] rows for expert e -> (A, D), each row times scale_A."""
         if scale_A is None:
@@ -51,11 +60,15 @@ class Experts(nn.Module):
             return self._forward_grouped_mm(x_AD, counts) * scale_A1
         if impl == "fused":
             if self.w_gate is not None:
-                return GroupedSwiGLUFFN.apply(x_AD, scale_A, self.w_gate, self.w_in, self.w_out, counts)
+                return GroupedSwiGLUFFN.apply(
+                    x_AD, scale_A, self.w_gate, self.w_in, self.w_out, counts
+                )
             return GroupedReluFFN.apply(x_AD, scale_A, self.w_in, self.w_out, counts)
         if impl == "loop":
             return self._forward_loop(x_AD, counts) * scale_A1
-        raise ValueError(f"expert_impl ({impl!r}) is unknown; choose auto, fused, loop or grouped_mm")
+        raise ValueError(
+            f"expert_impl ({impl!r}) is unknown; choose auto, fused, loop or grouped_mm"
+        )
 
     def forward_dense(self, x_TD: torch.Tensor, expert: int) -> torch.Tensor:
         """One expert on all tokens (used by shared experts and the reference)."""

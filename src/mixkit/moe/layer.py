@@ -383,7 +383,7 @@ class HierarchicalMoE(nn.Module):
         starts = [0]
         for c in counts:
             starts.append(starts[-1] + c)
-        for g, (group, piece) in enumerate(zip(self.groups, pieces)):
+        for g, (group, piece) in enumerate(zip(self.groups, pieces, strict=True)):
             E2 = group.cfg.num_experts
             if piece.shape[0] == 0:
                 importance_rows.append(x.new_zeros(E2))
@@ -419,10 +419,10 @@ class HierarchicalMoE(nn.Module):
         )
         dropped_assign = sum(
             float(grp.last_stats.dropped_fraction) * int(c) * grp.cfg.k
-            for grp, c in zip(self.groups, counts)
+            for grp, c in zip(self.groups, counts, strict=True)
             if c > 0
         )
-        total_assign = sum(int(c) * grp.cfg.k for grp, c in zip(self.groups, counts))
+        total_assign = sum(int(c) * grp.cfg.k for grp, c in zip(self.groups, counts, strict=True))
         self.last_stats = MoEStats(
             tokens_per_expert=torch.cat(tokens).detach(),
             dropped_fraction=torch.tensor(dropped_assign / max(total_assign, 1)),

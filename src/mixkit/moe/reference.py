@@ -75,7 +75,7 @@ def reference_moe(layer: MoE, x: torch.Tensor, router_noise: torch.Tensor | None
                 raw = [probs[t, e] for e in order]
                 denom = sum(raw) if (k > 1 and cfg.renormalize) else 1.0
                 ws = [v / denom for v in raw]
-            for e, w in zip(order, ws):
+            for e, w in zip(order, ws, strict=True):
                 gates[t, e] = w
         if cfg.router == "noisy_topk" and layer.training:
             load = torch.zeros(T, E, dtype=x.dtype)
@@ -84,7 +84,9 @@ def reference_moe(layer: MoE, x: torch.Tensor, router_noise: torch.Tensor | None
                     if k >= E:
                         load[t, i] = 1.0
                         continue
-                    others = sorted((H[t, j] for j in range(E) if j != i), key=lambda v: v.item(), reverse=True)
+                    others = sorted(
+                        (H[t, j] for j in range(E) if j != i), key=lambda v: v.item(), reverse=True
+                    )
                     kth_excluding = others[k - 1]  # a tensor: the gradient flows through it too
                     load[t, i] = _phi((clean[t, i] - kth_excluding) / std[t, i])
         # capacity: first choices of every token, then second choices ..., each in token order
@@ -118,7 +120,7 @@ def reference_moe(layer: MoE, x: torch.Tensor, router_noise: torch.Tensor | None
 
     if cfg.router == "expert_choice":
         importance = torch.zeros(E, dtype=x.dtype)
-        for t, e, w in kept:
+        for _t, e, w in kept:
             importance[e] = importance[e] + w
         hard_counts = torch.tensor(counts, dtype=x.dtype)
     else:

@@ -108,7 +108,13 @@ class NoisyTopKRouter(Router):
             # Recomputed in backward: the gate and load math would otherwise keep ~8 (T, E)
             # tensors alive, more than the experts' own activations at E=256.
             noisy_TE, probs_TE, load_TE = checkpoint(
-                _noisy_gate, clean_TE, raw_noise_TE, noise_TE, top_ids_Tk1, k, self.cfg.noise_eps,
+                _noisy_gate,
+                clean_TE,
+                raw_noise_TE,
+                noise_TE,
+                top_ids_Tk1,
+                k,
+                self.cfg.noise_eps,
                 use_reentrant=False,
             )
         else:
@@ -217,7 +223,9 @@ class SigmoidBiasRouter(Router):
         tok, exp, w = _token_choice(select_TE, scores_TE, self.cfg.k, renormalize=True)
         w = w * self.cfg.route_scale
         if self.training:
-            self.load_accum += torch.bincount(exp, minlength=self.cfg.num_experts).to(self.load_accum)
+            self.load_accum += torch.bincount(exp, minlength=self.cfg.num_experts).to(
+                self.load_accum
+            )
         probs_TE = scores_TE / scores_TE.sum(dim=-1, keepdim=True)
         return RoutingDecision(tok, exp, w, logits_TE, probs_TE, None, x_TD.shape[0])
 
@@ -229,7 +237,9 @@ class SigmoidBiasRouter(Router):
             mdist.all_reduce_(self.load_accum)
         if self.load_accum.sum() == 0:
             return
-        self.bias += self.cfg.bias_update_rate * torch.sign(self.load_accum.mean() - self.load_accum)
+        self.bias += self.cfg.bias_update_rate * torch.sign(
+            self.load_accum.mean() - self.load_accum
+        )
         self.load_accum.zero_()
 
 

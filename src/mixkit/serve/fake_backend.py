@@ -87,7 +87,9 @@ class FakeBackend:
         self.stats["started"] += 1
         self.stats["active"] += 1
         # the last sampling parameters each behaviour was asked for (tests check pass-through)
-        self.stats["sampling"][model] = {k: req.get(k) for k in ("temperature", "top_p", "max_tokens")}
+        self.stats["sampling"][model] = {
+            k: req.get(k) for k in ("temperature", "top_p", "max_tokens")
+        }
         work = asyncio.ensure_future(self._answer(req, model, send))
         gone = asyncio.ensure_future(_disconnect(receive))
         try:
