@@ -19,6 +19,7 @@ and restores the caller's thread count afterwards. Every worker writes disjoint 
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +43,14 @@ def _spans(counts: list[int]):
         if n:
             yield e, start, start + n
         start += n
+
+
+def _forget_pool_after_fork() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads; it starts its own pool
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
