@@ -287,9 +287,11 @@ class MoA:
             )
             set_result(answer)
             if self.log:
-                self._log(answer, started_at, outcome, error)
+                self.write_log(answer, started_at, outcome, error)
 
-    def _log(self, answer: Answer, started_at: float, outcome: str, error: str | None) -> None:
+    def write_log(self, answer: Answer, started_at: float, outcome: str, error: str | None) -> None:
+        """Record a finished run and its calls in the SQLite trace. Called once per run, at its
+        end; a subclass may override it to write elsewhere or later (the server does)."""
         run = {
             "id": answer.run_id,
             "conversation_id": answer.conversation_id,

@@ -63,8 +63,8 @@ class ServedMoA(MoA):
         super().__init__(config, log=log)
         self.writer = writer
 
-    def _log(self, answer: Answer, started_at: float, outcome: str, error: str | None) -> None:
-        self.writer.submit(answer.run_id, super()._log, answer, started_at, outcome, error)
+    def write_log(self, answer: Answer, started_at: float, outcome: str, error: str | None) -> None:
+        self.writer.submit(answer.run_id, super().write_log, answer, started_at, outcome, error)
 
 
 class Mixtures:
