@@ -190,6 +190,31 @@ def test_a_client_at_the_limit_never_sees_its_own_finished_run_counted(backend):
     assert statuses == [200] * 30
 
 
+def _read_response(conn) -> str:
+    """Headers and the whole Content-Length body; they may arrive in separate segments."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        None,
+    )
+    while length is not None and len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
+
+
 def test_a_body_that_stalls_gets_408_and_frees_the_connection(backend):
     """A client that declares a body and never finishes it (slow-loris) is cut off."""
     import socket
@@ -201,7 +226,7 @@ def test_a_body_that_stalls_gets_408_and_frees_the_connection(backend):
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
                 b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model"'
             )
-            reply = conn.recv(65536).decode()  # blocks until the server answers (timeout 30 s)
+            reply = _read_response(conn)  # blocks until the server answers (timeout 30 s)
         status, _, rest = reply.partition("\r\n")
         assert " 408 " in status
         assert json.loads(rest.split("\r\n\r\n", 1)[1])["error"]["code"] == "body_timeout"
