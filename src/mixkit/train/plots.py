@@ -95,7 +95,8 @@ def plot_expert_load(records: list[dict[str, Any]], out: Path) -> Path | None:
             cmap="viridis",
             vmin=0,
             vmax=max(2.0 / E, float(load_EW.max())),
-            extent=(steps[0], steps[-1], E - 0.5, -0.5),
+            # one log window: give it a width of one step instead of a degenerate axis
+            extent=(steps[0] - (steps[0] == steps[-1]), steps[-1], E - 0.5, -0.5),
         )
         ax.set_ylabel(f"{layer}\nexpert")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
