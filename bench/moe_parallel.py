@@ -66,13 +66,9 @@ def _rank_main(rank: int, world: int, opts: dict, store: str | None, results) ->
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         results.put((rank, None, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     finally:
-        import torch.distributed as dist
+        from mixkit import distributed as mdist
 
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001 - a dead peer may make this fail
-                pass
+        mdist.destroy()
 
 
 def _measure(rank: int, world: int, opts: dict, store: str | None) -> dict:

@@ -30,22 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from mixkit.serve.fake_backend import BackendProcess, free_port
-
-CONFIG = """
-aggregator = "agg"
-deadline_s = 120
-[agents.p]
-provider = "openai"
-base_url = "{url}"
-model = "ok"
-[agents.agg]
-provider = "openai"
-base_url = "{url}"
-model = "ok"
-[[layers]]
-agents = ["p", "p"]
-"""
+from mixkit.serve.fake_backend import BackendProcess, free_port, mixture_toml
 
 
 async def one(client: httpx.AsyncClient, i: int) -> dict:
@@ -147,7 +132,7 @@ def main() -> None:
         BackendProcess(args.ttft, args.gap, args.tokens) as b,
     ):
         config = Path(tmp) / "bench.toml"
-        config.write_text(CONFIG.format(url=b.url))
+        config.write_text(mixture_toml(b.url, deadline_s=120))
         for c in args.concurrency:
             extra = ["--no-log"] if args.no_log else []
             proc, base = start_server(config, Path(tmp), max(c, 1), *extra)

@@ -71,6 +71,15 @@ def init_from_env(backend: str = "auto", timeout: float | None = None) -> bool:
     return True
 
 
+def destroy() -> None:
+    """Leave the process group if in one; a dead peer may make that fail, which is ignored."""
+    if is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
 def device() -> torch.device:
     """The device this rank computes on: its GPU under NCCL, else the CPU."""
     if is_initialized() and dist.get_backend() == "nccl":
@@ -207,9 +216,7 @@ def all_to_all(
 
     Differentiable: the backward sends each row's gradient back to where the row came from.
     """
-    if x.requires_grad:
-        return _AllToAll.apply(x, list(out_splits), list(in_splits), group)
-    return _all_to_all_raw(x, list(out_splits), list(in_splits), group)
+    return _AllToAll.apply(x, list(out_splits), list(in_splits), group)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -227,6 +234,4 @@ class _AllReduceSum(torch.autograd.Function):
 
 def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
     """Differentiable sum over the group (backward: the sum of every rank's gradient)."""
-    if x.requires_grad:
-        return _AllReduceSum.apply(x, group)
-    return all_reduce_(x.clone(), group)
+    return _AllReduceSum.apply(x, group)

@@ -206,7 +206,6 @@ def test_hierarchical_moe_from_config():
     model = transformer(MoESpec(num_experts=16, k=2, d_hidden=32, groups=4, k_groups=2))
     layers = [f for f in model.ffns if isinstance(f, HierarchicalMoE)]
     assert len(layers) == 2 and all(len(h.groups) == 4 for h in layers)
-    assert model.expert_load() == {} or all(v.numel() == 16 for v in model.expert_load().values())
     model(torch.randint(0, V, (2, 8)))
     assert all(v.numel() == 16 for v in model.expert_load().values())
     for bad, field in [

@@ -44,11 +44,9 @@ def _entry(fn, rank: int, world: int, tmp: str, timeout_s: float, kwargs: dict) 
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         torch.save({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}, out)
     finally:
-        if dist.is_initialized():
-            try:
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001 - a dead peer may make this fail
-                pass
+        from mixkit import distributed as mdist
+
+        mdist.destroy()
 
 
 def run_ranks(

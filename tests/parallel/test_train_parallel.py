@@ -58,6 +58,11 @@ def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.Complet
     )
 
 
+def tiny(corpus: Path, out: Path, *more: str) -> list[str]:
+    """`train` arguments for the tiny preset on the test corpus."""
+    return ["train", "--preset", "tiny", "--data", str(corpus), "--out", str(out), *more]
+
+
 def _train_losses(run: Path) -> list[float]:
     recs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     return [r["loss"] for r in recs if r.get("event") == "train"]
@@ -74,21 +79,7 @@ def test_torchrun_expert_parallel_run_then_one_process_then_back(corpus, tmp_pat
         "train.log_every=5",
         "-q",
     ]
-    two = torchrun(
-        2,
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        str(corpus),
-        "--out",
-        str(run),
-        "--steps",
-        "30",
-        "--expert-parallel",
-        "2",
-        *common,
-    )
+    two = torchrun(2, *tiny(corpus, run, "--steps", "30", "--expert-parallel", "2", *common))
     assert two.returncode == 0, two.stderr[-3000:]
     assert "2 ranks (expert parallel 2)" in two.stdout
     losses = _train_losses(run)
@@ -132,33 +123,12 @@ def test_torchrun_expert_parallel_run_then_one_process_then_back(corpus, tmp_pat
 
 
 def test_bad_parallel_setups_are_one_line_errors(corpus, tmp_path):
-    alone = run_cli(
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        str(corpus),
-        "--out",
-        str(tmp_path / "a"),
-        "--expert-parallel",
-        "2",
-    )
+    alone = run_cli(*tiny(corpus, tmp_path / "a", "--expert-parallel", "2"))
     assert alone.returncode == 2
     assert "needs 2 processes" in alone.stderr and "torchrun" in alone.stderr
     assert "Traceback" not in alone.stderr
 
-    odd = torchrun(
-        2,
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        str(corpus),
-        "--out",
-        str(tmp_path / "b"),
-        "--expert-parallel",
-        "3",
-    )
+    odd = torchrun(2, *tiny(corpus, tmp_path / "b", "--expert-parallel", "3"))
     assert odd.returncode != 0
     assert (
         "error (rank 0): --expert-parallel (3) must divide the number of processes (2)"
@@ -166,40 +136,15 @@ def test_bad_parallel_setups_are_one_line_errors(corpus, tmp_path):
     )
 
     # the hierarchical MoE is refused, not hung, under expert parallelism
-    hier = torchrun(
-        2,
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        str(corpus),
-        "--out",
-        str(tmp_path / "h"),
-        "--set",
-        "model.moe.num_experts=8",
-        "--set",
-        "model.moe.groups=2",
-        "--expert-parallel",
-        "2",
-    )
+    hier_sets = ["--set", "model.moe.num_experts=8", "--set", "model.moe.groups=2"]
+    hier = torchrun(2, *tiny(corpus, tmp_path / "h", *hier_sets, "--expert-parallel", "2"))
     assert hier.returncode != 0
     assert "hierarchical MoE (model.moe.groups) is not expert-parallel yet" in " ".join(
         hier.stderr.split()
     )
 
     # E=4 experts cannot be split over 3 ranks
-    three = torchrun(
-        3,
-        "train",
-        "--preset",
-        "tiny",
-        "--data",
-        str(corpus),
-        "--out",
-        str(tmp_path / "c"),
-        "--expert-parallel",
-        "3",
-    )
+    three = torchrun(3, *tiny(corpus, tmp_path / "c", "--expert-parallel", "3"))
     assert three.returncode != 0
     assert "num_experts (4) is not divisible by the expert-parallel size (3)" in " ".join(
         three.stderr.split()

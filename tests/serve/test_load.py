@@ -12,28 +12,10 @@ import sqlite3
 
 import httpx
 
+from mixkit.serve.fake_backend import mixture_toml
 from tests.serve.helpers import ServerProcess, wait_for
 
 CONCURRENT = 200
-
-
-def write_config(path, url: str) -> None:
-    path.write_text(
-        f"""
-aggregator = "agg"
-deadline_s = 60
-[agents.p]
-provider = "openai"
-base_url = "{url}"
-model = "ok"
-[agents.agg]
-provider = "openai"
-base_url = "{url}"
-model = "ok"
-[[layers]]
-agents = ["p", "p"]
-"""
-    )
 
 
 async def one_stream(client: httpx.AsyncClient, i: int) -> dict:
@@ -68,7 +50,7 @@ async def run_load(base: str) -> list[dict]:
 
 def test_200_concurrent_streams_all_succeed(backend, tmp_path):
     cfg = tmp_path / "load.toml"
-    write_config(cfg, backend.url)
+    cfg.write_text(mixture_toml(backend.url))
     with ServerProcess(tmp_path, [cfg], "--max-concurrent", str(CONCURRENT)) as server:
         results = asyncio.run(run_load(server.base))
         health = httpx.get(f"{server.base}/health", timeout=10).json()

@@ -49,15 +49,13 @@ class MoEConfig:
     w_switch: float | None = None
     w_zloss: float = 0.0
     # router options
-    renormalize: bool = (
-        True  # topk: renormalise the kept k probabilities (Mixtral); ignored for k=1
-    )
+    # topk: renormalise the kept k probabilities (Mixtral); ignored for k=1
+    renormalize: bool = True
     noise_eps: float = 1e-2  # noisy_topk: floor on the noise std, keeps the load estimator finite
     bias_update_rate: float = 1e-3  # sigmoid_bias: gamma in b_i += gamma * sign(mean_load - load_i)
     route_scale: float = 1.0  # sigmoid_bias: scale applied to the normalised gate weights
-    num_shared_experts: int = (
-        0  # sigmoid_bias (or any router): always-on dense experts, DeepSeek style
-    )
+    # sigmoid_bias (or any router): always-on dense experts, DeepSeek style
+    num_shared_experts: int = 0
     name: str = field(default="moe", repr=False)  # prefix used in error messages
 
     def __post_init__(self) -> None:

@@ -46,8 +46,7 @@ class DispatchPlan:
 def _sum_slots(src_SD: torch.Tensor, row_A: torch.Tensor, k: int, T: int) -> torch.Tensor:
     """(T, D): for each token, the sum over its k slots of src row row_A[slot*T + t] (row S = 0)."""
     S, D = src_SD.shape
-    dropped = bool((row_A == S).any())
-    if dropped:  # a zero row for the dropped assignments to point at
+    if row_A.numel() > S:  # some assignments were dropped: give them a zero row to point at
         src_SD = torch.cat([src_SD, src_SD.new_zeros(1, D)])
     out_TD = src_SD.index_select(0, row_A[:T])
     for slot in range(1, k):
@@ -68,16 +67,6 @@ class _GatherToExperts(torch.autograd.Function):
     def backward(ctx, g_SD):
         (row_A,) = ctx.saved_tensors
         return _sum_slots(g_SD.contiguous(), row_A, ctx.k, ctx.T), None, None, None
-
-
-def gather_to_experts(x_TD, token_S, row_A, k: int) -> torch.Tensor:
-    """x_TD[token_S] for token-choice assignments (row_A: see DispatchPlan), scatter-free backward."""
-    return _GatherToExperts.apply(x_TD, token_S, row_A, k)
-
-
-def combine_slots(out_SD, token_S, row_A, k: int, num_tokens: int) -> torch.Tensor:
-    """Each token's sum over its k slots of out_SD (dropped slots add 0), scatter-free backward."""
-    return _CombineSlots.apply(out_SD, token_S, row_A, k, num_tokens)
 
 
 class _CombineSlots(torch.autograd.Function):
@@ -133,14 +122,16 @@ class LocalDispatcher:
         kept_order = order_A if num_dropped == 0 else order_A[keep_A]
         row_A[kept_order] = torch.arange(S, device=x_TD.device)
         k = A // T
-        x_SD = gather_to_experts(x_TD, token_S, row_A, k)
+        x_SD = _GatherToExperts.apply(x_TD, token_S, row_A, k)
         plan = DispatchPlan(token_S, weight_S, counts_E, T, A, num_dropped, row_A, k)
         return x_SD, counts_E.tolist(), plan
 
     def combine(self, out_SD: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
         """Sum each (already gate-weighted) result into its token: (S, D) -> (T, D)."""
         if plan.row_A is not None:
-            return combine_slots(out_SD, plan.token_idx_S, plan.row_A, plan.k, plan.num_tokens)
+            return _CombineSlots.apply(
+                out_SD, plan.token_idx_S, plan.row_A, plan.k, plan.num_tokens
+            )
         y_TD = out_SD.new_zeros(plan.num_tokens, out_SD.shape[-1])
         # index_put_ with accumulate, not index_add: index_add saves its (S, D) source for backward
         return y_TD.index_put_((plan.token_idx_S,), out_SD, accumulate=True)

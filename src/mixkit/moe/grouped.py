@@ -13,8 +13,9 @@ Small experts run side by side. One matmul of 32 or 128 rows does not keep sever
 (measured on 2 cores, 8192 x 512 @ 512 x 1024 split over E experts: 85 ms at E=256 one expert at a
 time with 2 threads each, 60 ms with the experts split between two threads of 1 core each, 42 ms
 for one dense matmul). So when experts are small, `_each_expert` hands contiguous blocks of
-experts to a small thread pool, one intra-op thread per worker (torch's matmuls release the GIL),
-and restores the caller's thread count afterwards. Every worker writes disjoint rows or experts.
+experts to a small thread pool, one intra-op thread per worker (torch's matmuls release the GIL;
+its thread count is per thread, so the caller's stays as it was). Every worker writes disjoint
+rows or experts.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from torch.autograd.function import once_differentiable
 SIDE_BY_SIDE_MAX_ROWS = 512  # mean rows per expert, at most
 SIDE_BY_SIDE_MIN_WEIGHT = 1 << 19  # elements of one expert matrix (d_model * d_hidden), at least
 _pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
 _pool_lock = threading.Lock()
 
 
@@ -46,20 +48,30 @@ def _spans(counts: list[int]):
 
 
 def _forget_pool_after_fork() -> None:
-    global _pool
-    _pool = None  # a forked child has none of the parent's threads; it starts its own pool
+    global _pool, _pool_workers
+    _pool, _pool_workers = (
+        None,
+        0,
+    )  # a forked child has none of the parent's threads; it starts its own pool
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    global _pool
+    """Workers with one intra-op thread each (torch's thread count is per thread)."""
+    global _pool, _pool_workers
     with _pool_lock:
-        if _pool is None or _pool._max_workers != workers:
+        if _pool is None or _pool_workers != workers:
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(workers, thread_name_prefix="mixkit-experts")
+            _pool = ThreadPoolExecutor(
+                workers,
+                thread_name_prefix="mixkit-experts",
+                initializer=torch.set_num_threads,
+                initargs=(1,),
+            )
+            _pool_workers = workers
         return _pool
 
 
@@ -90,16 +102,12 @@ def _each_expert(counts: list[int], fn, weight: torch.Tensor) -> None:
     blocks.append(block)
 
     def work(block):
-        torch.set_num_threads(1)
         with torch.no_grad():  # out= matmuls; a worker thread starts in grad mode
             for e, s, t in block:
                 fn(e, s, t)
 
-    try:
-        for future in [_thread_pool(threads).submit(work, b) for b in blocks if b]:
-            future.result()
-    finally:
-        torch.set_num_threads(threads)  # the BLAS thread count is process-wide: restore it
+    for future in [_thread_pool(threads).submit(work, b) for b in blocks if b]:
+        future.result()
 
 
 class GroupedReluFFN(torch.autograd.Function):

@@ -27,9 +27,8 @@ class MoEStats:
     """Routing statistics of one forward. Tensors are detached; `as_dict()` gives plain numbers."""
 
     tokens_per_expert: torch.Tensor  # (E,) kept assignments per expert
-    dropped_fraction: (
-        torch.Tensor
-    )  # dropped assignments / all assignments (expert choice: tokens with no expert / T)
+    # dropped assignments / all assignments (expert choice: tokens with no expert / T)
+    dropped_fraction: torch.Tensor
     router_entropy: torch.Tensor  # mean entropy (nats) of the routing distribution over experts
     losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted, every loss
 
@@ -50,7 +49,7 @@ class MoEStats:
 
 def _group_losses(
     decision: RoutingDecision, cfg: MoEConfig, reduce=None, extra: torch.Tensor | None = None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Weighted sum of the enabled losses, every loss's unweighted value, and the summed extras.
 
     The losses are functions of a few sums over tokens (importance, load, routing probability,
@@ -178,6 +177,7 @@ class MoE(nn.Module):
         self.stats_group, self.sync_stats = group, True
 
     def _stats_reducer(self):
+        """None for one process; else the differentiable sum over the right group."""
         from mixkit import distributed as mdist
 
         if self.sync_stats:
@@ -207,25 +207,7 @@ class MoE(nn.Module):
         y_TD = self.dispatcher.combine(out_SD, plan)
         y_TD = self._add_shared(x_TD, y_TD)
 
-        if self.sync_stats:  # data parallel: losses over every rank's batch
-            return self._finish_synced(
-                x, decision, plan.counts_E, plan.num_dropped, plan.token_idx_S, y_TD
-            )
-        self.aux_loss, loss_values, _, entropy = _group_losses(decision, cfg)
-        if decision.expert_choice:  # tokens that no expert picked
-            covered = torch.zeros(T, dtype=torch.bool, device=x.device)
-            covered[plan.token_idx_S] = True
-            dropped = 1.0 - covered.float().mean()
-        else:
-            dropped = torch.tensor(plan.num_dropped / max(plan.num_assignments, 1))
-        self.last_stats = MoEStats(
-            tokens_per_expert=plan.counts_E.detach().float(),
-            dropped_fraction=dropped,
-            router_entropy=entropy,
-            losses=loss_values,
-        )
-        self.last_decision = decision
-        return y_TD.reshape(x.shape)
+        return self._finish(x, decision, plan.counts_E, plan.num_dropped, plan.token_idx_S, y_TD)
 
     def _add_shared(self, x_TD: torch.Tensor, y_TD: torch.Tensor) -> torch.Tensor:
         if self.shared_experts is not None:
@@ -258,12 +240,11 @@ class MoE(nn.Module):
             group_tokens,
         )
         y_TD = self._add_shared(x_TD, y_TD)
-        return self._finish_synced(
-            x, decision, plan.counts_E, plan.num_dropped, plan.token_idx_S, y_TD
-        )
+        return self._finish(x, decision, plan.counts_E, plan.num_dropped, plan.token_idx_S, y_TD)
 
-    def _finish_synced(self, x, decision, counts_E, num_dropped, token_idx_S, y_TD):
-        """Losses and stats from routing statistics summed over the group (expert or data parallel)."""
+    def _finish(self, x, decision, counts_E, num_dropped, token_idx_S, y_TD):
+        """Losses and stats from the routing statistics, summed over the group first when the
+        layer is expert parallel or its training is data parallel (see _stats_reducer)."""
         cfg, T = self.cfg, decision.probs_TE.shape[0]
         with torch.no_grad():
             if decision.expert_choice:

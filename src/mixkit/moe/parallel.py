@@ -40,7 +40,7 @@ from torch import nn
 
 from mixkit import distributed as mdist
 from mixkit.errors import ConfigError
-from mixkit.moe.dispatch import combine_slots, gather_to_experts
+from mixkit.moe.dispatch import LocalDispatcher
 from mixkit.moe.routing import RoutingDecision
 
 
@@ -118,6 +118,9 @@ class AllToAllDispatcher:
 
     def __init__(self, ep: ExpertParallel):
         self.ep = ep
+        # The sending side is the local dispatcher, dropless: sort by expert (which also groups the
+        # rows by destination rank), gather, and later combine what comes back.
+        self.local = LocalDispatcher(ep.num_experts)
 
     def run(
         self,
@@ -132,30 +135,17 @@ class AllToAllDispatcher:
         ep = self.ep
         R, El, E = ep.size, ep.local_experts, ep.num_experts
         T, D = x_TD.shape
-        expert_idx_A = decision.expert_idx_A
-        A = expert_idx_A.numel()
-        if decision.expert_choice:
-            order_A = torch.arange(A, device=x_TD.device)  # already expert-major
-        else:
-            order_A = torch.argsort(expert_idx_A, stable=True)
-        token_S = decision.token_idx_A[order_A]
-        weight_S = decision.weight_A[order_A]
-        send_counts_RE = torch.bincount(expert_idx_A, minlength=E).view(R, El)
+        A = decision.expert_idx_A.numel()
+        x_SD, _, plan = self.local.dispatch(x_TD, decision, None)  # (A, D), sorted by expert
+        token_S = plan.token_idx_S
+        send_counts_RE = plan.counts_E.view(R, El)
         recv_counts_RE = mdist.all_to_all(
             send_counts_RE.reshape(-1), [El] * R, [El] * R, ep.group
         ).view(R, El)
         send_splits = send_counts_RE.sum(1).tolist()
         recv_splits = recv_counts_RE.sum(1).tolist()
 
-        gathers = not decision.expert_choice and T > 0  # token choice: k slots per token
-        if gathers:  # see dispatch.py: gathers both ways instead of a serial scatter-add
-            k = A // T
-            row_A = torch.empty_like(order_A)
-            row_A[order_A] = torch.arange(A, device=x_TD.device)
-            x_SD = gather_to_experts(x_TD, token_S, row_A, k)
-        else:
-            x_SD = x_TD.index_select(0, token_S)
-        payload = torch.cat([x_SD, weight_S.to(x_TD.dtype).unsqueeze(1)], dim=1)
+        payload = torch.cat([x_SD, plan.weight_S.to(x_TD.dtype).unsqueeze(1)], dim=1)
         recv_ND1 = mdist.all_to_all(payload, recv_splits, send_splits, ep.group)  # (N, D+1)
         N = recv_ND1.shape[0]
         local_expert_N = torch.repeat_interleave(
@@ -165,10 +155,12 @@ class AllToAllDispatcher:
         if limited:
             # One process on the whole batch keeps, per expert, the first `capacity` assignments in
             # slot-major order: slot, then the token's position in the group batch.
-            slot_S = order_A // T if T else order_A
+            slot_S = torch.zeros_like(token_S)  # the slot of each sorted assignment
+            if plan.row_A is not None:
+                slot_S[plan.row_A] = torch.arange(A, device=x_TD.device) // T
             key_S = slot_S * group_tokens + offset + token_S
             key_N = mdist.all_to_all(key_S, recv_splits, send_splits, ep.group)
-            span = max(1, decision.expert_idx_A.numel() // max(T, 1)) * group_tokens
+            span = max(1, A // max(T, 1)) * group_tokens
             sort_N = torch.argsort(local_expert_N * span + key_N)
         else:
             sort_N = torch.argsort(local_expert_N, stable=True)
@@ -186,10 +178,7 @@ class AllToAllDispatcher:
         out_KD = experts(rows[:, :D], counts_El.tolist(), impl, scale_A=rows[:, D])
         back_ND = out_KD.new_zeros(N, D).index_copy(0, sort_N, out_KD)  # dropped rows stay zero
         out_SD = mdist.all_to_all(back_ND, send_splits, recv_splits, ep.group)  # (A, D)
-        if gathers:
-            y_TD = combine_slots(out_SD, token_S, row_A, k, T)
-        else:
-            y_TD = out_SD.new_zeros(T, D).index_put_((token_S,), out_SD, accumulate=True)
+        y_TD = self.local.combine(out_SD, plan)
         counts_E = torch.zeros(E, dtype=counts_El.dtype, device=x_TD.device)
         counts_E[ep.first_expert : ep.first_expert + El] = counts_El
         return y_TD, ParallelPlan(counts_E, num_dropped, A, token_S)

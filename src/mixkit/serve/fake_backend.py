@@ -170,6 +170,24 @@ def _completion(model: str, text: str, usage: dict) -> dict:
     }
 
 
+def mixture_toml(url: str, deadline_s: float = 60) -> str:
+    """A mixture config over a fake backend at `url`: two proposers, then an aggregator."""
+    return f"""
+aggregator = "agg"
+deadline_s = {deadline_s}
+[agents.p]
+provider = "openai"
+base_url = "{url}"
+model = "ok"
+[agents.agg]
+provider = "openai"
+base_url = "{url}"
+model = "ok"
+[[layers]]
+agents = ["p", "p"]
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -122,39 +122,41 @@ def default_threads(ctx: ParallelContext) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local))
 
 
-def expert_params(model: nn.Module) -> list[nn.Parameter]:
+def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(dense, expert-parallel) trainable parameters of the model."""
     from mixkit.moe.parallel import expert_parameter_names
 
     names = expert_parameter_names(model)
-    return [p for n, p in model.named_parameters() if n in names]
-
-
-def dense_params(model: nn.Module) -> list[nn.Parameter]:
-    from mixkit.moe.parallel import expert_parameter_names
-
-    names = expert_parameter_names(model)
-    return [p for n, p in model.named_parameters() if n not in names and p.requires_grad]
+    dense, experts = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (experts if n in names else dense).append(p)
+    return dense, experts
 
 
 def reduce_gradients(model: nn.Module, ctx: ParallelContext) -> None:
     """Turn each rank's gradients into the gradient of the mean loss over all ranks."""
     if not ctx.distributed:
         return
-    _sum_and_scale(dense_params(model), "world", ctx)
-    _sum_and_scale(expert_params(model), ctx.replica_group, ctx)
+    dense, experts = split_params(model)
+    _sum_and_scale(dense, ctx, sum_over_ranks=True, group=None)  # every rank
+    _sum_and_scale(
+        experts, ctx, sum_over_ranks=ctx.replica_group is not None, group=ctx.replica_group
+    )
 
 
-def _sum_and_scale(params: list[nn.Parameter], group, ctx: ParallelContext) -> None:
-    """Sum the gradients over `group` ("world", a group, or None: no sum) in one flat
-    all_reduce, then divide by the world size."""
+def _sum_and_scale(
+    params: list[nn.Parameter], ctx: ParallelContext, sum_over_ranks: bool, group
+) -> None:
+    """Optionally sum the gradients over `group` in one flat all_reduce; divide by the world."""
     for p in params:
         if p.grad is None:  # a parameter this rank's batch did not reach still takes part
             p.grad = torch.zeros_like(p)
     if not params:
         return
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    if group is not None:
-        mdist.all_reduce_(flat, None if group == "world" else group)
+    if sum_over_ranks:
+        mdist.all_reduce_(flat, group)
     flat /= ctx.world
     offset = 0
     for p in params:
@@ -164,26 +166,27 @@ def _sum_and_scale(params: list[nn.Parameter], group, ctx: ParallelContext) -> N
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float, ctx: ParallelContext) -> float:
-    """clip_grad_norm_ over the whole (sharded) model; returns the global norm before clipping."""
+    """clip_grad_norm_ over the whole (sharded) model; returns the global norm before clipping.
+
+    Dense gradients are the same on every rank after reduce_gradients; expert gradients are
+    sharded, so their squared norm is summed over the expert-parallel group."""
     if not ctx.distributed:
         return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    dense = [p.grad for p in dense_params(model) if p.grad is not None]
-    experts = [p.grad for p in expert_params(model) if p.grad is not None]
+    dense, experts = split_params(model)
     dev = mdist.device()  # NCCL reduces GPU tensors only
-    sq = torch.zeros((), dtype=torch.float64, device=dev)
-    for g in dense:
-        sq += g.double().pow(2).sum().to(dev)
-    esq = torch.zeros((), dtype=torch.float64, device=dev)
-    for g in experts:
-        esq += g.double().pow(2).sum().to(dev)
+
+    def squared_norm(params) -> torch.Tensor:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), dtype=torch.float64, device=dev)
+        return torch.nn.utils.get_total_norm(grads).double().to(dev) ** 2
+
+    expert_sq = squared_norm(experts)
     if ctx.ep_size > 1:
-        mdist.all_reduce_(esq, ctx.ep_group)
-    norm = float((sq + esq).sqrt())
-    scale = max_norm / (norm + 1e-6)
-    if scale < 1.0:
-        for g in dense + experts:
-            g.mul_(scale)
-    return norm
+        mdist.all_reduce_(expert_sq, ctx.ep_group)
+    norm = (squared_norm(dense) + expert_sq).sqrt()
+    torch.nn.utils.clip_grads_with_norm_(dense + experts, max_norm, norm)
+    return float(norm)
 
 
 def mean_over_ranks(values: list[float], ctx: ParallelContext) -> list[float]:
