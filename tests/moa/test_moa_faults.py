@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from mixkit.errors import ConfigError, ProviderError
-from mixkit.moa import MoA, parse_config
+from mixkit.moa import LayerFailed, MoA, parse_config
 
 HANG_BOUND_S = 20.0  # a deadline of 1.5-2 s must end the run well inside this
 
@@ -124,12 +124,24 @@ def test_too_few_answers_fails_clearly_and_on_time(scripted):
         retries=1,
     )
     start = time.monotonic()
-    with pytest.raises(ProviderError) as info:
+    with pytest.raises(LayerFailed) as info:
         moa.run("q?")
     assert time.monotonic() - start < HANG_BOUND_S
     message = str(info.value)
     assert "1 of 3 agents answered, 2 needed" in message
     assert "p0_0: Timeout" in message and "p0_1:" in message and "500" in message
+    failed = {c.agent: c for c in info.value.calls}  # typed: the failed calls, not a message
+    assert info.value.layer == 1 and set(failed) == {"p0_0", "p0_1"}
+    assert failed["p0_0"].outcome == "error" and failed["p0_0"].error.startswith("Timeout")
+    assert not info.value.deadline_expired  # p0_1 failed with a 500, not for lack of time
+
+
+def test_a_layer_that_runs_out_of_time_says_so(scripted):
+    moa = build(scripted.url, [[f"hang:{key()}", f"hang:{key()}"]], deadline_s=1.0, retries=0)
+    with pytest.raises(LayerFailed) as info:
+        moa.run("q?")
+    assert info.value.deadline_expired and info.value.layer == 1
+    assert [c.agent for c in info.value.calls] == ["p0_0", "p0_1"]
 
 
 def test_cut_stream_is_retried_then_reported(scripted):
@@ -156,10 +168,12 @@ def test_empty_content_is_an_error(scripted):
 
 
 def test_aggregator_failure_raises(scripted):
-    with pytest.raises(ProviderError, match="500"):
+    with pytest.raises(LayerFailed, match="500") as info:
         build(scripted.url, [[f"ok:fine {key()}"]], aggregator=f"fail500:{key()}", retries=0).run(
             "q?"
         )
+    assert info.value.layer == 2 and [c.agent for c in info.value.calls] == ["agg"]
+    assert not info.value.deadline_expired and isinstance(info.value, ProviderError)
 
 
 def test_aggregator_prompt_has_question_and_every_answer(scripted):

@@ -1,11 +1,11 @@
-"""The SQLite trace: named append-only migrations, runs as trees, conversations, layer summaries."""
+"""The run log: named append-only migrations, runs as trees, conversations, layer summaries,
+read back through the `mixkit.moa.logs` API."""
 
 from __future__ import annotations
 
 import sqlite3
 
-from mixkit.moa import trace
-from mixkit.moa.agents import CallRecord
+from mixkit.moa import Answer, CallRecord, SQLiteLog, logs, trace
 
 
 def call(layer, agent, latency, outcome="ok", error=None, tokens=(10, 5)):
@@ -22,21 +22,20 @@ def call(layer, agent, latency, outcome="ok", error=None, tokens=(10, 5)):
     )
 
 
-def run_row(run_id, conversation_id, t, answer="A", outcome="ok"):
-    return {
-        "id": run_id,
-        "conversation_id": conversation_id,
-        "started_at": t,
-        "preset": "p",
-        "question": "Q",
-        "messages": [{"role": "user", "content": f"Q{t}"}],
-        "answer": answer,
-        "outcome": outcome,
-        "error": None,
-        "wall_s": 1.0,
-        "critical_path_s": 0.9,
-        "ttft_s": 0.5,
-    }
+def finished(run_id, conversation_id, t, answer="A", outcome="ok", calls=()):
+    return Answer(
+        answer=answer,
+        run_id=run_id,
+        conversation_id=conversation_id,
+        preset="p",
+        messages=[{"role": "user", "content": f"Q{t}"}],
+        calls=list(calls),
+        wall_s=1.0,
+        critical_path_s=0.9,
+        ttft_s=0.5,
+        started_at=t,
+        outcome=outcome,
+    )
 
 
 def test_migrations_are_named_and_applied_once(tmp_path):
@@ -49,40 +48,51 @@ def test_migrations_are_named_and_applied_once(tmp_path):
 
 
 def test_default_path_follows_mixkit_home(home):
-    assert trace.default_db_path() == home / "logs.db"
+    assert logs.default_db_path() == home / "logs.db"
 
 
 def test_record_and_read_back_a_run_tree(tmp_path):
-    db = trace.connect(tmp_path / "logs.db")
+    db = tmp_path / "logs.db"
     calls = [
         call(1, "a", 2.0),
         call(1, "b", 3.0, "error", "Timeout: late", (7, 0)),
         call(2, "agg", 1.5),
     ]
-    trace.record_run(db, run_row("r1", "c1", 1.0), calls)
-    (run,) = trace.recent_runs(db)
-    assert run["id"] == "r1" and trace.get_run(db, "r") == run
-    rows = trace.run_calls(db, "r1")
-    assert [(r["layer"], r["agent"], r["outcome"]) for r in rows] == [
-        (1, "a", "ok"),
-        (1, "b", "error"),
-        (2, "agg", "ok"),
-    ]
-    summary = trace.layer_summary(rows)
-    assert [(s["layer"], s["ok"], s["calls"], s["slowest_agent"]) for s in summary] == [
+    SQLiteLog(db).write(finished("r1", "c1", 1.0, calls=calls))
+    (run,) = logs.recent_runs(db=db)
+    assert run.id == "r1" and run.question == "Q1.0" and logs.get_run("r", db=db) == run
+    assert run.calls == calls  # every field of every call survives the round trip
+    assert run.prompt_tokens == 27 and run.completion_tokens == 10
+    summary = logs.layer_summary(run.calls)
+    assert [(s.layer, s.ok, s.calls, s.slowest_agent) for s in summary] == [
         (1, 1, 2, "b"),
         (2, 1, 1, "agg"),
     ]
-    assert summary[0]["prompt_tokens"] == 17 and summary[0]["errors"] == ["b: Timeout: late"]
+    assert summary[0].prompt_tokens == 17 and summary[0].errors == ["b: Timeout: late"]
+    as_json = run.to_dict()
+    assert as_json["id"] == "r1" and as_json["calls"][1]["error"] == "Timeout: late"
+
+
+def test_get_run_needs_a_unique_prefix(tmp_path):
+    db = tmp_path / "logs.db"
+    for run_id in ("ab1", "ab2", "c_d"):
+        SQLiteLog(db).write(finished(run_id, run_id, 1.0))
+    assert logs.get_run("ab", db=db) is None  # two match
+    assert logs.get_run("ab2", db=db).id == "ab2"
+    assert logs.get_run("c%", db=db) is None  # a prefix, not a LIKE pattern
+    assert logs.get_run("x", db=tmp_path / "none.db") is None
+    assert logs.recent_runs(db=tmp_path / "none.db") == []
 
 
 def test_conversation_continues_from_the_last_ok_run(tmp_path):
-    db = trace.connect(tmp_path / "logs.db")
-    trace.record_run(db, run_row("r1", "c1", 1.0, answer="first"), [])
-    trace.record_run(db, run_row("r2", "c1", 2.0, answer=None, outcome="error"), [])
-    assert trace.latest_conversation_id(db) == "c1"
-    assert trace.conversation_messages(db, "c1") == [
+    db = tmp_path / "logs.db"
+    SQLiteLog(db).write(finished("r1", "c1", 1.0, answer="first"))
+    SQLiteLog(db).write(finished("r2", "c1", 2.0, answer="", outcome="error"))
+    convo = logs.conversation(db=db)  # the latest conversation that answered
+    assert convo is not None and convo.id == "c1"
+    assert convo.messages == [
         {"role": "user", "content": "Q1.0"},
         {"role": "assistant", "content": "first"},
     ]
-    assert trace.conversation_messages(db, "nope") == []
+    assert logs.conversation("c1", db=db) == convo
+    assert logs.conversation("nope", db=db) is None

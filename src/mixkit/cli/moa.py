@@ -6,6 +6,7 @@ The answer streams to stdout; progress and the per-layer summary go to stderr, s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mixkit.cli.app import app
+from mixkit.evals import run_eval
+from mixkit.moa import CallRecord, MoA, resolve
+from mixkit.moa import logs as run_log  # `logs` is the command below
 
 console = Console()
 err = Console(stderr=True)
@@ -22,26 +26,24 @@ err = Console(stderr=True)
 DEFAULT_QUESTION = "In three sentences: why do several small language models, combined, sometimes beat one of them alone?"
 
 
-def _layer_table(calls: list[dict], title: str) -> Table:
-    from mixkit.moa.trace import layer_summary
-
+def _layer_table(calls: list[CallRecord], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("layer", "ok/calls", "slowest agent", "slowest s", "prompt tok", "completion tok"):
         table.add_column(col, justify="right" if col not in ("slowest agent",) else "left")
-    for s in layer_summary(calls):
+    for s in run_log.layer_summary(calls):
         table.add_row(
-            str(s["layer"]),
-            f"{s['ok']}/{s['calls']}",
-            s["slowest_agent"],
-            f"{s['slowest_s']:.2f}",
-            str(s["prompt_tokens"]),
-            str(s["completion_tokens"]),
+            str(s.layer),
+            f"{s.ok}/{s.calls}",
+            s.slowest_agent,
+            f"{s.slowest_s:.2f}",
+            str(s.prompt_tokens),
+            str(s.completion_tokens),
         )
     return table
 
 
-def _failures(calls: list[dict]) -> list[str]:
-    return [f"layer {c['layer']} {c['agent']}: {c['error']}" for c in calls if c["error"]]
+def _failures(calls: list[CallRecord]) -> list[str]:
+    return [f"layer {c.layer} {c.agent}: {c.error}" for c in calls if c.error]
 
 
 @app.command()
@@ -73,24 +75,18 @@ def ask(
     ),
 ) -> None:
     """Ask a Mixture-of-Agents; the final answer streams as it is generated."""
-    from mixkit.moa import MoA
-    from mixkit.moa import trace as tr
-    from mixkit.moa.config import resolve
-
     cfg = resolve(preset, config)
-    messages: list[dict] = []
+    messages: list[dict[str, str]] = []
     if cont or cid:
-        db = tr.connect()
-        cid = cid or tr.latest_conversation_id(db)
-        messages = tr.conversation_messages(db, cid) if cid else []
-        db.close()
-        if not messages:
+        convo = run_log.conversation(cid)
+        if convo is None:
             raise typer.BadParameter(
                 "no earlier conversation to continue (run `mixkit logs` to see ids)"
             )
+        cid, messages = convo.id, convo.messages
     moa = MoA(cfg, log=not no_log)
 
-    def on_layer(layer_no: int, calls) -> None:
+    def on_layer(layer_no: int, calls: list[CallRecord]) -> None:
         if not as_json:
             ok = sum(c.outcome == "ok" for c in calls)
             slowest = max((c.latency_s or 0.0) for c in calls)
@@ -115,8 +111,6 @@ def ask(
                 sys.stdout.write(piece)
                 sys.stdout.flush()
 
-    import asyncio
-
     asyncio.run(consume())
     answer = stream.result
     assert answer is not None
@@ -124,9 +118,8 @@ def ask(
         console.print_json(json.dumps(answer.to_dict()))
         return
     sys.stdout.write("\n")
-    calls = [c.to_dict() for c in answer.calls]
-    err.print(_layer_table(calls, f"run {answer.run_id[:12]} ({cfg.name})"))
-    for line in _failures(calls):
+    err.print(_layer_table(answer.calls, f"run {answer.run_id[:12]} ({cfg.name})"))
+    for line in _failures(answer.calls):
         err.print(f"[yellow]{line}[/]")
     err.print(
         f"wall {answer.wall_s:.2f}s, critical path {answer.critical_path_s:.2f}s, time to first answer token "
@@ -144,45 +137,35 @@ def logs(
     ),
 ) -> None:
     """Show recent MoA runs: a per-layer table, the critical path and the total tokens."""
-    from mixkit.moa import trace as tr
-
-    path = db_path or tr.default_db_path()
+    path = db_path or run_log.default_db_path()
     if not path.exists():
         err.print(f"no runs logged yet at {path} (run `mixkit ask`)")
         return
-    db = tr.connect(path)
     if run:
-        one = tr.get_run(db, run)
+        one = run_log.get_run(run, db=path)
         if one is None:
             raise typer.BadParameter(f"no single run matches '{run}'")
         runs = [one]
     else:
-        runs = tr.recent_runs(db, n)
-    out = []
+        runs = run_log.recent_runs(n, db=path)
+    if as_json:
+        console.print_json(json.dumps([r.to_dict() for r in runs]))
+        return
     for r in runs:
-        calls = tr.run_calls(db, r["id"])
-        r.pop("messages_json", None)
-        if as_json:
-            out.append({**r, "calls": calls})
-            continue
-        tokens_in = sum(c["prompt_tokens"] or 0 for c in calls)
-        tokens_out = sum(c["completion_tokens"] or 0 for c in calls)
         console.print(
-            f"[bold]{r['id'][:12]}[/] {r['preset']} [dim]conversation {r['conversation_id'][:12]}[/] outcome [bold]{r['outcome']}[/]"
+            f"[bold]{r.id[:12]}[/] {r.preset} [dim]conversation {r.conversation_id[:12]}[/] outcome [bold]{r.outcome}[/]"
         )
-        console.print(f"[cyan]Q:[/] {r['question'][:200]}")
-        if r["answer"]:
-            console.print(f"[cyan]A:[/] {r['answer'][:300]}")
-        console.print(_layer_table(calls, ""))
-        for line in _failures(calls):
+        console.print(f"[cyan]Q:[/] {r.question[:200]}")
+        if r.answer:
+            console.print(f"[cyan]A:[/] {r.answer[:300]}")
+        console.print(_layer_table(r.calls, ""))
+        for line in _failures(r.calls):
             console.print(f"[yellow]{line}[/]")
+        tokens_in, tokens_out = r.prompt_tokens, r.completion_tokens
         console.print(
-            f"critical path {r['critical_path_s'] or 0:.2f}s, wall {r['wall_s'] or 0:.2f}s, "
+            f"critical path {r.critical_path_s or 0:.2f}s, wall {r.wall_s or 0:.2f}s, "
             f"tokens {tokens_in} in / {tokens_out} out ({tokens_in + tokens_out} total)\n"
         )
-    db.close()
-    if as_json:
-        console.print_json(json.dumps(out))
 
 
 @app.command("eval")
@@ -204,9 +187,6 @@ def eval_(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="print each item's score"),
 ) -> None:
     """Score a MoA and each of its single agents on a checkable reasoning-gym task."""
-    from mixkit.evals import run_eval
-    from mixkit.moa.config import resolve
-
     cfg = resolve(preset, config)
 
     def on_item(label, item, score, answer) -> None:

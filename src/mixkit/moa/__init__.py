@@ -7,10 +7,16 @@
     async for piece in moa.stream("Why is the sky blue?"):   # async streaming
         print(piece, end="")
 
+    moa.ask("Why?", on_event=lambda e: print(e.type, e.layer, e.agent))   # watch the run
+    moa.logs.recent_runs(3)                                                # read the run log
+
 This package imports nothing from `mixkit.moe` and touches no network or model at import.
 """
 
+from mixkit.errors import LayerFailed, ProviderError, RateLimited, Timeout
+from mixkit.moa import logs
 from mixkit.moa.agents import Agent, CallRecord
+from mixkit.moa.answer import Answer, AnswerStream, critical_path
 from mixkit.moa.config import (
     DEFAULT_PRESET,
     AgentConfig,
@@ -20,26 +26,47 @@ from mixkit.moa.config import (
     load_config,
     load_preset,
     parse_config,
+    resolve,
 )
-from mixkit.moa.pipeline import Answer, AnswerStream, MoA, ask, critical_path, stream
+from mixkit.moa.events import EVENT_TYPES, Emitter, EventHandler, RunEvent
+from mixkit.moa.logs import Conversation, LayerSummary, LoggedRun, LogSink, SQLiteLog
+from mixkit.moa.pipeline import MoA, RunOptions, ask, stream
 from mixkit.moa.prompts import synthesis_messages
+from mixkit.moa.providers.base import Message
 
 __all__ = [
     "DEFAULT_PRESET",
+    "EVENT_TYPES",
     "Agent",
     "AgentConfig",
     "Answer",
     "AnswerStream",
     "CallRecord",
+    "Conversation",
+    "Emitter",
+    "EventHandler",
     "LayerConfig",
+    "LayerFailed",
+    "LayerSummary",
+    "LogSink",
+    "LoggedRun",
+    "Message",
     "MoA",
     "MoAConfig",
+    "ProviderError",
+    "RateLimited",
+    "RunEvent",
+    "RunOptions",
+    "SQLiteLog",
+    "Timeout",
     "ask",
     "critical_path",
     "list_presets",
     "load_config",
     "load_preset",
+    "logs",
     "parse_config",
+    "resolve",
     "stream",
     "synthesis_messages",
 ]

@@ -11,7 +11,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import asdict, dataclass, field
 
 from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
@@ -115,12 +115,18 @@ class Agent:
         retries: int = 2,
         threads: int | None = None,
         buffered: bool = False,
-    ) -> AsyncIterator[str]:
+        on_piece: Callable[[str], None] | None = None,
+        on_retry: Callable[[int, str], None] | None = None,
+    ) -> AsyncGenerator[str, None]:
         """Yield the answer's pieces; fill `record`. `deadline` is a `time.monotonic()` value.
 
         Unbuffered, pieces are yielded as they arrive, so a failure after the first piece cannot
         be retried. Buffered (proposers), the answer is yielded once an attempt succeeds, so a
         stream cut midway is retried from scratch.
+
+        `on_piece(text)` sees every piece as it arrives, buffered or not (the pieces of an attempt
+        that is then retried included); `on_retry(attempt, error)` is called before attempt
+        number `attempt` (2 = the first retry) starts.
 
         Raises ProviderError (or RateLimited / Timeout) when the call fails for good; `record`
         then holds the outcome and the reason.
@@ -158,6 +164,8 @@ class Agent:
                             if record.ttft_s is None:
                                 record.ttft_s = time.monotonic() - start
                             pieces.append(piece)
+                            if on_piece is not None:
+                                on_piece(piece)
                             if not buffered:
                                 emitted = True
                                 yield piece
@@ -175,8 +183,10 @@ class Agent:
                     wait = self._retry_wait(e, attempt)
                     if emitted or attempt >= retries or time.monotonic() + wait >= deadline:
                         raise
+                    if on_retry is not None:
+                        on_retry(attempt + 2, f"{type(e).__name__}: {e}")
                     await asyncio.sleep(wait)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: the consumer closed us
             record.outcome, record.error = "cancelled", "cancelled (quorum met or run stopped)"
             raise
         except ProviderError as e:
@@ -191,8 +201,28 @@ class Agent:
             return err.retry_after
         return self.backoff_s * (2**attempt) * (0.8 + 0.4 * self._rng.random())  # jittered
 
-    async def complete(self, messages: list[Message], record: CallRecord, **kwargs) -> str:
-        """Collect the whole answer (proposers). Raises like `stream`."""
-        return "".join(
-            [piece async for piece in self.stream(messages, record, buffered=True, **kwargs)]
+    async def complete(
+        self,
+        messages: list[Message],
+        record: CallRecord,
+        *,
+        deadline: float,
+        sampling: Sampling | None = None,
+        retries: int = 2,
+        threads: int | None = None,
+        on_piece: Callable[[str], None] | None = None,
+        on_retry: Callable[[int, str], None] | None = None,
+    ) -> str:
+        """Collect the whole answer (proposers): `stream` buffered. Raises like `stream`."""
+        pieces = self.stream(
+            messages,
+            record,
+            deadline=deadline,
+            sampling=sampling,
+            retries=retries,
+            threads=threads,
+            buffered=True,
+            on_piece=on_piece,
+            on_retry=on_retry,
         )
+        return "".join([piece async for piece in pieces])

@@ -6,104 +6,62 @@
                  ──> aggregator sees conversation + answers_L ──> streamed answer
 
 A layer proceeds as soon as `quorum` agents have answered (the rest are cancelled), or at the
-deadline with whatever answered. With fewer than `min_answers` it fails, naming each agent that
-failed and why. Every call is a CallRecord; the run and its calls go to SQLite (trace.py).
+deadline with whatever answered. With fewer than `min_answers` it fails with LayerFailed, naming
+each agent that failed and why. Every call is a CallRecord; the finished run goes to a LogSink
+(by default the SQLite log, see logs.py), and `on_event` sees it happen (events.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
+from typing import NamedTuple
 
-from mixkit.errors import MixkitError, ProviderError
-from mixkit.moa import trace
+from typing_extensions import TypedDict, Unpack
+
+from mixkit.errors import LayerFailed, MixkitError, ProviderError, Timeout
 from mixkit.moa.agents import Agent, CallRecord
+from mixkit.moa.answer import Answer, AnswerStream, critical_path
 from mixkit.moa.config import LayerConfig, MoAConfig, resolve
+from mixkit.moa.events import Emitter, EventHandler
+from mixkit.moa.logs import LogSink, SQLiteLog
 from mixkit.moa.prompts import as_conversation, synthesis_messages
-from mixkit.moa.providers.base import Message
+from mixkit.moa.providers.base import Message, Sampling
+from mixkit.moa.providers.local import CORES
 
 GRACE_S = 2.0  # agents enforce the deadline themselves; this only guards against a stuck task
 
-
-@dataclass
-class Answer:
-    """The result of one run: the answer and the trace of every call."""
-
-    answer: str
-    run_id: str
-    conversation_id: str
-    preset: str
-    messages: list[Message]  # the conversation the run answered
-    calls: list[CallRecord] = field(default_factory=list)
-    wall_s: float = 0.0
-    critical_path_s: float = 0.0  # sum over layers of the slowest call
-    ttft_s: float | None = None  # run start -> first token of the final answer
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(c.prompt_tokens or 0 for c in self.calls)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(c.completion_tokens or 0 for c in self.calls)
-
-    def to_dict(self) -> dict:
-        """The JSON shape of `mixkit ask --json`."""
-        return {
-            "answer": self.answer,
-            "run_id": self.run_id,
-            "conversation_id": self.conversation_id,
-            "preset": self.preset,
-            "wall_s": self.wall_s,
-            "critical_path_s": self.critical_path_s,
-            "ttft_s": self.ttft_s,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "trace": [c.to_dict() for c in self.calls],
-        }
+LayerCallback = Callable[[int, list[CallRecord]], None]
 
 
-class AnswerStream:
-    """Async iterator over the final answer's text pieces; `.result` (an Answer) once it ends."""
+class RunOptions(TypedDict, total=False):
+    """The keywords of a run, shared by `MoA.stream / arun / run` and `moa.ask / moa.stream`."""
 
-    def __init__(self, pieces: AsyncIterator[str]):
-        self._pieces = pieces
-        self.result: Answer | None = None
-
-    def __aiter__(self) -> AnswerStream:
-        return self
-
-    async def __anext__(self) -> str:
-        return await self._pieces.__anext__()
-
-    async def aclose(self) -> None:
-        await self._pieces.aclose()  # type: ignore[attr-defined]
-
-    async def collect(self) -> Answer:
-        """Consume the stream; return the Answer."""
-        async for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
+    messages: list[Message] | None  # the conversation before `question`
+    max_tokens: int | None  # overrides every agent's (evals compare systems at equal max_tokens)
+    deadline_s: float | None  # per call; default the config's
+    conversation_id: str | None  # continue this conversation (default: a new one, = run_id)
+    run_id: str | None  # name the run before it starts (default: a fresh uuid4 hex)
+    temperature: float | None  # the final aggregator's sampling (the answer the caller sees)
+    top_p: float | None
+    on_layer: LayerCallback | None  # on_layer(layer_no, calls) as each proposer layer ends
+    on_event: EventHandler | None  # every RunEvent of the run (events.py)
 
 
-def critical_path(calls: list[CallRecord]) -> float:
-    """Sum over layers of the slowest call: the least time any engine could take."""
-    slowest: dict[int, float] = {}
-    for c in calls:
-        slowest[c.layer] = max(slowest.get(c.layer, 0.0), c.latency_s or 0.0)
-    return sum(slowest.values())
+class _AnswerSampling(NamedTuple):
+    """A run's overrides of the final aggregator's sampling (None: the agent's own)."""
+
+    temperature: float | None
+    top_p: float | None
 
 
 def _labels(names: list[str]) -> list[str]:
     """Agent names, with '#1', '#2' ... where a layer repeats an agent (Self-MoA)."""
-    totals, seen = Counter(names), Counter()
+    totals, seen = Counter(names), Counter[str]()
     out = []
     for name in names:
         seen[name] += 1
@@ -111,21 +69,61 @@ def _labels(names: list[str]) -> list[str]:
     return out
 
 
-class MoA:
-    """A configured Mixture-of-Agents. Creating one touches no network and loads no model."""
+def _failed(records: list[CallRecord]) -> str:
+    return "; ".join(f"{r.agent}: {r.error or r.outcome}" for r in records)
 
-    def __init__(self, config: MoAConfig, *, log: bool | str | Path = True):
+
+class MoA:
+    """A configured Mixture-of-Agents. Creating one touches no network and loads no model.
+
+    Each finished run is written to `sink` (default: the SQLite log at `log`, a path, or
+    `$MIXKIT_HOME/logs.db` when `log` is True); `log=False` writes nothing.
+    """
+
+    def __init__(
+        self, config: MoAConfig, *, log: bool | str | Path = True, sink: LogSink | None = None
+    ):
         self.config = config
         self.agents = {name: Agent.from_config(name, cfg) for name, cfg in config.agents.items()}
-        self.log_path = None if log is False else (None if log is True else Path(log))
-        self.log = log is not False
+        path = None if isinstance(log, bool) else log
+        self.sink: LogSink | None = (sink or SQLiteLog(path)) if log is not False else None
+
+    def answer_max_tokens(self, max_tokens: int | None = None) -> int:
+        """The final aggregator's max_tokens in a run given `max_tokens` (the run's override)."""
+        return max_tokens or self.agents[self.config.aggregator].config.max_tokens
 
     def _threads_per_call(self, names: list[str]) -> int | None:
         """Local agents of a layer split the core budget evenly (see providers/local.py)."""
-        from mixkit.moa.providers.local import CORES
-
         local = sum(self.agents[n].provider.kind == "local" for n in names)
         return max(1, CORES.total // local) if local else None
+
+    async def _call(
+        self,
+        agent: Agent,
+        messages: list[Message],
+        record: CallRecord,
+        emit: Emitter,
+        *,
+        deadline: float,
+        sampling: Sampling,
+        threads: int | None,
+    ) -> str:
+        """One proposer call, framed by its call_start / call_end events."""
+        emit.call_start(record)
+        on_piece, on_retry = emit.call_hooks(record)
+        try:
+            return await agent.complete(
+                messages,
+                record,
+                deadline=deadline,
+                sampling=sampling,
+                retries=self.config.retries,
+                threads=threads,
+                on_piece=on_piece,
+                on_retry=on_retry,
+            )
+        finally:
+            emit.call_end(record)
 
     async def _run_layer(
         self,
@@ -135,28 +133,24 @@ class MoA:
         calls: list[CallRecord],
         max_tokens: int | None,
         deadline_s: float,
+        emit: Emitter,
     ) -> list[str]:
         """Run one proposer layer; return the answers in slot order."""
         n, quorum = len(layer.agents), layer.quorum or len(layer.agents)
         deadline = time.monotonic() + deadline_s
         threads = self._threads_per_call(layer.agents)
-        tasks: dict[asyncio.Task, tuple[int, CallRecord]] = {}
-        for slot, (name, label) in enumerate(
-            zip(layer.agents, _labels(layer.agents), strict=False)
-        ):
+        tasks: dict[asyncio.Task[str], tuple[int, CallRecord]] = {}
+        for slot, (name, label) in enumerate(zip(layer.agents, _labels(layer.agents), strict=True)):
             agent = self.agents[name]
             record = agent.new_record(layer_no, label)
             calls.append(record)
-            coro = agent.complete(
-                messages,
-                record,
-                deadline=deadline,
-                sampling=agent.sampling(slot, max_tokens),
-                retries=self.config.retries,
-                threads=threads,
+            sampling = agent.sampling(slot, max_tokens)
+            coro = self._call(
+                agent, messages, record, emit, deadline=deadline, sampling=sampling, threads=threads
             )
             tasks[asyncio.create_task(coro)] = (slot, record)
         answers: dict[int, str] = {}
+        timed_out: set[int] = set()  # slots that ran out of time
         pending = set(tasks)
         try:
             while pending and len(answers) < quorum:
@@ -165,6 +159,7 @@ class MoA:
                     pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if not done:
+                    timed_out |= {tasks[t][0] for t in pending}
                     break
                 for task in done:
                     error = task.exception()
@@ -172,16 +167,24 @@ class MoA:
                         answers[tasks[task][0]] = task.result()
                     elif not isinstance(error, ProviderError):
                         raise error  # a config mistake or a bug, not a failed agent: never swallow it
+                    elif isinstance(error, Timeout):
+                        timed_out.add(tasks[task][0])
         finally:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        records = [r for _, r in tasks.values()]
+        emit.layer_end(layer_no, len(answers), n)
         if len(answers) < layer.min_answers:
-            failed = "; ".join(
-                f"{r.agent}: {r.error or r.outcome}" for _, r in tasks.values() if r.outcome != "ok"
-            )
-            raise ProviderError(
-                f"layer {layer_no}: {len(answers)} of {n} agents answered, {layer.min_answers} needed ({failed})"
+            failed = [r for slot, r in tasks.values() if slot not in answers]
+            raise LayerFailed(
+                f"layer {layer_no}: {len(answers)} of {n} agents answered, "
+                f"{layer.min_answers} needed ({_failed(failed)})",
+                layer=layer_no,
+                calls=[r for r in records if r.outcome != "ok"],
+                deadline_expired=all(
+                    slot in timed_out for slot, _ in tasks.values() if slot not in answers
+                ),
             )
         return [answers[slot] for slot in sorted(answers)]
 
@@ -193,132 +196,169 @@ class MoA:
         max_tokens: int | None = None,
         deadline_s: float | None = None,
         conversation_id: str | None = None,
-        on_layer: Callable[[int, list[CallRecord]], None] | None = None,
         run_id: str | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
+        on_layer: LayerCallback | None = None,
+        on_event: EventHandler | None = None,
     ) -> AnswerStream:
         """Answer `question` (after `messages`, a prior conversation); stream the final answer.
 
-        `max_tokens` overrides every agent's (evals compare systems at equal max_tokens).
-        `on_layer(layer_no, calls)` is called as each proposer layer finishes.
-        `run_id` (default: a fresh uuid4 hex) lets a caller name the run before it starts
-        (the server sends it in a header ahead of the first token).
-        `temperature` and `top_p` override the final aggregator's sampling (the answer the caller
-        sees); proposers keep their own, because their diversity is what the aggregator works with.
+        The keywords are those of `RunOptions`. `temperature` and `top_p` override only the
+        final aggregator's sampling; proposers keep their own, because their diversity is what
+        the aggregator works with. `run_id` lets a caller name the run before it starts (the
+        server sends it in a header ahead of the first token).
         """
         conversation = as_conversation(question, messages)
+        run_id = run_id or uuid.uuid4().hex
+        answer = Answer(
+            answer="",
+            run_id=run_id,
+            conversation_id=conversation_id or run_id,
+            preset=self.config.name,
+            messages=conversation,
+            outcome="error",
+        )
         holder = AnswerStream(
             self._generate(
-                conversation,
+                answer,
                 max_tokens,
                 deadline_s or self.config.deadline_s,
-                conversation_id,
                 on_layer,
-                lambda a: setattr(holder, "result", a),
-                run_id,
-                {"temperature": temperature, "top_p": top_p},
+                Emitter(run_id, on_event),
+                _AnswerSampling(temperature, top_p),
+                lambda: setattr(holder, "result", answer),
             )
         )
         return holder
 
     async def _generate(
         self,
-        conversation,
-        max_tokens,
-        deadline_s,
-        conversation_id,
-        on_layer,
-        set_result,
-        run_id=None,
-        answer_sampling: dict | None = None,
-    ) -> AsyncIterator[str]:
-        cfg = self.config
-        run_id = run_id or uuid.uuid4().hex
-        started_at, start = time.time(), time.monotonic()
-        calls: list[CallRecord] = []
+        answer: Answer,
+        max_tokens: int | None,
+        deadline_s: float,
+        on_layer: LayerCallback | None,
+        emit: Emitter,
+        answer_sampling: _AnswerSampling,
+        done: Callable[[], None],
+    ) -> AsyncGenerator[str, None]:
+        """The run: proposer layers, then the aggregator's pieces; fills in `answer` as it goes."""
+        cfg, calls = self.config, answer.calls
+        answer.started_at, emit.start = time.time(), time.monotonic()
+        layers = [_labels(layer.agents) for layer in cfg.layers]
+        emit(
+            "run_start",
+            data={
+                "mixture": cfg.name,
+                "layers": layers,
+                "aggregator": cfg.aggregator,
+                "deadline_s": deadline_s,
+            },
+        )
         pieces: list[str] = []
-        ttft: float | None = None
-        outcome, error = "error", None
+        final: AsyncGenerator[str, None] | None = None
         try:
-            prompt = list(conversation)
+            prompt = list(answer.messages)
             for i, layer in enumerate(cfg.layers, 1):
-                answers = await self._run_layer(i, layer, prompt, calls, max_tokens, deadline_s)
+                answers = await self._run_layer(
+                    i, layer, prompt, calls, max_tokens, deadline_s, emit
+                )
                 if on_layer:
                     on_layer(i, [c for c in calls if c.layer == i])
-                prompt = synthesis_messages(conversation, answers, cfg.reference_chars)
-            aggregator = self.agents[cfg.aggregator]
-            record = aggregator.new_record(len(cfg.layers) + 1, cfg.aggregator)
-            calls.append(record)
-            sampling = aggregator.sampling(0, max_tokens)
-            overrides = {k: v for k, v in (answer_sampling or {}).items() if v is not None}
-            if overrides:
-                sampling = dataclasses.replace(sampling, **overrides)
-            async for piece in aggregator.stream(
-                prompt,
-                record,
-                deadline=time.monotonic() + deadline_s,
-                sampling=sampling,
-                retries=cfg.retries,
-                threads=self._threads_per_call([cfg.aggregator]),
-            ):
-                if ttft is None:
-                    ttft = time.monotonic() - start
+                prompt = synthesis_messages(answer.messages, answers, cfg.reference_chars)
+            final = self._aggregate(prompt, calls, max_tokens, deadline_s, emit, answer_sampling)
+            async for piece in final:
+                if answer.ttft_s is None:
+                    answer.ttft_s = time.monotonic() - emit.start
                 pieces.append(piece)
+                emit("answer_token", text=piece)
                 yield piece
-            outcome = "ok"
+            answer.outcome = "ok"
         except MixkitError as e:
-            error = str(e)
+            answer.error = str(e)
             raise
         except (GeneratorExit, asyncio.CancelledError):
-            outcome, error = "cancelled", "the caller stopped the run"
+            answer.outcome, answer.error = "cancelled", "the caller stopped the run"
             raise
         finally:
-            answer = Answer(
-                answer="".join(pieces),
-                run_id=run_id,
-                conversation_id=conversation_id or run_id,
-                preset=cfg.name,
-                messages=conversation,
-                calls=calls,
-                wall_s=time.monotonic() - start,
-                critical_path_s=critical_path(calls),
-                ttft_s=ttft,
-            )
-            set_result(answer)
-            if self.log:
-                self.write_log(answer, started_at, outcome, error)
+            if final is not None:  # closed early: the aggregator's call ends (cancelled) first
+                await final.aclose()
+            self._finish(answer, pieces, emit)
+            done()
 
-    def write_log(self, answer: Answer, started_at: float, outcome: str, error: str | None) -> None:
-        """Record a finished run and its calls in the SQLite trace. Called once per run, at its
-        end; a subclass may override it to write elsewhere or later (the server does)."""
-        run = {
-            "id": answer.run_id,
-            "conversation_id": answer.conversation_id,
-            "started_at": started_at,
-            "preset": answer.preset,
-            "question": answer.messages[-1]["content"],
-            "messages": answer.messages,
-            "answer": answer.answer,
-            "outcome": outcome,
-            "error": error,
-            "wall_s": answer.wall_s,
-            "critical_path_s": answer.critical_path_s,
-            "ttft_s": answer.ttft_s,
-        }
-        db = trace.connect(self.log_path)
+    async def _aggregate(
+        self,
+        prompt: list[Message],
+        calls: list[CallRecord],
+        max_tokens: int | None,
+        deadline_s: float,
+        emit: Emitter,
+        answer_sampling: _AnswerSampling,
+    ) -> AsyncGenerator[str, None]:
+        """The final aggregator's pieces, as it makes them (its layer is the last one)."""
+        cfg = self.config
+        aggregator = self.agents[cfg.aggregator]
+        record = aggregator.new_record(len(cfg.layers) + 1, cfg.aggregator)
+        calls.append(record)
+        sampling = aggregator.sampling(0, max_tokens)
+        if answer_sampling.temperature is not None:
+            sampling.temperature = answer_sampling.temperature
+        if answer_sampling.top_p is not None:
+            sampling.top_p = answer_sampling.top_p
+        emit.call_start(record)
+        on_piece, on_retry = emit.call_hooks(record)
+        pieces = aggregator.stream(
+            prompt,
+            record,
+            deadline=time.monotonic() + deadline_s,
+            sampling=sampling,
+            retries=cfg.retries,
+            threads=self._threads_per_call([cfg.aggregator]),
+            on_piece=on_piece,
+            on_retry=on_retry,
+        )
         try:
-            trace.record_run(db, run, answer.calls)
+            async for piece in pieces:
+                yield piece
+        except ProviderError as e:
+            raise LayerFailed(
+                f"the aggregator failed: {record.agent} (layer {record.layer}): {record.error}",
+                layer=record.layer,
+                calls=[record],
+                deadline_expired=isinstance(e, Timeout),
+            ) from e
         finally:
-            db.close()
+            await pieces.aclose()
+            emit.call_end(record)
+            emit.layer_end(record.layer, int(record.outcome == "ok"), 1)
 
-    async def arun(self, question: str | None = None, **kwargs) -> Answer:
-        """Answer without streaming (same arguments as `stream`)."""
-        return await self.stream(question, **kwargs).collect()
+    def _finish(self, answer: Answer, pieces: list[str], emit: Emitter) -> None:
+        """Complete the Answer, hand it to the log sink, and emit run_end."""
+        answer.answer = "".join(pieces)
+        answer.wall_s = time.monotonic() - emit.start
+        answer.critical_path_s = critical_path(answer.calls)
+        if self.sink is not None:
+            self.sink.write(answer)
+        emit(
+            "run_end",
+            data={
+                "outcome": answer.outcome,
+                "error": answer.error,
+                "wall_s": answer.wall_s,
+                "critical_path_s": answer.critical_path_s,
+                "ttft_s": answer.ttft_s,
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": answer.completion_tokens,
+            },
+        )
 
-    def run(self, question: str | None = None, **kwargs) -> Answer:
+    async def arun(self, question: str | None = None, **options: Unpack[RunOptions]) -> Answer:
+        """Answer without streaming (the keywords of `stream`)."""
+        return await self.stream(question, **options).collect()
+
+    def run(self, question: str | None = None, **options: Unpack[RunOptions]) -> Answer:
         """Synchronous `arun`."""
-        return asyncio.run(self.arun(question, **kwargs))
+        return asyncio.run(self.arun(question, **options))
 
 
 def stream(
@@ -327,10 +367,13 @@ def stream(
     preset: str | None = None,
     config: str | Path | MoAConfig | None = None,
     log: bool | str | Path = True,
-    **kwargs,
+    sink: LogSink | None = None,
+    **options: Unpack[RunOptions],
 ) -> AnswerStream:
-    """Stream an answer from a preset or config: `async for piece in stream("..."): ...`."""
-    return MoA(resolve(preset, config), log=log).stream(question, **kwargs)
+    """Stream an answer from a preset or config: `async for piece in stream("..."): ...`.
+
+    The keywords after `sink` are those of `MoA.stream` (`RunOptions`)."""
+    return MoA(resolve(preset, config), log=log, sink=sink).stream(question, **options)
 
 
 def ask(
@@ -339,17 +382,21 @@ def ask(
     preset: str | None = None,
     config: str | Path | MoAConfig | None = None,
     log: bool | str | Path = True,
+    sink: LogSink | None = None,
     on_token: Callable[[str], None] | None = None,
-    **kwargs,
+    **options: Unpack[RunOptions],
 ) -> Answer:
     """Ask a Mixture-of-Agents a question; return the Answer (text + trace).
 
-    `on_token(piece)` sees the final answer as it streams. Other keyword arguments are those of
-    `MoA.stream` (messages, max_tokens, deadline_s, conversation_id, on_layer).
+    `on_token(piece)` sees the final answer as it streams. The other keywords are those of
+    `MoA.stream` (`RunOptions`: messages, max_tokens, deadline_s, conversation_id, run_id,
+    temperature, top_p, on_layer, on_event).
     """
 
     async def go() -> Answer:
-        answer_stream = stream(question, preset=preset, config=config, log=log, **kwargs)
+        answer_stream = stream(
+            question, preset=preset, config=config, log=log, sink=sink, **options
+        )
         async for piece in answer_stream:
             if on_token:
                 on_token(piece)

@@ -1,8 +1,9 @@
-"""Every MoA run is logged to SQLite as a tree: a run, its layers, and one row per agent call.
+"""The SQLite schema and queries behind the run log: a run, its layers, one row per agent call.
 
 The database is `logs.db` under `$MIXKIT_HOME` (default `~/.mixkit`), or a path given to the API.
 Schema changes are named, append-only migrations: add a new one at the end, never edit an old one.
 Nothing secret is stored: calls record the provider kind and model, never URLs' keys or headers.
+Rows come back as dicts; `mixkit.moa.logs` is the typed API over them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from mixkit.moa.agents import CallRecord
+from mixkit.moa.answer import Answer
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -91,20 +92,34 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     return applied
 
 
-def record_run(db: sqlite3.Connection, run: dict, calls: list[CallRecord]) -> None:
-    """Write one run and its calls (one transaction)."""
+def record_run(db: sqlite3.Connection, answer: Answer) -> None:
+    """Write one finished run and its calls (one transaction)."""
+    run = {
+        "id": answer.run_id,
+        "conversation_id": answer.conversation_id,
+        "started_at": answer.started_at,
+        "preset": answer.preset,
+        "question": answer.messages[-1]["content"],
+        "messages_json": json.dumps(answer.messages),
+        "answer": answer.answer,
+        "outcome": answer.outcome,
+        "error": answer.error,
+        "wall_s": answer.wall_s,
+        "critical_path_s": answer.critical_path_s,
+        "ttft_s": answer.ttft_s,
+    }
     with db:
         db.execute(
             "INSERT INTO runs VALUES (:id, :conversation_id, :started_at, :preset, :question, :messages_json,"
             " :answer, :outcome, :error, :wall_s, :critical_path_s, :ttft_s)",
-            {**run, "messages_json": json.dumps(run["messages"])},
+            run,
         )
         db.executemany(
             "INSERT INTO calls (run_id, layer, agent, provider, model, started_at, latency_s, ttft_s,"
             " prompt_tokens, completion_tokens, attempts, outcome, error, response)"
             " VALUES (:run_id, :layer, :agent, :provider, :model, :started_at, :latency_s, :ttft_s,"
             " :prompt_tokens, :completion_tokens, :attempts, :outcome, :error, :response)",
-            [{**c.to_dict(), "run_id": run["id"]} for c in calls],
+            [{**c.to_dict(), "run_id": answer.run_id} for c in answer.calls],
         )
 
 
@@ -117,7 +132,8 @@ def recent_runs(db: sqlite3.Connection, limit: int = 5) -> list[dict]:
 def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
     """One run by id or unique id prefix."""
     rows = db.execute(
-        "SELECT * FROM runs WHERE id LIKE ? ORDER BY started_at DESC", (run_id + "%",)
+        "SELECT * FROM runs WHERE substr(id, 1, ?) = ? ORDER BY started_at DESC",
+        (len(run_id), run_id),
     ).fetchall()
     return dict(rows[0]) if len(rows) == 1 else None
 
@@ -145,32 +161,3 @@ def latest_conversation_id(db: sqlite3.Connection) -> str | None:
         "SELECT conversation_id FROM runs WHERE outcome = 'ok' ORDER BY started_at DESC LIMIT 1"
     ).fetchone()
     return row[0] if row else None
-
-
-def layer_summary(calls: list[dict]) -> list[dict]:
-    """Per layer: calls ok / total, the slowest call (the layer's share of the critical path), tokens."""
-    layers: dict[int, dict] = {}
-    for c in calls:
-        s = layers.setdefault(
-            c["layer"],
-            {
-                "layer": c["layer"],
-                "ok": 0,
-                "calls": 0,
-                "slowest_s": 0.0,
-                "slowest_agent": "",
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "errors": [],
-            },
-        )
-        s["calls"] += 1
-        s["ok"] += c["outcome"] == "ok"
-        s["prompt_tokens"] += c["prompt_tokens"] or 0
-        s["completion_tokens"] += c["completion_tokens"] or 0
-        # Every call of a layer (failed and cancelled ones too) held the layer up until it ended.
-        if (c["latency_s"] or 0) >= s["slowest_s"]:
-            s["slowest_s"], s["slowest_agent"] = c["latency_s"] or 0.0, c["agent"]
-        if c["error"]:
-            s["errors"].append(f"{c['agent']}: {c['error']}")
-    return [layers[k] for k in sorted(layers)]

@@ -104,7 +104,7 @@ def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None 
         moa = mixtures.get(req.model)
         limiter.acquire()
         try:
-            run = Run(moa, req)
+            run = Run(moa, req, mixtures.writer)
         except BaseException:
             limiter.release()
             raise

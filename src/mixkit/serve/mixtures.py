@@ -12,28 +12,40 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mixkit.errors import ConfigError
-from mixkit.moa import Answer, MoA, MoAConfig, list_presets, load_config, load_preset
+from mixkit.moa import (
+    Answer,
+    LogSink,
+    MoA,
+    MoAConfig,
+    SQLiteLog,
+    list_presets,
+    load_config,
+    load_preset,
+)
 from mixkit.serve.errors import APIError
 
 log = logging.getLogger("mixkit.serve")
 
 
 class LogWriter:
-    """Writes run logs on one background thread. A run's SQLite commit (an fsync, 15 ms median
-    here) on the event loop stalled every request in flight: under load it was the largest
-    single cost in a profile of the server.
+    """The servers' log sink: writes run logs to `target` on one background thread. A run's
+    SQLite commit (an fsync, 15 ms median here) on the event loop stalled every request in
+    flight: under load it was the largest single cost in a profile of the server.
 
     A response does not wait for its run's log (it lands moments later) unless more than
     `max_pending` writes are queued: then it waits for its own, so the queue stays bounded.
     """
 
-    def __init__(self, max_pending: int = 64):
+    def __init__(self, target: LogSink | None = None, max_pending: int = 64):
+        self.target = target or SQLiteLog()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mixkit-log")
-        self._pending: dict[str, Future] = {}
+        self._pending: dict[str, Future[None]] = {}
         self.max_pending = max_pending
 
-    def submit(self, run_id: str, write, *args) -> None:
-        future = self._pool.submit(write, *args)
+    def write(self, answer: Answer) -> None:
+        """LogSink.write: queue the run's log; return at once."""
+        run_id = answer.run_id
+        future = self._pool.submit(self.target.write, answer)
         self._pending[run_id] = future
         future.add_done_callback(lambda _: self._pending.pop(run_id, None))
 
@@ -56,17 +68,6 @@ class LogWriter:
         self._pool.shutdown(wait=True)
 
 
-class ServedMoA(MoA):
-    """A MoA whose run log goes through a LogWriter instead of blocking the event loop."""
-
-    def __init__(self, config: MoAConfig, *, log: bool, writer: LogWriter):
-        super().__init__(config, log=log)
-        self.writer = writer
-
-    def write_log(self, answer: Answer, started_at: float, outcome: str, error: str | None) -> None:
-        self.writer.submit(answer.run_id, super().write_log, answer, started_at, outcome, error)
-
-
 class Mixtures:
     """Name -> MoA. A user's config may shadow a preset of the same name."""
 
@@ -79,7 +80,7 @@ class Mixtures:
             self.configs[cfg.name] = cfg
         self.writer = LogWriter()
         self._moas = {
-            name: ServedMoA(cfg, log=log, writer=self.writer) for name, cfg in self.configs.items()
+            name: MoA(cfg, log=log, sink=self.writer) for name, cfg in self.configs.items()
         }
 
     @classmethod
@@ -89,7 +90,7 @@ class Mixtures:
     def names(self) -> list[str]:
         return list(self.configs)
 
-    def get(self, name: str) -> ServedMoA:
+    def get(self, name: str) -> MoA:
         """The mixture called `name`, or a 404 listing the known ones."""
         try:
             return self._moas[name]

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mixkit.errors import ConfigError, MixkitError
-from mixkit.moa import Answer
+from mixkit.moa import Answer, LayerFailed, MoA
 from mixkit.serve.errors import APIError
-from mixkit.serve.mixtures import ServedMoA
+from mixkit.serve.mixtures import LogWriter
 from mixkit.serve.schemas import ChatCompletionRequest
 
 T = TypeVar("T")
@@ -53,8 +53,8 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 class Run:
     """A started MoA run for one request; `run_id` is known before the first token."""
 
-    def __init__(self, moa: ServedMoA, req: ChatCompletionRequest):
-        self.writer = moa.writer
+    def __init__(self, moa: MoA, req: ChatCompletionRequest, writer: LogWriter):
+        self.writer = writer
         self.model = req.model
         self.max_tokens = req.answer_max_tokens()
         self.run_id = uuid.uuid4().hex
@@ -68,9 +68,7 @@ class Run:
             )
         except ConfigError as e:  # the engine's own check of the conversation
             raise APIError(400, str(e), param="messages") from None
-        self.effective_max_tokens = (
-            self.max_tokens or moa.agents[moa.config.aggregator].config.max_tokens
-        )
+        self.effective_max_tokens = moa.answer_max_tokens(self.max_tokens)
 
     @property
     def answer(self) -> Answer | None:
@@ -85,7 +83,7 @@ class Run:
             return None
         except MixkitError as e:
             await self.writer.backpressure(self.run_id)
-            raise run_error(e, self.stream.result, self.model) from None
+            raise run_error(e, self.model) from None
 
     async def collect(self) -> Answer:
         """Run to the end (non-streaming)."""
@@ -103,16 +101,13 @@ class Run:
         await self.writer.backpressure(self.run_id)
 
 
-def run_error(err: MixkitError, answer: Answer | None, model: str) -> APIError:
-    """A failed run as an HTTP error naming the agents that failed: 504 if all timed out."""
+def run_error(err: MixkitError, model: str) -> APIError:
+    """A failed run as an HTTP error naming the agents that failed: 504 if time ran out."""
     if isinstance(err, ConfigError):
         return APIError(400, f"mixture '{model}': {err}", param="messages")
-    failed = [c for c in (answer.calls if answer else []) if c.outcome == "error"]
-    detail = "; ".join(f"{c.agent} (layer {c.layer}): {c.error}" for c in failed)
-    reason = str(err) if str(err).startswith("layer ") or not detail else detail
-    timed_out = bool(failed) and all((c.error or "").startswith("Timeout") for c in failed)
+    timed_out = isinstance(err, LayerFailed) and err.deadline_expired
     return APIError(
         504 if timed_out else 502,
-        f"mixture '{model}' failed: {reason}",
+        f"mixture '{model}' failed: {err}",
         code="agents_timed_out" if timed_out else "agents_failed",
     )
