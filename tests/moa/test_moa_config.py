@@ -64,7 +64,7 @@ def test_user_config_file(tmp_path):
             "agents.b.provider",
             "'local' or 'openai'",
         ),
-        (('model = "m"', 'model = "m"\ntemprature = 0.3'), "agents.b.temprature", "Extra inputs"),
+        (('model = "m"', 'model = "m"\ntemprature = 0.3'), "agents.b.temprature", "unknown field"),
         (('base_url = "http://127.0.0.1:9/v1"', ""), "agents.b", "needs base_url"),
     ],
 )

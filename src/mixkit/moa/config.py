@@ -14,24 +14,19 @@ A config is a TOML file (a built-in preset under `presets/` or the user's own `-
     quorum = 2                     # proceed as soon as 2 answered (default: wait for all)
 
 Counting the aggregator, a config with L proposer layers has L + 1 layers (moa-lite: 2, moa: 3).
-Errors name the file and the dotted field, e.g. `moa.toml: agents.qwen.provider: ...`.
+Errors name the file and every bad field, e.g. `moa.toml: agents.qwen.provider: ...` (the
+format of every mixkit config, see mixkit/config.py).
 """
 
 from __future__ import annotations
 
-import sys
-from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mixkit.config import Presets, read_toml_file, validate
 from mixkit.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 DEFAULT_PRESET = "self-moa"
 
@@ -112,51 +107,29 @@ class MoAConfig(BaseModel):
         return len(self.layers) + 1
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    path = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")  # whole-config checks name their field in msg
-    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {path + ': ' if path else ''}{msg}{extra}"
+PRESETS = Presets("mixkit.moa")
 
 
-def parse_config(data: dict, source: str = "<config>") -> MoAConfig:
-    """Validate a config dict; errors name `source` and the dotted field."""
-    try:
-        return MoAConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
+def parse_config(data: dict[str, Any], source: str = "<config>") -> MoAConfig:
+    """Validate a config dict; errors name `source` and every bad field."""
+    return validate(MoAConfig, data, source)
 
 
 def load_config(path: str | Path) -> MoAConfig:
-    """Load a user's TOML config file."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (check --config)") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    data.setdefault("name", path.stem)
+    """Load a user's TOML config file (its name defaults to the file's stem)."""
+    data = read_toml_file(path)
+    data.setdefault("name", Path(path).stem)
     return parse_config(data, str(path))
 
 
 def list_presets() -> list[str]:
     """Names of the built-in presets."""
-    folder = resources.files("mixkit.moa") / "presets"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return PRESETS.names()
 
 
 def load_preset(name: str) -> MoAConfig:
     """Load a built-in preset by name (see `list_presets()`)."""
-    file = resources.files("mixkit.moa") / "presets" / f"{name}.toml"
-    if not file.is_file():
-        raise ConfigError(
-            f"unknown preset '{name}' (choose from: {', '.join(list_presets())}, or pass --config FILE)"
-        )
-    data = tomllib.loads(file.read_text())
-    data.setdefault("name", name)
-    return parse_config(data, f"preset {name}")
+    return parse_config(PRESETS.load(name), f"preset '{name}'")
 
 
 def resolve(preset: str | None = None, config: str | Path | MoAConfig | None = None) -> MoAConfig:

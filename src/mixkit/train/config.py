@@ -1,26 +1,20 @@
 """Run configuration: model + data + optimizer + loop, loaded from a preset or a TOML file.
 
-Every section is a small pydantic model. A validation error becomes a `ConfigError` that names
-the dotted field and the value, e.g. `model.moe.k: must be <= num_experts (k=8, num_experts=4)`.
+Every section is a small pydantic model. Loading and errors are mixkit/config.py's, shared with
+moa: a `ConfigError` names the source and every bad field by its dotted path and value.
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mixkit.config import Presets, apply_overrides, merge, read_toml_file, validate
 from mixkit.errors import ConfigError
 from mixkit.models import ModelConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class _Section(BaseModel):
@@ -91,72 +85,18 @@ class RunConfig(_Section):
 
 
 # --- loading ----------------------------------------------------------------------------------
-PRESETS_PACKAGE = "mixkit.train.presets"
+PRESETS = Presets("mixkit.train")
+DEFAULT_PRESET = "tiny"
+_UNION_TAGS = ("lstm", "transformer")  # ModelConfig's discriminated union puts these in paths
 
 
 def preset_names() -> list[str]:
-    files = resources.files(PRESETS_PACKAGE).iterdir()
-    return sorted(f.name[:-5] for f in files if f.name.endswith(".toml"))
+    return PRESETS.names()
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        # Drop pydantic's union-branch labels (e.g. 'lstm') so the path reads as the TOML does.
-        loc = [str(p) for p in e["loc"] if p not in ("lstm", "transformer")]
-        field = ".".join(loc) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) or e["type"] == "missing" else f" (got {value!r})"
-        lines.append(f"{field}: {msg}{shown}")
-    return f"invalid config {source}: " + "; ".join(lines)
-
-
-def config_from_dict(raw: dict[str, Any], source: str = "") -> RunConfig:
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format_validation_error(e, source)) from None
-
-
-def _read_toml(text: str, source: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source} is not valid TOML: {e}") from None
-
-
-def load_preset_dict(name: str) -> dict[str, Any]:
-    if name not in preset_names():
-        raise ConfigError(
-            f"unknown preset {name!r}; choose one of: {', '.join(preset_names())} "
-            "(or pass --config FILE)"
-        )
-    text = resources.files(PRESETS_PACKAGE).joinpath(f"{name}.toml").read_text("utf-8")
-    return _read_toml(text, f"preset {name!r}")
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.steps=500")
-    key, value = item.split("=", 1)
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value  # a bare word is a string: --set model.moe.router=topk
-    return key.strip().split("."), parsed
-
-
-def _apply(raw: dict[str, Any], path: list[str], value: Any) -> None:
-    node = raw
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is not a section")
-        node = child
-    node[path[-1]] = value
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a config dict; errors name `source` and every bad field."""
+    return validate(RunConfig, raw, source, _UNION_TAGS)
 
 
 def load_config(
@@ -168,27 +108,15 @@ def load_config(
     if preset and config_file:
         raise ConfigError("pass either --preset or --config, not both")
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        raw = _read_toml(path.read_text("utf-8"), f"config file {str(path)!r}")
+        raw = read_toml_file(config_file)
         base = raw.pop("preset", None)
         if base is not None:
-            raw = _merge(load_preset_dict(str(base)), raw)
-        source = str(path)
+            raw = merge(PRESETS.load(str(base)), raw)
+        source = str(config_file)
     else:
-        raw = load_preset_dict(preset or "tiny")
-        source = f"preset {preset or 'tiny'!r}"
-    for item in overrides:
-        key, value = _parse_override(item)
-        _apply(raw, key, value)
+        raw = PRESETS.load(preset or DEFAULT_PRESET)
+        source = f"preset '{preset or DEFAULT_PRESET}'"
+    apply_overrides(raw, overrides)
     if overrides:
         source += " with --set " + " ".join(overrides)
-    return config_from_dict(raw, f"({source})")
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return config_from_dict(raw, source)
