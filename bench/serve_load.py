@@ -1,7 +1,7 @@
 """`mixkit serve` under load: server overhead per request and the server's peak memory.
 
 A real `mixkit serve` process serves one mixture (2 proposers + an aggregator) whose agents are a
-fake OpenAI-compatible backend process on 127.0.0.1 with a set latency (mixkit.serve.fake_backend).
+fake OpenAI-compatible backend process on 127.0.0.1 with a set latency (mixkit.testing).
 N streaming requests are sent C at a time with httpx. For each request:
 
     end-to-end   client sends the request -> client reads `data: [DONE]`
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from mixkit.serve.fake_backend import BackendProcess, free_port, mixture_toml
+from mixkit.testing import FakeBackend, free_port, http_ready, mixture_toml, start_process
 
 
 async def one(client: httpx.AsyncClient, i: int) -> dict:
@@ -96,16 +96,9 @@ def start_server(
         str(port),
     ]
     cmd += ["-c", str(config), "--max-concurrent", str(max_concurrent), *extra]
-    env = {**os.environ, "MIXKIT_HOME": str(home)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(f"{base}/health", timeout=2)
-            return proc, base
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("mixkit serve did not start")
+    env = {"MIXKIT_HOME": str(home)}
+    return start_process(cmd, http_ready(f"{base}/health"), what="mixkit serve", env=env), base
 
 
 def main() -> None:
@@ -129,7 +122,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     with (
         tempfile.TemporaryDirectory() as tmp,
-        BackendProcess(args.ttft, args.gap, args.tokens) as b,
+        FakeBackend(args.ttft, args.gap, args.tokens) as b,
     ):
         config = Path(tmp) / "bench.toml"
         config.write_text(mixture_toml(b.url, deadline_s=120))

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "moa"))
-from moa_servers import ScriptedServer  # noqa: E402
+from mixkit.testing import FakeBackend
 
 
 @pytest.fixture(scope="module")
 def server():
-    with ScriptedServer() as s:
+    with FakeBackend(ttft=0.0, gap=0.0) as s:
         yield s
 
 

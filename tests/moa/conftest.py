@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 
 import pytest
-from moa_servers import ScriptedServer, start_llama_server
+
+from mixkit.testing import FakeBackend, free_port, http_ready, start_process, stop_process
 
 
 @pytest.fixture(scope="session")
 def scripted():
-    """A misbehaving / recording OpenAI-compatible server (see moa_servers.py)."""
-    with ScriptedServer() as server:
+    """A misbehaving, recording OpenAI-compatible server (see mixkit/testing/fake_openai.py)."""
+    with FakeBackend(ttft=0.0, gap=0.0) as server:
         yield server
 
 
@@ -23,13 +25,20 @@ def smollm_path() -> str:
 @pytest.fixture(scope="session")
 def llama_server(smollm_path):
     """A real llama.cpp OpenAI-compatible server running SmolLM2-135M (1 thread)."""
-    proc, url = start_llama_server(smollm_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", smollm_path]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+    cmd += ["--n_threads", "1", "--n_threads_batch", "1"]
+    proc = start_process(
+        cmd,
+        http_ready(url + "/models"),
+        what="llama_cpp.server",
+        env={"OMP_WAIT_POLICY": "PASSIVE"},
+        timeout_s=120,
+    )
     yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except Exception:
-        proc.kill()
+    stop_process(proc)
 
 
 @pytest.fixture

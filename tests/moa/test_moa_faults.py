@@ -77,7 +77,7 @@ def test_429_waits_for_retry_after(scripted):
     model = f"ratelimit:{key()}"
     answer = build(scripted.url, [[model]], retries=2).run("q?")
     assert by_agent(answer)["p0_0"].outcome == "ok"
-    times = [r["time"] for r in scripted.requests if r["body"]["model"] == model]
+    times = [r["time"] for r in scripted.requests() if r["body"]["model"] == model]
     assert len(times) == 2
     assert times[1] - times[0] >= 0.9  # Retry-After: 1 was honoured (a lower bound only)
 
@@ -218,14 +218,14 @@ def test_multi_turn_history_reaches_every_agent(scripted):
 
 def test_final_answer_streams_before_the_server_finishes(scripted):
     moa = build(scripted.url, [[f"ok:fine {key()}"]], aggregator=f"gated:{key()}")
-    scripted.release.clear()
+    scripted.close_gate()
 
     async def go():
         stream = moa.stream("q?")
         first = await asyncio.wait_for(
             stream.__anext__(), HANG_BOUND_S
         )  # arrives while the server waits
-        scripted.release.set()
+        scripted.release()
         rest = [p async for p in stream]
         return first, rest, stream.result
 
@@ -249,7 +249,7 @@ def test_api_key_is_never_logged(scripted, home, monkeypatch):
     leaky = by_agent(answer)["leaky"]
     assert leaky.outcome == "error" and "401" in leaky.error and secret not in leaky.error
     assert any(
-        secret in r["headers"].get("authorization", "") for r in scripted.requests
+        secret in r["headers"].get("authorization", "") for r in scripted.requests()
     )  # it was sent
     db_bytes = (home / "logs.db").read_bytes()
     assert b"***" in db_bytes and secret.encode() not in db_bytes

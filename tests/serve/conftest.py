@@ -7,7 +7,7 @@ import os
 import pytest
 
 from mixkit.serve import ServeSettings
-from mixkit.serve.fake_backend import BackendProcess
+from mixkit.testing import FakeBackend
 from tests.serve.helpers import ThreadServer, mixture
 
 
@@ -27,7 +27,7 @@ def home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def backend(home):
     """A fake OpenAI-compatible backend process (ttft 10 ms, 8 words 2 ms apart)."""
-    with BackendProcess(ttft=0.01, gap=0.002, tokens=8) as b:
+    with FakeBackend(ttft=0.01, gap=0.002, tokens=8) as b:
         yield b
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +15,7 @@ import uvicorn
 
 from mixkit.moa import MoAConfig, parse_config
 from mixkit.serve import Mixtures, ServeSettings, create_app
-from mixkit.serve.fake_backend import free_port
+from mixkit.testing import free_port, http_ready, start_process
 
 
 def mixture(
@@ -103,7 +102,7 @@ class ServerProcess:
         cmd = [sys.executable, "-c", "from mixkit.cli import main; main()", "serve"]
         cmd += ["--port", str(self.port), *sum((["-c", str(c)] for c in configs), []), *args]
         self.cmd = cmd
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.stderr = home / f"serve-{self.port}.log"
 
     @property
@@ -111,18 +110,14 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServerProcess:
-        env = {**os.environ, "MIXKIT_HOME": str(self.home)}
-        with open(self.stderr, "w") as err:
-            self.proc = subprocess.Popen(self.cmd, env=env, stdout=err, stderr=err)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, self.stderr.read_text()
-            assert time.monotonic() < deadline, "mixkit serve did not start"
-            try:
-                httpx.get(f"{self.base}/health", timeout=2)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.1)
+        self.proc = start_process(
+            self.cmd,
+            http_ready(f"{self.base}/health"),
+            what="mixkit serve",
+            env={"MIXKIT_HOME": str(self.home)},
+            log=self.stderr,
+        )
+        return self
 
     def terminate(self) -> None:
         assert self.proc is not None

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from mixkit.serve.fake_backend import BackendProcess
+from mixkit.testing import FakeBackend
 from tests.serve.helpers import ThreadServer, logged_run, mixture
 
 Q = [{"role": "user", "content": "Why is the sea salty?"}]
@@ -16,7 +16,7 @@ Q = [{"role": "user", "content": "Why is the sea salty?"}]
 @pytest.fixture
 def doomed():
     """A second backend that exits (the whole process) two words into a `die` request."""
-    with BackendProcess(ttft=0.01, gap=0.01) as b:
+    with FakeBackend(ttft=0.01, gap=0.01) as b:
         yield b
 
 

@@ -12,7 +12,7 @@ import sqlite3
 
 import httpx
 
-from mixkit.serve.fake_backend import mixture_toml
+from mixkit.testing import mixture_toml
 from tests.serve.helpers import ServerProcess, wait_for
 
 CONCURRENT = 200
