@@ -3,6 +3,7 @@
     POST /v1/chat/completions   a mixture answers; `stream: true` sends SSE chunks as they come
     GET  /v1/models             the mixtures (presets + configs); GET /v1/models/{id} one of them
     GET  /health                status, runs in flight, the concurrency limit (no auth)
+    GET  /, /api/...            the web app: playground and run browser (serve/web/)
 
 Every error is OpenAI-shaped JSON (errors.py). The run id goes back in `x-mixkit-run-id`, so
 `mixkit logs --run ID` shows the run's layers and calls.
@@ -24,6 +25,7 @@ from mixkit.serve.mixtures import Mixtures
 from mixkit.serve.runs import ClientGone, Run, until_disconnect
 from mixkit.serve.settings import ServeSettings
 from mixkit.serve.streaming import SSEResponse, chunks
+from mixkit.serve.web import install_web
 
 RUN_ID_HEADER = "x-mixkit-run-id"
 
@@ -136,4 +138,5 @@ def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return SSEResponse(chunks(run, first or "", include_usage), finish, headers=headers)
 
+    install_web(app)
     return app

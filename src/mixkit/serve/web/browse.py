@@ -1,0 +1,141 @@
+"""The run browser's reads of the log database: recent runs (searched, filtered), one run with
+its calls, one call with the prompt it was sent.
+
+The database is the one the server logs to (`$MIXKIT_HOME/logs.db`), opened read-only per
+request: the server's log thread is its only writer. Columns added by later migrations (such as
+`runs.gate_json`) are read when present, so an older database still browses.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from mixkit.moa import MoAConfig, logs, synthesis_messages
+
+OUTCOMES = ("ok", "error", "cancelled")
+CLIP = 300  # characters of the question and the answer in the list
+
+
+def open_db(path: Path | None = None) -> sqlite3.Connection | None:
+    """The log database, read-only; None when nothing has been logged yet."""
+    path = path or logs.default_db_path()
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern that matches it literally anywhere."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_runs(
+    db: sqlite3.Connection,
+    *,
+    q: str = "",
+    mixture: str = "",
+    outcome: str = "",
+    before: float | None = None,
+    limit: int = 50,
+) -> list[dict]:
+    """Newest first: each run with its clipped question and answer and its calls' totals.
+    `q` matches the conversation, the answer or an id prefix; `before` pages by start time."""
+    where, args = [], {}
+    if q:
+        where.append(
+            "(r.messages_json LIKE :q ESCAPE '\\' OR r.answer LIKE :q ESCAPE '\\' OR r.id LIKE :id)"
+        )
+        args.update(q=_like(q), id=q.replace("%", "").replace("_", "") + "%")
+    if mixture:
+        where.append("r.preset = :mixture")
+        args["mixture"] = mixture
+    if outcome:
+        where.append("r.outcome = :outcome")
+        args["outcome"] = outcome
+    if before is not None:
+        where.append("r.started_at < :before")
+        args["before"] = before
+    sql = f"""
+        SELECT r.id, r.conversation_id, r.started_at, r.preset, r.outcome, r.error,
+               r.wall_s, r.critical_path_s, r.ttft_s,
+               substr(r.question, 1, {CLIP}) AS question, substr(r.answer, 1, {CLIP}) AS answer,
+               count(c.id) AS calls, coalesce(sum(c.outcome = 'ok'), 0) AS calls_ok,
+               coalesce(sum(c.prompt_tokens), 0) AS prompt_tokens,
+               coalesce(sum(c.completion_tokens), 0) AS completion_tokens
+        FROM runs r LEFT JOIN calls c ON c.run_id = r.id
+        {"WHERE " + " AND ".join(where) if where else ""}
+        GROUP BY r.id ORDER BY r.started_at DESC LIMIT :limit"""
+    return [dict(r) for r in db.execute(sql, {**args, "limit": limit})]
+
+
+def logged_mixtures(db: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in db.execute("SELECT DISTINCT preset FROM runs ORDER BY preset")]
+
+
+def _gate(run: dict) -> dict | None:
+    """The gate's decision (runs.gate_json, from the gated-MoA migration), when there is one."""
+    raw = run.pop("gate_json", None)
+    if not raw:
+        return None
+    try:
+        gate = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return gate if isinstance(gate, dict) else None
+
+
+def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
+    """One run (exact id): the run, its messages, its calls, its gate and its conversation."""
+    row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        return None
+    run = dict(row)
+    run["messages"] = json.loads(run.pop("messages_json"))
+    gate = _gate(run)
+    rows = db.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY layer, id", (run_id,))
+    calls = [dict(c) for c in rows]
+    turns = db.execute(
+        "SELECT id, started_at, outcome, substr(question, 1, 120) AS question FROM runs"
+        " WHERE conversation_id = ? ORDER BY started_at",
+        (run["conversation_id"],),
+    )
+    return {
+        "run": run,
+        "calls": calls,
+        "gate": gate,
+        "conversation": [dict(t) for t in turns],
+    }
+
+
+def call_prompt(run: dict, calls: list[dict], call: dict, cfg: MoAConfig | None) -> list[dict]:
+    """The messages `call` was sent, rebuilt as the engine builds them: layer 1 gets the
+    conversation; each later layer (and the aggregator) the synthesis prompt over the previous
+    layer's answers that succeeded, in slot order; the agent's persona first."""
+    conversation = run["messages"]
+    previous = [
+        c["response"] for c in calls if c["layer"] == call["layer"] - 1 and c["outcome"] == "ok"
+    ]
+    chars = cfg.reference_chars if cfg else MoAConfig.model_fields["reference_chars"].default
+    messages = synthesis_messages(conversation, previous, chars) if previous else conversation
+    agent = cfg.agents.get(call["agent"].split("#")[0]) if cfg else None
+    if agent is None or not agent.system:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        merged = f"{agent.system}\n\n{messages[0]['content']}"
+        return [{"role": "system", "content": merged}, *messages[1:]]
+    return [{"role": "system", "content": agent.system}, *messages]
+
+
+def with_db(path: Path | None, read, default):
+    """`read(db)` on the log database, or `default` when there is none yet."""
+    db = open_db(path)
+    if db is None:
+        return default
+    with closing(db):
+        return read(db)

@@ -1,0 +1,171 @@
+"""Fixtures for the browser tests: a fake backend, a real `mixkit serve`, one headless Chromium.
+
+Without Chromium these tests skip, naming the Debian packages to install; CI sets
+MIXKIT_REQUIRE_BROWSER=1 (in .ci/run), where a missing browser fails them instead.
+`pytest tests/web --screenshots docs/images` also saves the README's screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+
+from mixkit.testing import FakeBackend
+from tests.serve.helpers import ServerProcess, wait_for
+from tests.web.harness import Browser, missing_reason, write_mixtures
+
+KEY = "web-test-key-0123"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--screenshots", default=None, metavar="DIR", help="save the web app's screenshots in DIR"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _browser_available():
+    reason = missing_reason()
+    if reason and os.environ.get("MIXKIT_REQUIRE_BROWSER"):
+        pytest.fail(f"browser tests required (MIXKIT_REQUIRE_BROWSER) but {reason}")
+    if reason:
+        pytest.skip(f"browser tests skipped: {reason}")
+
+
+@pytest.fixture(scope="session")
+def web_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("web-home")
+
+
+@pytest.fixture(scope="session")
+def fake(web_home):
+    """The fake OpenAI backend: 8 words, 10 ms apart, per answer."""
+    with FakeBackend(ttft=0.01, gap=0.01, tokens=8) as backend:
+        yield backend
+
+
+SCRIPT = "<script>window.__pwned=1</script>"
+IMG = '<img src=x onerror="window.__pwned=2">'
+
+
+def mixtures(url: str) -> dict[str, tuple]:
+    return {
+        "quick": (["ok", "ok"], "ok", {}),
+        "gated": (["ok", "ok"], "gated", {}),
+        "slow": (["slow", "ok"], "ok", {}),
+        "html": ([f"ok:{SCRIPT}tail", f"ok:{IMG}"], f"ok:<b>bold</b>{SCRIPT}", {}),
+        "timeout": (["ok", "hang"], "ok", {"deadline_s": 1.5, "retries": 0}),
+        "broken": (["fail", "fail"], "ok", {"retries": 0}),
+    }
+
+
+@pytest.fixture(scope="session")
+def serve(web_home, fake):
+    """`mixkit serve` (no auth) with the mixtures above, logging under web_home."""
+    configs = write_mixtures(web_home, fake.url, mixtures(fake.url))
+    with ServerProcess(web_home, configs) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def serve_auth(tmp_path_factory, fake):
+    """`mixkit serve --api-key-env` with one mixture and its own log."""
+    home = tmp_path_factory.mktemp("web-auth-home")
+    configs = write_mixtures(home, fake.url, {"quick": (["ok"], "ok", {})})
+    os.environ["MIXKIT_WEB_TEST_KEY"] = KEY
+    with ServerProcess(home, configs, "--api-key-env", "MIXKIT_WEB_TEST_KEY") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def browser():
+    b = Browser()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def page(browser, serve):
+    """The browser on a fresh load of the app (`page.open('#/runs')`)."""
+    return Page(browser.driver, serve.base)
+
+
+@pytest.fixture
+def screenshot(request):
+    """`screenshot(name)` saves DIR/name.png when pytest ran with --screenshots DIR."""
+    folder = request.config.getoption("--screenshots")
+
+    def save(driver, name: str) -> None:
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            driver.save_screenshot(os.path.join(folder, f"{name}.png"))
+
+    return save
+
+
+class Page:
+    """Small helpers over the WebDriver for this app."""
+
+    def __init__(self, driver, base: str):
+        self.driver, self.base = driver, base
+
+    def open(self, fragment: str = "#/") -> None:
+        self.driver.get("about:blank")  # a real navigation, so the app starts afresh
+        self.driver.get(f"{self.base}/{fragment}")
+        self.wait(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def wait(self, predicate, timeout: float = 20.0):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(predicate)
+
+    def css(self, selector: str):
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_elements(By.CSS_SELECTOR, selector)
+
+    def one(self, selector: str):
+        return self.wait(lambda _: (found := self.css(selector)) and found[0])
+
+    def text(self, selector: str) -> str:
+        """The element's visible text ("" when absent), read in one step (never stale)."""
+        return self.js(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector
+        )
+
+    def attrs(self, selector: str, name: str) -> list:
+        """One attribute of every match, read in one step (never stale)."""
+        return self.js(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute(arguments[1]))",
+            selector,
+            name,
+        )
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def ask(self, mixture: str, prompt: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+        from selenium.webdriver.support.ui import Select
+
+        select = self.one("#mixture")
+        self.wait(lambda _: mixture in [o.text for o in Select(select).options])
+        Select(select).select_by_value(mixture)
+        box = self.one("#prompt")
+        box.send_keys(prompt)
+        box.send_keys(Keys.ENTER)
+
+
+def api_get(base: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.get(f"{base}{path}", timeout=10, **kwargs)
+
+
+def chat(base: str, mixture: str, question: str, **kwargs) -> httpx.Response:
+    """A run through the OpenAI-compatible endpoint (how most runs reach the log)."""
+    body = {"model": mixture, "messages": [{"role": "user", "content": question}]}
+    return httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30, **kwargs)
+
+
+__all__ = ["KEY", "Page", "api_get", "chat", "wait_for"]
