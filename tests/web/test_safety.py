@@ -54,6 +54,12 @@ def test_with_auth_on_nothing_is_shown_or_served_without_the_key(browser, serve_
             api_get(serve_auth.base, path, headers={"Authorization": "Bearer nope"}).status_code
             == 401
         )
+    started = httpx.post(
+        f"{serve_auth.base}/api/runs",
+        json={"model": "quick", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert started.status_code == 401  # nor can a run be started
     assert api_get(serve_auth.base, f"/api/runs/{run_id}", headers=bearer).status_code == 200
 
     page = Page(browser.driver, serve_auth.base)
@@ -81,6 +87,12 @@ def test_other_origins_and_host_names_are_refused(serve):
     ):
         refused = httpx.get(runs, headers=headers, timeout=10)
         assert refused.status_code == 403 and refused.json()["error"]["code"], headers
+
+    form = httpx.post(
+        runs, content=b'{"model": "quick"}', headers={"Content-Type": "text/plain"}, timeout=10
+    )
+    assert form.status_code == 415  # a cross-site form cannot send JSON without a preflight
+    assert "access-control-allow-origin" not in {k.lower() for k in form.headers}
 
 
 def test_the_page_is_small_and_loads_nothing_from_other_hosts(page, serve):

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mixkit.errors import ConfigError, MixkitError
-from mixkit.moa import Answer, LayerFailed, MoA
+from mixkit.moa import Answer, EventHandler, LayerFailed, MoA
 from mixkit.serve.errors import APIError
 from mixkit.serve.mixtures import LogWriter
 from mixkit.serve.schemas import ChatCompletionRequest
@@ -53,7 +53,15 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
 class Run:
     """A started MoA run for one request; `run_id` is known before the first token."""
 
-    def __init__(self, moa: MoA, req: ChatCompletionRequest, writer: LogWriter):
+    def __init__(
+        self,
+        moa: MoA,
+        req: ChatCompletionRequest,
+        writer: LogWriter,
+        *,
+        on_event: EventHandler | None = None,  # the web app's live view (web/live.py)
+        conversation_id: str | None = None,
+    ):
         self.writer = writer
         self.model = req.model
         self.max_tokens = req.answer_max_tokens()
@@ -65,6 +73,8 @@ class Run:
                 run_id=self.run_id,
                 temperature=req.temperature,
                 top_p=req.top_p,
+                on_event=on_event,
+                conversation_id=conversation_id,
             )
         except ConfigError as e:  # the engine's own check of the conversation
             raise APIError(400, str(e), param="messages") from None

@@ -8,6 +8,7 @@ page is plain HTML/CSS/JS in `static/`, shipped as package data.
     GET  /api/runs?q=&mixture=&outcome=&before=&limit=   logged runs, newest first
     GET  /api/runs/{run_id}                 one run: its calls, gate and conversation
     GET  /api/runs/{run_id}/calls/{call_id} one call, with the prompt it was sent
+    POST /api/runs                          start a run; its events stream back as SSE (live.py)
 
 Every `/api` endpoint is same-origin only and needs the bearer key when auth is on (guard.py).
 """
@@ -24,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from mixkit.serve.errors import APIError
 from mixkit.serve.web import browse
 from mixkit.serve.web.guard import DATA_HEADERS, PAGE_HEADERS, authorized, same_origin
+from mixkit.serve.web.live import live_run
 
 STATIC = Path(str(resources.files("mixkit.serve.web") / "static"))
 
@@ -108,6 +110,7 @@ def api_router(app: FastAPI) -> APIRouter:
             {"call": call, "prompt": prompt, "prompt_rebuilt_with_config": cfg is not None}
         )
 
+    api.add_api_route("/runs", live_run, methods=["POST"])
     return api
 
 

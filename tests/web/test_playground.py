@@ -1,0 +1,93 @@
+"""The playground in Chromium: every agent's card streams live, then the answer; the conversation
+continues; Stop cancels the run on the server; markup from models stays text."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.serve.helpers import logged_run, wait_for
+from tests.web.conftest import IMG, SCRIPT
+
+
+def _run_id(page) -> str:
+    href = page.wait(lambda _: page.attrs("#live .run-head a", "href") or None)[0]
+    return href.rsplit("/", 1)[-1]
+
+
+def _card_texts(page, layer: int) -> list[str]:
+    selector = f'#live .card[data-layer="{layer}"] .body'
+    return page.js(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent)", selector
+    )
+
+
+def test_agents_stream_into_their_cards_then_the_answer_and_the_conversation_continues(
+    page, fake, serve, web_home, screenshot
+):
+    fake.reset()  # closes the gate: the aggregator stops after its first word
+    page.open("#/")
+    page.ask("gated", "Why is the sky blue?")
+    # Mid-run: both proposers have answered in their cards; the answer has its first word only.
+    page.wait(lambda _: page.attrs('#live .card[data-layer="1"]', "class") == ["card ok"] * 2)
+    page.wait(lambda _: page.text("#live .card.final .body").strip())
+    proposers = _card_texts(page, 1)
+    assert [len(t.split()) for t in proposers] == [8, 8]
+    assert len(page.text("#live .card.final .body").split()) == 1
+    assert page.text("#live .run-head .badge") == "running"
+    assert page.css("#stop")[0].is_displayed()
+    screenshot(page.driver, "playground")
+
+    fake.release()
+    page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
+    answer = page.text("#live .card.final .body")
+    assert len(answer.split()) == 8
+    assert page.text("#conversation .assistant") == answer
+    first_id = _run_id(page)
+    run, calls = logged_run(web_home, first_id)
+    assert run["answer"].strip() == answer.strip()
+    assert [c["response"].strip() for c in calls[:2]] == [t.strip() for t in proposers]
+
+    page.ask("gated", "And at sunset?")  # the gate stays open now
+    page.wait(lambda _: len(page.css("#conversation .turn")) == 2)
+    page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
+    second, _ = logged_run(web_home, _run_id(page))
+    assert second["conversation_id"] == first_id
+    turns = json.loads(second["messages_json"])
+    assert [m["role"] for m in turns] == ["user", "assistant", "user"]
+    assert turns[1]["content"].strip() == answer.strip()
+    assert turns[2]["content"] == "And at sunset?"
+
+
+def test_stop_cancels_the_run_and_frees_its_slot(page, fake, serve, web_home):
+    fake.reset()
+    page.open("#/")
+    page.ask("slow", "a question the slow agent never finishes")
+    page.wait(lambda _: _card_texts(page, 1)[0].count("slow") >= 2)  # streaming live
+    assert serve_health(serve)["running"] == 1
+    page.one("#stop").click()
+    page.wait(lambda _: page.text("#live .run-head .badge") == "stopped")
+    wait_for(lambda: serve_health(serve)["running"] == 0, what="the run's slot to be freed")
+    wait_for(lambda: fake.stats()["active"] == 0, what="the agents' calls to be closed")
+    assert fake.stats()["disconnected"] >= 1
+    run, calls = logged_run(web_home, _run_id(page))
+    assert run["outcome"] == "cancelled"
+    assert {c["agent"]: c["outcome"] for c in calls}["p1"] == "cancelled"
+    assert "stopped" in page.text("#conversation .turn:last-child .assistant")
+
+
+def test_markup_streamed_live_is_shown_as_text(page, fake, serve):
+    page.open("#/")
+    page.ask("html", "<b>hello</b> <img src=x onerror=alert(1)>")
+    page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
+    cards = _card_texts(page, 1)
+    assert SCRIPT in cards[0] and IMG in cards[1]
+    assert page.text("#live .card.final .body").startswith(f"<b>bold</b>{SCRIPT}")
+    assert page.text("#conversation .user") == "<b>hello</b> <img src=x onerror=alert(1)>"
+    assert not page.css("#view-play img, #view-play script, #view-play b")
+    assert page.js("return window.__pwned === undefined") is True
+
+
+def serve_health(serve) -> dict:
+    return httpx.get(f"{serve.base}/health", timeout=10).json()
