@@ -2,7 +2,7 @@
 
 Without Chromium these tests skip, naming the Debian packages to install; CI sets
 MIXKIT_REQUIRE_BROWSER=1 (in .ci/run), where a missing browser fails them instead.
-`pytest tests/web --screenshots docs/images` also saves the README's screenshots.
+The README's screenshots come from the same tooling: `python -m tests.web.screenshots`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,9 @@ import pytest
 
 from mixkit.testing import FakeBackend
 from tests.serve.helpers import ServerProcess, wait_for
-from tests.web.harness import Browser, missing_reason, write_mixtures
+from tests.web.harness import Browser, Page, missing_reason, write_mixtures
 
 KEY = "web-test-key-0123"
-
-
-def pytest_addoption(parser):
-    parser.addoption(
-        "--screenshots", default=None, metavar="DIR", help="save the web app's screenshots in DIR"
-    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -90,72 +84,6 @@ def browser():
 def page(browser, serve):
     """The browser on a fresh load of the app (`page.open('#/runs')`)."""
     return Page(browser.driver, serve.base)
-
-
-@pytest.fixture
-def screenshot(request):
-    """`screenshot(name)` saves DIR/name.png when pytest ran with --screenshots DIR."""
-    folder = request.config.getoption("--screenshots")
-
-    def save(driver, name: str) -> None:
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-            driver.save_screenshot(os.path.join(folder, f"{name}.png"))
-
-    return save
-
-
-class Page:
-    """Small helpers over the WebDriver for this app."""
-
-    def __init__(self, driver, base: str):
-        self.driver, self.base = driver, base
-
-    def open(self, fragment: str = "#/") -> None:
-        self.driver.get("about:blank")  # a real navigation, so the app starts afresh
-        self.driver.get(f"{self.base}/{fragment}")
-        self.wait(lambda d: d.execute_script("return document.readyState") == "complete")
-
-    def wait(self, predicate, timeout: float = 20.0):
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(predicate)
-
-    def css(self, selector: str):
-        from selenium.webdriver.common.by import By
-
-        return self.driver.find_elements(By.CSS_SELECTOR, selector)
-
-    def one(self, selector: str):
-        return self.wait(lambda _: (found := self.css(selector)) and found[0])
-
-    def text(self, selector: str) -> str:
-        """The element's visible text ("" when absent), read in one step (never stale)."""
-        return self.js(
-            "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector
-        )
-
-    def attrs(self, selector: str, name: str) -> list:
-        """One attribute of every match, read in one step (never stale)."""
-        return self.js(
-            "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute(arguments[1]))",
-            selector,
-            name,
-        )
-
-    def js(self, script: str, *args):
-        return self.driver.execute_script(script, *args)
-
-    def ask(self, mixture: str, prompt: str) -> None:
-        from selenium.webdriver.common.keys import Keys
-        from selenium.webdriver.support.ui import Select
-
-        select = self.one("#mixture")
-        self.wait(lambda _: mixture in [o.text for o in Select(select).options])
-        Select(select).select_by_value(mixture)
-        box = self.one("#prompt")
-        box.send_keys(prompt)
-        box.send_keys(Keys.ENTER)
 
 
 def api_get(base: str, path: str, **kwargs) -> httpx.Response:

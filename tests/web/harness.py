@@ -100,3 +100,56 @@ def write_mixtures(folder: Path, url: str, specs: dict[str, tuple]) -> list[Path
         path.write_text(mixture_toml(name, url, proposers, aggregator, **top))
         paths.append(path)
     return paths
+
+
+class Page:
+    """Small helpers over the WebDriver for this app."""
+
+    def __init__(self, driver, base: str):
+        self.driver, self.base = driver, base
+
+    def open(self, fragment: str = "#/") -> None:
+        self.driver.get("about:blank")  # a real navigation, so the app starts afresh
+        self.driver.get(f"{self.base}/{fragment}")
+        self.wait(lambda d: d.execute_script("return document.readyState") == "complete")
+
+    def wait(self, predicate, timeout: float = 20.0):
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(predicate)
+
+    def css(self, selector: str):
+        from selenium.webdriver.common.by import By
+
+        return self.driver.find_elements(By.CSS_SELECTOR, selector)
+
+    def one(self, selector: str):
+        return self.wait(lambda _: (found := self.css(selector)) and found[0])
+
+    def text(self, selector: str) -> str:
+        """The element's visible text ("" when absent), read in one step (never stale)."""
+        return self.js(
+            "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", selector
+        )
+
+    def attrs(self, selector: str, name: str) -> list:
+        """One attribute of every match, read in one step (never stale)."""
+        return self.js(
+            "return [...document.querySelectorAll(arguments[0])].map(e => e.getAttribute(arguments[1]))",
+            selector,
+            name,
+        )
+
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def ask(self, mixture: str, prompt: str) -> None:
+        from selenium.webdriver.common.keys import Keys
+        from selenium.webdriver.support.ui import Select
+
+        select = self.one("#mixture")
+        self.wait(lambda _: mixture in [o.text for o in Select(select).options])
+        Select(select).select_by_value(mixture)
+        box = self.one("#prompt")
+        box.send_keys(prompt)
+        box.send_keys(Keys.ENTER)

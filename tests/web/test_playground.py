@@ -24,7 +24,7 @@ def _card_texts(page, layer: int) -> list[str]:
 
 
 def test_agents_stream_into_their_cards_then_the_answer_and_the_conversation_continues(
-    page, fake, serve, web_home, screenshot
+    page, fake, serve, web_home
 ):
     fake.reset()  # closes the gate: the aggregator stops after its first word
     page.open("#/")
@@ -37,7 +37,6 @@ def test_agents_stream_into_their_cards_then_the_answer_and_the_conversation_con
     assert len(page.text("#live .card.final .body").split()) == 1
     assert page.text("#live .run-head .badge") == "running"
     assert page.css("#stop")[0].is_displayed()
-    screenshot(page.driver, "playground")
 
     fake.release()
     page.wait(lambda _: page.text("#live .run-head .badge") == "ok")

@@ -9,7 +9,7 @@ from tests.web.conftest import chat
 
 
 def test_a_past_run_opens_as_a_timeline_with_its_failure_deadline_and_critical_path(
-    page, serve, web_home, screenshot
+    page, serve, web_home
 ):
     question = f"timeline question {uuid.uuid4().hex[:8]}"
     response = chat(serve.base, "timeout", question)
@@ -33,7 +33,6 @@ def test_a_past_run_opens_as_a_timeline_with_its_failure_deadline_and_critical_p
     assert len(page.css(".bar.critical")) == 2  # one per layer (proposers, aggregator)
     assert page.css(".mark.deadline") and page.css(".mark.ttft")
     assert f"TTFT {run['ttft_s']:.2f} s" in page.text(".mark.ttft")
-    screenshot(page.driver, "timeline")
 
     ok_row = next(r for r in rows if "p1" in r.text)
     ok_row.click()

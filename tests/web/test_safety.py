@@ -8,7 +8,8 @@ import uuid
 import httpx
 
 from tests.serve.helpers import logged_run
-from tests.web.conftest import IMG, KEY, SCRIPT, Page, api_get, chat
+from tests.web.conftest import IMG, KEY, SCRIPT, api_get, chat
+from tests.web.harness import Page
 
 
 def _pwned(page) -> object:

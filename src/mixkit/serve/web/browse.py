@@ -78,16 +78,17 @@ def logged_mixtures(db: sqlite3.Connection) -> list[str]:
     return [r[0] for r in db.execute("SELECT DISTINCT preset FROM runs ORDER BY preset")]
 
 
-def _gate(run: dict) -> dict | None:
-    """The gate's decision (runs.gate_json, from the gated-MoA migration), when there is one."""
-    raw = run.pop("gate_json", None)
+def _json_column(run: dict, column: str) -> dict | None:
+    """A JSON object column added by a later migration (`gate_json`, `early_exit_json` from the
+    gated MoA), parsed; None when absent, NULL or not an object."""
+    raw = run.pop(column, None)
     if not raw:
         return None
     try:
-        gate = json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError:
         return None
-    return gate if isinstance(gate, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
@@ -97,7 +98,7 @@ def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
         return None
     run = dict(row)
     run["messages"] = json.loads(run.pop("messages_json"))
-    gate = _gate(run)
+    gate, early_exit = _json_column(run, "gate_json"), _json_column(run, "early_exit_json")
     rows = db.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY layer, id", (run_id,))
     calls = [dict(c) for c in rows]
     turns = db.execute(
@@ -109,6 +110,7 @@ def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
         "run": run,
         "calls": calls,
         "gate": gate,
+        "early_exit": early_exit,
         "conversation": [dict(t) for t in turns],
     }
 

@@ -74,7 +74,7 @@ async function send() {
   const model = $("mixture").value;
   const messages = [...state.history, { role: "user", content: text }];
   $("prompt").value = "";
-  const turn = el("div.turn", {}, el("div.user", {}, text), el("div.assistant.pending", {}, "…"));
+  const turn = el("div.turn", {}, el("div.user", {}, text), el("div.assistant.pending", {}, "answering (the agents are below)…"));
   $("conversation").append(turn);
   const run = newRunView(text, model, turn);
   state.run = run;
@@ -268,8 +268,13 @@ function finish(run, outcome, error) {
     run.stats.append(" · ", el("a", { href: `#/runs/${encodeURIComponent(run.runId)}` }, "timeline"));
   }
   for (const c of run.cards.values()) {
-    if (c.status.textContent === "running" || c.status.textContent === "waiting") {
-      if (outcome !== "ok") setStatus(c, "cancelled");
+    const status = c.status.textContent;
+    if (outcome !== "ok" && (status === "running" || status === "waiting")) setStatus(c, "cancelled");
+    else if (status === "waiting") {
+      // A gated run may answer without this call (one agent alone, a vote, an early exit).
+      c.status.textContent = "not run";
+      c.status.className = "badge cancelled";
+      if (c.node.classList.contains("final")) c.foot.textContent = "answered without an aggregator call";
     }
   }
   $("prompt").focus();

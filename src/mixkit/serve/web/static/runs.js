@@ -74,7 +74,7 @@ export async function showRun(runId, callId) {
   if (callId) showCall(runId, Number(callId));
 }
 
-function runHead({ run, calls, conversation }) {
+function runHead({ run, calls, conversation, gate, early_exit: early }) {
   const tokensIn = calls.reduce((n, c) => n + (c.prompt_tokens || 0), 0);
   const tokensOut = calls.reduce((n, c) => n + (c.completion_tokens || 0), 0);
   const link = `${location.origin}${location.pathname}#/runs/${encodeURIComponent(run.id)}`;
@@ -90,9 +90,13 @@ function runHead({ run, calls, conversation }) {
       el("a.small.permalink", { href: link }, "permalink")),
     el("div.q", {}, run.question),
     run.error ? el("div.error", {}, run.error) : null,
+    gate ? el("div.small", {}, `gate (${gate.strategy}): chose ${(gate.chosen || []).join(", ")}`
+      + ((gate.skipped || []).length ? `, skipped ${gate.skipped.join(", ")}` : "")) : null,
+    early ? el("div.small", {}, `early exit after layer ${early.layer}: ${early.answers} answers agreed`) : null,
     el("div.muted.small", {},
       `wall ${fmt.s(run.wall_s)} s · TTFT ${fmt.s(run.ttft_s)} s · critical path ${fmt.s(run.critical_path_s)} s`
-      + ` · ${tokensIn} tokens in / ${tokensOut} out · ${calls.length} calls`),
+      + ` · ${tokensIn} tokens in / ${tokensOut} out · ${calls.length} calls`
+      + (run.cost_usd ? ` · $${Number(run.cost_usd).toFixed(4)}` : "")),
     turns);
 }
 
@@ -223,12 +227,12 @@ async function showCall(runId, callId) {
     ["prompt tokens", c.prompt_tokens ?? "–"], ["completion tokens", c.completion_tokens ?? "–"],
     ["attempts", c.attempts],
   ];
-  box.replaceChildren(
+  box.replaceChildren(el("div", {},
     el("h3", {}, c.agent),
     el("dl.facts", {}, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
     c.error ? el("p.error", {}, c.error) : null,
     el("h4", {}, "prompt", body.prompt_rebuilt_with_config ? "" : " (rebuilt without the mixture's config)"),
     ...body.prompt.map((m) => el("div.msg", {}, el("div.role", {}, m.role), el("pre", {}, m.content))),
     el("h4", {}, "answer"),
-    el("pre.answer-text", {}, c.response || "(nothing)"));
+    el("pre.answer-text", {}, c.response || "(nothing)")));
 }

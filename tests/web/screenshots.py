@@ -1,0 +1,51 @@
+"""The README's screenshots of the web app, taken with the browser-test tooling on real models.
+
+    .venv/bin/python -m tests.web.screenshots docs/images
+
+Starts `mixkit serve` (its own MIXKIT_HOME in a temporary folder), asks the `moa-tiny` preset
+(SmolLM2-135M sampled 3 times, then a SmolLM2 aggregator, all run in-process by llama.cpp) a
+question in the playground, saves `playground.png` while the answer streams, then opens the
+run's timeline with its slowest proposer selected and saves `timeline.png`. A minute or two on
+2 cores; needs the same Chromium as the tests.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.serve.helpers import ServerProcess
+from tests.web.harness import Browser, Page, missing_reason
+
+QUESTION = "Why is the sea salty? Answer in three sentences."
+
+
+def main(out: Path) -> None:
+    if reason := missing_reason():
+        sys.exit(f"cannot take screenshots: {reason}")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as home, ServerProcess(Path(home), []) as serve:
+        browser = Browser(width=1360, height=1000)
+        try:
+            page = Page(browser.driver, serve.base)
+            page.open("#/")
+            page.ask("moa-tiny", QUESTION)
+            # mid-run: every proposer has answered, the aggregator is part-way through
+            page.wait(lambda _: len(page.text("#live .card.final .body").split()) >= 12, 600)
+            browser.driver.save_screenshot(str(out / "playground.png"))
+            page.wait(lambda _: page.text("#live .run-head .badge") in ("ok", "error"), 600)
+            page.one("#live .run-head a").click()
+            rows = page.wait(lambda _: page.css(".g-row.call"))
+            critical = [r for r in rows if r.get_attribute("data-critical") == "1"]
+            critical[0].click()
+            page.wait(lambda _: "completion tokens" in page.text("#call-detail"))
+            browser.driver.set_window_size(1360, 1300)
+            browser.driver.save_screenshot(str(out / "timeline.png"))
+        finally:
+            browser.close()
+    print(f"wrote {out / 'playground.png'} and {out / 'timeline.png'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/images"))
