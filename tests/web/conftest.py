@@ -1,6 +1,6 @@
 """Fixtures for the browser tests: a fake backend, a real `mixkit serve`, one headless Chromium.
 
-Without Chromium these tests skip, naming the Debian packages to install; CI sets
+Without Chromium the tests that use a browser skip, naming the Debian packages to install; CI sets
 MIXKIT_REQUIRE_BROWSER=1 (in .ci/run), where a missing browser fails them instead.
 The README's screenshots come from the same tooling: `python -m tests.web.screenshots`.
 """
@@ -19,8 +19,8 @@ from tests.web.harness import Browser, Page, missing_reason, write_mixtures
 KEY = "web-test-key-0123"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _browser_available():
+@pytest.fixture(scope="session")
+def browser_available():
     reason = missing_reason()
     if reason and os.environ.get("MIXKIT_REQUIRE_BROWSER"):
         pytest.fail(f"browser tests required (MIXKIT_REQUIRE_BROWSER) but {reason}")
@@ -52,6 +52,7 @@ def mixtures(url: str) -> dict[str, tuple]:
         "html": ([f"ok:{SCRIPT}tail", f"ok:{IMG}"], f"ok:<b>bold</b>{SCRIPT}", {}),
         "timeout": (["ok", "hang"], "ok", {"deadline_s": 1.5, "retries": 0}),
         "broken": (["fail", "fail"], "ok", {"retries": 0}),
+        "flaky": (["cut", "ok"], "ok", {"retries": 1}),
     }
 
 
@@ -74,7 +75,7 @@ def serve_auth(tmp_path_factory, fake):
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(browser_available):
     b = Browser()
     yield b
     b.close()

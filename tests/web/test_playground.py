@@ -76,6 +76,17 @@ def test_stop_cancels_the_run_and_frees_its_slot(page, fake, serve, web_home):
     assert "stopped" in page.text("#conversation .turn:last-child .assistant")
 
 
+def test_a_retried_call_starts_its_card_afresh_and_a_failed_one_shows_why(page, serve):
+    page.open("#/")
+    page.ask("flaky", "cut me off")
+    page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
+    cut, ok = page.attrs('#live .card[data-layer="1"]', "class")
+    assert (cut, ok) == ("card error", "card ok")
+    # two attempts each sent "partial answer" before the cut: the card shows the last one only
+    assert _card_texts(page, 1)[0] == "partial answer"
+    assert "peer closed connection" in page.text('#live .card[data-agent="p1"] .foot .error')
+
+
 def test_markup_streamed_live_is_shown_as_text(page, fake, serve):
     page.open("#/")
     page.ask("html", "<b>hello</b> <img src=x onerror=alert(1)>")

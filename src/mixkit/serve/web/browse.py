@@ -49,7 +49,8 @@ def list_runs(
     where, args = [], {}
     if q:
         where.append(
-            "(r.messages_json LIKE :q ESCAPE '\\' OR r.answer LIKE :q ESCAPE '\\' OR r.id LIKE :id)"
+            "(r.question LIKE :q ESCAPE '\\' OR r.messages_json LIKE :q ESCAPE '\\'"
+            " OR r.answer LIKE :q ESCAPE '\\' OR r.id LIKE :id)"
         )
         args.update(q=_like(q), id=q.replace("%", "").replace("_", "") + "%")
     if mixture:
@@ -61,16 +62,20 @@ def list_runs(
     if before is not None:
         where.append("r.started_at < :before")
         args["before"] = before
+    # The page of runs first (runs_started orders it), then only its calls are summed.
     sql = f"""
+        WITH page AS (
+            SELECT * FROM runs r {"WHERE " + " AND ".join(where) if where else ""}
+            ORDER BY r.started_at DESC LIMIT :limit
+        )
         SELECT r.id, r.conversation_id, r.started_at, r.preset, r.outcome, r.error,
                r.wall_s, r.critical_path_s, r.ttft_s,
                substr(r.question, 1, {CLIP}) AS question, substr(r.answer, 1, {CLIP}) AS answer,
                count(c.id) AS calls, coalesce(sum(c.outcome = 'ok'), 0) AS calls_ok,
                coalesce(sum(c.prompt_tokens), 0) AS prompt_tokens,
                coalesce(sum(c.completion_tokens), 0) AS completion_tokens
-        FROM runs r LEFT JOIN calls c ON c.run_id = r.id
-        {"WHERE " + " AND ".join(where) if where else ""}
-        GROUP BY r.id ORDER BY r.started_at DESC LIMIT :limit"""
+        FROM page r LEFT JOIN calls c ON c.run_id = r.id
+        GROUP BY r.id ORDER BY r.started_at DESC"""
     return [dict(r) for r in db.execute(sql, {**args, "limit": limit})]
 
 
