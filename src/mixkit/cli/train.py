@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mixkit.cli.app import app
@@ -22,14 +24,6 @@ class _RichProgress:
         self.progress = None
 
     def on_start(self, info):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
         macs = info["active_macs_per_token"]
         console.print(
             f"[bold]{info['name']}[/]: {info['params']:,} params, {macs:,} active multiply-adds/token, "
@@ -125,7 +119,8 @@ def train(
 
     Multi-process: torchrun --nproc_per_node N -m mixkit train ... [--expert-parallel N]
     """
-    from mixkit.train import load_config, preset_names
+    # lazy: mixkit.train needs torch, which `mixkit ask/serve` never load (and it takes seconds)
+    from mixkit.train import load_config, plan_run, preset_names
     from mixkit.train import train as run_training
 
     if list_presets:
@@ -133,38 +128,24 @@ def train(
             desc = load_config(name).description
             console.print(f"[bold]{name}[/]  {desc}")
         return
-    overrides = list(set_ or [])
-    if data is not None:
-        overrides.append(f"data.path={str(data.expanduser().resolve())!r}")
-    # `--resume --steps N` alone extends the stored run; anything else is a config to compare
-    extend = steps if (resume and preset is None and config is None and not overrides) else None
-    if steps is not None and extend is None:
-        overrides.append(f"train.steps={steps}")
-    given = preset is not None or config is not None or bool(overrides)
-    cfg = load_config(preset, config, overrides) if (given or not resume) else None
-    if out is None:
-        if cfg is None:
-            raise typer.BadParameter("--resume needs --out DIR (the run to continue)")
-        out = Path("runs") / (preset or (config.stem if config else cfg.name))
-    import os
-
+    plan = plan_run(preset, config, set_ or [], data=data, steps=steps, resume=resume, out=out)
     main_rank = os.environ.get("RANK", "0") == "0"
     progress = _RichProgress(quiet or not main_rank)
     try:
         result = run_training(
-            cfg,
-            out,
-            resume=resume,
+            plan.cfg,
+            plan.out_dir,
+            resume=plan.resume,
             callbacks=[progress],
             expert_parallel=expert_parallel,
-            steps=extend,
+            steps=plan.extend_to,
         )
     finally:
         progress.close()
     if not main_rank:
         return
 
-    table = Table(title=f"run {out}", show_header=False)
+    table = Table(title=f"run {plan.out_dir}", show_header=False)
     table.add_row("steps", str(result.steps))
     table.add_row("train loss", f"{result.train_loss:.4f}")
     table.add_row("val loss / perplexity", f"{result.val_loss:.4f} / {result.val_ppl:.2f}")
@@ -173,7 +154,7 @@ def train(
     table.add_row("parameters", f"{result.params:,}")
     table.add_row("active multiply-adds / token", f"{result.active_macs_per_token:,}")
     table.add_row("tokens/s (last window)", f"{result.tokens_per_s:,.0f}")
-    if result.expect_met is not None and not overrides and config is None:
+    if result.expect_met is not None and plan.as_shipped:
         # the preset's golden promise holds for the preset as shipped, not for modified runs
         verdict = "met" if result.expect_met else "[red]NOT met[/]"
         table.add_row("preset's expected val loss", verdict)
@@ -195,7 +176,7 @@ def generate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Sample text from a trained checkpoint."""
-    from mixkit.train import generate_text
+    from mixkit.train import generate_text  # lazy: torch (see `train` above)
 
     text = generate_text(checkpoint, prompt, max_new_tokens, temperature, top_k, seed)
     typer.echo(text)

@@ -11,7 +11,8 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 
 from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
@@ -60,6 +61,28 @@ def make_provider(name: str, cfg: AgentConfig) -> Provider:
     return OpenAICompatProvider(
         cfg.base_url, cfg.model, api_key_env=cfg.api_key_env, stream_usage=cfg.stream_usage
     )
+
+
+async def _within(
+    pieces: AsyncIterator[str], deadline: float, start: float
+) -> AsyncGenerator[str, None]:
+    """A provider's pieces until `deadline` (a monotonic time), then Timeout; closes `pieces`."""
+    it = pieces.__aiter__()
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                piece = await asyncio.wait_for(it.__anext__(), remaining)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                took = time.monotonic() - start
+                raise Timeout(f"no answer within the deadline ({took:.1f}s)") from None
+            yield piece
+    finally:
+        await it.aclose()  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -143,24 +166,9 @@ class Agent:
                 usage = Usage()
                 pieces.clear()
                 try:
-                    it = self.provider.stream(
-                        messages, sampling, usage, threads=threads
-                    ).__aiter__()
-                    try:
-                        while True:
-                            remaining = deadline - time.monotonic()
-                            if remaining <= 0:
-                                raise Timeout(
-                                    f"no answer within the deadline ({time.monotonic() - start:.1f}s)"
-                                )
-                            try:
-                                piece = await asyncio.wait_for(it.__anext__(), remaining)
-                            except StopAsyncIteration:
-                                break
-                            except asyncio.TimeoutError:
-                                raise Timeout(
-                                    f"no answer within the deadline ({time.monotonic() - start:.1f}s)"
-                                ) from None
+                    arriving = self.provider.stream(messages, sampling, usage, threads=threads)
+                    async with aclosing(_within(arriving, deadline, start)) as within:
+                        async for piece in within:
                             if record.ttft_s is None:
                                 record.ttft_s = time.monotonic() - start
                             pieces.append(piece)
@@ -169,8 +177,6 @@ class Agent:
                             if not buffered:
                                 emitted = True
                                 yield piece
-                    finally:
-                        await it.aclose()  # type: ignore[attr-defined]
                     if not "".join(pieces).strip():
                         raise ProviderError("empty completion")
                     if buffered:

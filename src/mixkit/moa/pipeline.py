@@ -5,10 +5,9 @@
                  ...
                  ──> aggregator sees conversation + answers_L ──> streamed answer
 
-A layer proceeds as soon as `quorum` agents have answered (the rest are cancelled), or at the
-deadline with whatever answered. With fewer than `min_answers` it fails with LayerFailed, naming
-each agent that failed and why. Every call is a CallRecord; the finished run goes to a LogSink
-(by default the SQLite log, see logs.py), and `on_event` sees it happen (events.py).
+A layer proceeds at quorum or at the deadline, and fails with LayerFailed on too few answers
+(layers.py). Every call is a CallRecord; the finished run goes to a LogSink (by default the SQLite
+log, see logs.py), and `on_event` sees it happen (events.py).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -26,14 +24,13 @@ from typing_extensions import TypedDict, Unpack
 from mixkit.errors import LayerFailed, MixkitError, ProviderError, Timeout
 from mixkit.moa.agents import Agent, CallRecord
 from mixkit.moa.answer import Answer, AnswerStream, critical_path
-from mixkit.moa.config import LayerConfig, MoAConfig, resolve
+from mixkit.moa.config import MoAConfig, resolve
 from mixkit.moa.events import Emitter, EventHandler
+from mixkit.moa.layers import LayerRun, labels, run_layer
 from mixkit.moa.logs import LogSink, SQLiteLog
 from mixkit.moa.prompts import as_conversation, synthesis_messages
-from mixkit.moa.providers.base import Message, Sampling
+from mixkit.moa.providers.base import Message
 from mixkit.moa.providers.local import CORES
-
-GRACE_S = 2.0  # agents enforce the deadline themselves; this only guards against a stuck task
 
 LayerCallback = Callable[[int, list[CallRecord]], None]
 
@@ -59,20 +56,6 @@ class _AnswerSampling(NamedTuple):
     top_p: float | None
 
 
-def _labels(names: list[str]) -> list[str]:
-    """Agent names, with '#1', '#2' ... where a layer repeats an agent (Self-MoA)."""
-    totals, seen = Counter(names), Counter[str]()
-    out = []
-    for name in names:
-        seen[name] += 1
-        out.append(f"{name}#{seen[name]}" if totals[name] > 1 else name)
-    return out
-
-
-def _failed(records: list[CallRecord]) -> str:
-    return "; ".join(f"{r.agent}: {r.error or r.outcome}" for r in records)
-
-
 class MoA:
     """A configured Mixture-of-Agents. Creating one touches no network and loads no model.
 
@@ -96,97 +79,6 @@ class MoA:
         """Local agents of a layer split the core budget evenly (see providers/local.py)."""
         local = sum(self.agents[n].provider.kind == "local" for n in names)
         return max(1, CORES.total // local) if local else None
-
-    async def _call(
-        self,
-        agent: Agent,
-        messages: list[Message],
-        record: CallRecord,
-        emit: Emitter,
-        *,
-        deadline: float,
-        sampling: Sampling,
-        threads: int | None,
-    ) -> str:
-        """One proposer call, framed by its call_start / call_end events."""
-        emit.call_start(record)
-        on_piece, on_retry = emit.call_hooks(record)
-        try:
-            return await agent.complete(
-                messages,
-                record,
-                deadline=deadline,
-                sampling=sampling,
-                retries=self.config.retries,
-                threads=threads,
-                on_piece=on_piece,
-                on_retry=on_retry,
-            )
-        finally:
-            emit.call_end(record)
-
-    async def _run_layer(
-        self,
-        layer_no: int,
-        layer: LayerConfig,
-        messages: list[Message],
-        calls: list[CallRecord],
-        max_tokens: int | None,
-        deadline_s: float,
-        emit: Emitter,
-    ) -> list[str]:
-        """Run one proposer layer; return the answers in slot order."""
-        n, quorum = len(layer.agents), layer.quorum or len(layer.agents)
-        deadline = time.monotonic() + deadline_s
-        threads = self._threads_per_call(layer.agents)
-        tasks: dict[asyncio.Task[str], tuple[int, CallRecord]] = {}
-        for slot, (name, label) in enumerate(zip(layer.agents, _labels(layer.agents), strict=True)):
-            agent = self.agents[name]
-            record = agent.new_record(layer_no, label)
-            calls.append(record)
-            sampling = agent.sampling(slot, max_tokens)
-            coro = self._call(
-                agent, messages, record, emit, deadline=deadline, sampling=sampling, threads=threads
-            )
-            tasks[asyncio.create_task(coro)] = (slot, record)
-        answers: dict[int, str] = {}
-        timed_out: set[int] = set()  # slots that ran out of time
-        pending = set(tasks)
-        try:
-            while pending and len(answers) < quorum:
-                timeout = max(0.0, deadline - time.monotonic()) + GRACE_S
-                done, pending = await asyncio.wait(
-                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    timed_out |= {tasks[t][0] for t in pending}
-                    break
-                for task in done:
-                    error = task.exception()
-                    if error is None:
-                        answers[tasks[task][0]] = task.result()
-                    elif not isinstance(error, ProviderError):
-                        raise error  # a config mistake or a bug, not a failed agent: never swallow it
-                    elif isinstance(error, Timeout):
-                        timed_out.add(tasks[task][0])
-        finally:
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        records = [r for _, r in tasks.values()]
-        emit.layer_end(layer_no, len(answers), n)
-        if len(answers) < layer.min_answers:
-            failed = [r for slot, r in tasks.values() if slot not in answers]
-            raise LayerFailed(
-                f"layer {layer_no}: {len(answers)} of {n} agents answered, "
-                f"{layer.min_answers} needed ({_failed(failed)})",
-                layer=layer_no,
-                calls=[r for r in records if r.outcome != "ok"],
-                deadline_expired=all(
-                    slot in timed_out for slot, _ in tasks.values() if slot not in answers
-                ),
-            )
-        return [answers[slot] for slot in sorted(answers)]
 
     def stream(
         self,
@@ -245,7 +137,7 @@ class MoA:
         """The run: proposer layers, then the aggregator's pieces; fills in `answer` as it goes."""
         cfg, calls = self.config, answer.calls
         answer.started_at, emit.start = time.time(), time.monotonic()
-        layers = [_labels(layer.agents) for layer in cfg.layers]
+        layers = [labels(layer.agents) for layer in cfg.layers]
         emit(
             "run_start",
             data={
@@ -260,9 +152,15 @@ class MoA:
         try:
             prompt = list(answer.messages)
             for i, layer in enumerate(cfg.layers, 1):
-                answers = await self._run_layer(
-                    i, layer, prompt, calls, max_tokens, deadline_s, emit
+                run = LayerRun(
+                    prompt,
+                    max_tokens,
+                    deadline_s,
+                    cfg.retries,
+                    self._threads_per_call(layer.agents),
+                    emit,
                 )
+                answers = await run_layer(self.agents, i, layer, calls, run)
                 if on_layer:
                     on_layer(i, [c for c in calls if c.layer == i])
                 prompt = synthesis_messages(answer.messages, answers, cfg.reference_chars)

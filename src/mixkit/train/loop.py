@@ -13,12 +13,12 @@ Legend: B batch, T time, V vocabulary.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,20 @@ import torch
 import torch.nn.functional as F
 
 from mixkit import distributed as mdist
-from mixkit.errors import ConfigError, DataError
+from mixkit.errors import DataError
 from mixkit.models import LanguageModel, build_model
+from mixkit.moe import update_router_biases
+from mixkit.moe.parallel import full_optimizer_state, gathered_experts, shard_optimizer_state
 from mixkit.train import distributed as tdist
-from mixkit.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from mixkit.train.config import OptimConfig, RunConfig, config_from_dict
-from mixkit.train.data import Corpus, TrainBatches, eval_batches, prepare_corpus
+from mixkit.train.checkpoint import Checkpoint, save_checkpoint
+from mixkit.train.config import RunConfig
+from mixkit.train.data import TrainBatches, eval_batches
+from mixkit.train.optim import lr_at, make_optimizer
+from mixkit.train.plots import plot_run
+from mixkit.train.runlog import JsonlLog, NoLog, TrainResult
+from mixkit.train.setup import resolve_run
+
+__all__ = ["Callback", "TrainResult", "Trainer", "evaluate", "lr_at", "train"]
 
 
 class Callback:
@@ -44,55 +52,14 @@ class Callback:
     def on_end(self, result: TrainResult) -> None: ...
 
 
-@dataclass
-class TrainResult:
-    out_dir: Path
-    steps: int
-    train_loss: float
-    val_loss: float
-    test_loss: float | None
-    params: int
-    active_macs_per_token: int
-    tokens_per_s: float
-    expect_met: bool | None  # None: the config states no expectation
-    plots: list[Path] = field(default_factory=list)
-
-    @property
-    def val_ppl(self) -> float:
-        return math.exp(min(self.val_loss, 50.0))
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-        d["plots"] = [str(p) for p in self.plots]
-        d["val_ppl"] = self.val_ppl
-        return d
-
-
-# --- pure pieces -----------------------------------------------------------------------------
-def lr_at(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at total_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, total_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    # nanoGPT's rule: decay matrices (incl. stacked expert weights), not biases or norm gains.
-    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
-
-
 @torch.no_grad()
 def evaluate(
-    model: LanguageModel, tokens, batch_size: int, seq_len: int, max_batches: int, device=None
+    model: LanguageModel,
+    tokens: torch.Tensor,
+    batch_size: int,
+    seq_len: int,
+    max_batches: int,
+    device: torch.device | None = None,
 ) -> float:
     """Mean next-token cross-entropy (nats) over the first windows of a split."""
     was_training = model.training
@@ -108,47 +75,10 @@ def evaluate(
     return total / count
 
 
-def resolve(cfg: RunConfig, corpus: Corpus) -> RunConfig:
-    """Fill what the data decides: vocab_size (and a transformer's block_size)."""
-    update: dict[str, Any] = {"vocab_size": corpus.tokenizer.vocab_size}
-    if cfg.model.arch == "transformer" and cfg.model.block_size == 0:
-        update["block_size"] = cfg.train.seq_len
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update=update)})
-
-
 def _balance(load_by_layer: dict[str, torch.Tensor]) -> float | None:
     """Worst layer's max/mean expert load (1.0 = perfectly even)."""
     ratios = [float(v.max() / v.mean()) for v in load_by_layer.values() if v.sum() > 0]
     return max(ratios) if ratios else None
-
-
-class _NoLog:
-    """What ranks other than 0 log: nothing."""
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-
-class _JsonlLog:
-    def __init__(self, path: Path, keep_until_step: int | None):
-        self.path = path
-        if keep_until_step is not None and path.exists():
-            # Drop what a killed run logged after its last checkpoint: those steps are redone.
-            kept = []
-            for line in path.read_text("utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a half-written last line
-                if rec.get("step", 0) <= keep_until_step:
-                    kept.append(line)
-            path.write_text("".join(k + "\n" for k in kept), "utf-8")
-        elif keep_until_step is None:
-            path.write_text("", "utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -173,122 +103,84 @@ class Trainer:
         expert_parallel: int = 1,
         steps: int | None = None,
     ):
-        out_dir = self.out_dir = Path(out_dir)
-        par = self.par = tdist.setup(expert_parallel)
-        self.callbacks = list(callbacks) if par.is_main else []
-        ckpt = None
-        if resume and find_checkpoint(out_dir) is not None:
-            ckpt = load_checkpoint(out_dir)
-            stored = config_from_dict(ckpt.config, f"stored in {out_dir}/checkpoint")
-        elif not resume and find_checkpoint(out_dir) is not None:
-            raise ConfigError(
-                f"{str(out_dir)!r} already holds a run; pass --resume to continue it or choose "
-                "another --out"
-            )
-        if cfg is None and ckpt is None:
-            raise ConfigError(f"nothing to resume in {str(out_dir)!r}; pass --preset or --config")
-
-        run_cfg = cfg if cfg is not None else stored
-        default_threads = (
-            tdist.default_threads(par) if par.distributed else min(4, os.cpu_count() or 1)
+        self.out_dir = Path(out_dir)
+        self.par = tdist.setup(expert_parallel)
+        self.callbacks = list(callbacks) if self.par.is_main else []
+        threads = (
+            tdist.default_threads(self.par) if self.par.distributed else min(4, os.cpu_count() or 1)
         )
-        torch.set_num_threads(run_cfg.train.threads or default_threads)
-        corpus = self.corpus = prepare_corpus(run_cfg.data)
-        run_cfg = resolve(run_cfg, corpus)
-        if ckpt is not None:
-            if cfg is not None and resolve(cfg, corpus) != stored:
-                raise ConfigError(
-                    f"--resume continues the run in {str(out_dir)!r} with its stored config, which "
-                    "differs from the one given; drop --preset/--config/--set or use another --out"
-                )
-            run_cfg = stored
-            if steps is not None and steps != stored.train.steps:
-                if steps < ckpt.step:
-                    raise ConfigError(
-                        f"--steps {steps} is before the checkpoint in {str(out_dir)!r} (step "
-                        f"{ckpt.step}); give a larger number to extend the run"
-                    )
-                # extending a run: the cosine schedule stretches to the new end
-                run_cfg = stored.model_copy(
-                    update={"train": stored.train.model_copy(update={"steps": steps})}
-                )
-            if ckpt.train_state.get("data_fingerprint") != corpus.fingerprint:
-                raise DataError(
-                    f"the data changed since the checkpoint in {str(out_dir)!r} was written "
-                    "(different text, tokenizer or split); resume needs the same --data"
-                )
-        tdist.check_same_config({**run_cfg.to_dict(), "expert_parallel": par.ep_size}, par)
-        if par.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg, self.loop = run_cfg, run_cfg.train
+        # resolve: the config, the data, the checkpoint to continue (train/setup.py)
+        resolved = resolve_run(cfg, self.out_dir, resume, steps, threads)
+        self.cfg, self.loop, self.corpus = resolved.cfg, resolved.cfg.train, resolved.corpus
+        self.config_dict = self.cfg.to_dict()
+        tdist.check_same_config({**self.config_dict, "expert_parallel": self.par.ep_size}, self.par)
+        self._build(resolved.ckpt)
+        if resolved.ckpt is not None:
+            self._restore(resolved.ckpt)
+        if self.par.distributed:  # independent noise and dropout per rank, reproducible per step
+            torch.manual_seed(self.loop.seed * 1_000_003 + 7919 * self.par.rank + self.start)
+        self._announce(resumed=resolved.ckpt is not None)
 
-        torch.manual_seed(self.loop.seed)  # the same initial weights on every rank
-        self.model = build_model(run_cfg.model)
+    def _build(self, ckpt: Checkpoint | None) -> None:
+        """The model (its weights from `ckpt` when resuming), sharded, on its device, and its
+        optimizer, batches and log."""
+        par, loop = self.par, self.loop
+        if par.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(loop.seed)  # the same initial weights on every rank
+        self.model = build_model(self.cfg.model)
         self.params = self.model.num_parameters()  # all experts, before any sharding
         self.params_excluding_embeddings = self.model.num_parameters(exclude_embeddings=True)
-        self.start = 0
+        self.macs = self.model.active_macs_per_token()
+        self.start = ckpt.step if ckpt is not None else 0
         if ckpt is not None:
             ckpt.load_weights(self.model)  # a full checkpoint, whatever world size wrote it
-            self.start = ckpt.step
         tdist.parallelize(self.model, par)
         self.device = mdist.device()
         self.model.to(self.device)
-        self.optimizer = make_optimizer(self.model, run_cfg.optim)
-        if ckpt is not None:
-            opt_state = ckpt.train_state["optimizer"]
-            if par.ep_size > 1:
-                from mixkit.moe.parallel import shard_optimizer_state
-
-                opt_state = shard_optimizer_state(self.model, self.optimizer, opt_state)
-            self.optimizer.load_state_dict(opt_state)
-            torch.set_rng_state(ckpt.train_state["torch_rng"])
-        if par.distributed:  # independent noise and dropout per rank, reproducible per step
-            torch.manual_seed(self.loop.seed * 1_000_003 + 7919 * par.rank + self.start)
+        self.optimizer = make_optimizer(self.model, self.cfg.optim)
         self.done = self.start  # optimizer steps completed
         # every rank reads its slice of a global batch of world x batch_size sequences
         self.batches = TrainBatches(
-            corpus.splits["train"],
-            self.loop.batch_size * par.world,
-            self.loop.seq_len,
-            self.loop.seed,
+            self.corpus.splits["train"], loop.batch_size * par.world, loop.seq_len, loop.seed
         )
-        self.log = (
-            _JsonlLog(out_dir / "log.jsonl", keep_until_step=self.start if ckpt else None)
-            if par.is_main
-            else _NoLog()
-        )
-        self.config_dict = run_cfg.to_dict()
-        try:
-            from mixkit.moe import update_router_biases
-        except ImportError:  # pragma: no cover
-            update_router_biases = None
-        self._update_router_biases = update_router_biases
+        keep = self.start if ckpt is not None else None
+        self.log = JsonlLog(self.out_dir / "log.jsonl", keep) if par.is_main else NoLog()
+        self._reset_window()
+        self.train_loss, self.val_loss, self.tokens_per_s = float("nan"), float("nan"), 0.0
+        self.train_time = 0.0  # seconds spent in training steps (not eval or checkpoints)
 
-        self.macs = self.model.active_macs_per_token()
+    def _restore(self, ckpt: Checkpoint) -> None:
+        """Optimizer and RNG state from the checkpoint: the run continues with the same bits."""
+        opt_state = ckpt.train_state["optimizer"]
+        if self.par.ep_size > 1:
+            opt_state = shard_optimizer_state(self.model, self.optimizer, opt_state)
+        self.optimizer.load_state_dict(opt_state)
+        torch.set_rng_state(ckpt.train_state["torch_rng"])
+
+    def _announce(self, resumed: bool) -> None:
+        """Log the start record and tell the callbacks."""
         info = {
             "event": "start",
             "step": self.start,
-            "name": run_cfg.name,
+            "name": self.cfg.name,
             "params": self.params,
             "params_excluding_embeddings": self.params_excluding_embeddings,
             "active_macs_per_token": self.macs,
             "macs_breakdown": self.model.macs_breakdown(),
             "moe_layers": [name for name, _ in self.model.moe_layers()],
             "total_steps": self.loop.steps,
-            "resumed": ckpt is not None,
+            "resumed": resumed,
             "threads": torch.get_num_threads(),
-            "world_size": par.world,
-            "expert_parallel": par.ep_size,
-            "tokens": {k: int(len(v)) for k, v in corpus.splits.items()},
+            "world_size": self.par.world,
+            "expert_parallel": self.par.ep_size,
+            "tokens": {k: int(len(v)) for k, v in self.corpus.splits.items()},
             "config": self.config_dict,
         }
         self.log.write(info)
         for cb in self.callbacks:
             cb.on_start(info)
         self.model.train()
-        self._reset_window()
-        self.train_loss, self.val_loss, self.tokens_per_s = float("nan"), float("nan"), 0.0
-        self.train_time = 0.0  # seconds spent in training steps (not eval or checkpoints)
 
     @property
     def finished(self) -> bool:
@@ -323,8 +215,7 @@ class Trainer:
         if self.cfg.optim.grad_clip > 0:
             tdist.clip_grad_norm(model, self.cfg.optim.grad_clip, par)
         self.optimizer.step()
-        if self._update_router_biases is not None:
-            self._update_router_biases(model)  # aux-loss-free balancing lives outside forward
+        update_router_biases(model)  # aux-loss-free balancing lives outside forward
         loss_value, aux_value = tdist.mean_over_ranks([loss.item(), aux.detach().item()], par)
         elapsed = time.perf_counter() - t0
         self._w_time += elapsed
@@ -404,8 +295,6 @@ class Trainer:
         }
         path = self.out_dir / "checkpoint"
         if self.par.ep_size > 1:  # gather the experts: a checkpoint always holds all of them
-            from mixkit.moe.parallel import full_optimizer_state, gathered_experts
-
             opt_state = full_optimizer_state(self.model, self.optimizer)
             with gathered_experts(self.model):
                 if self.par.is_main:
@@ -452,8 +341,6 @@ class Trainer:
         if not self.par.is_main:
             return result
         if plots:
-            from mixkit.train.plots import plot_run
-
             result.plots = plot_run(self.out_dir)
         self.log.write({"event": "end", "step": self.done, **result.as_dict()})
         (self.out_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=2), "utf-8")
@@ -468,8 +355,6 @@ class Trainer:
 
 
 def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(model).to("cpu")
 
 
