@@ -17,12 +17,12 @@ def _run(*args, timeout=300):
 
 
 def test_demo_trains_and_reports_routing():
-    r = _run("demo", "--steps", "40", "--experts", "4", "--clusters", "2")
+    r = _run("demo", "--steps", "100")
     assert r.returncode == 0, r.stderr
     m = re.search(r"held-out mse: MoE ([0-9.]+) vs dense ([0-9.]+)", r.stdout)
     assert m, r.stdout
-    assert 0 < float(m.group(1)) < 10 and 0 < float(m.group(2)) < 10
-    assert "e3" in r.stdout and "cluster" in r.stdout  # the per-expert routing table
+    assert float(m.group(1)) < float(m.group(2))  # the claim the demo makes (see test_demo.py)
+    assert "e7" in r.stdout and "cluster" in r.stdout  # the per-expert routing table
 
 
 def test_demo_bad_input_is_one_clear_line_without_traceback():
