@@ -74,6 +74,10 @@ def test_stop_cancels_the_run_and_frees_its_slot(page, fake, serve, web_home):
     assert run["outcome"] == "cancelled"
     assert {c["agent"]: c["outcome"] for c in calls}["p1"] == "cancelled"
     assert "stopped" in page.text("#conversation .turn:last-child .assistant")
+    # its timeline marks the cancelled calls
+    page.one("#live .run-head a").click()
+    page.wait(lambda _: page.attrs(".g-row.call", "data-outcome")[:1] == ["cancelled"])
+    assert "cancelled" in page.text('.g-row.call[data-outcome="cancelled"] .g-error')
 
 
 def test_a_retried_call_starts_its_card_afresh_and_a_failed_one_shows_why(page, serve):
