@@ -1,6 +1,6 @@
 // The playground: pick a mixture, ask, and watch every agent of every layer answer live.
 // It reads POST /api/runs, a stream of the engine's RunEvents (see the README's event format).
-import { el, fmt, api, apiJSON } from "/static/util.js";
+import { el, fmt, api, apiJSON, gateScore } from "/static/util.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { mixtures: {}, history: [], conversationId: null, run: null, loaded: false };
@@ -227,24 +227,28 @@ function handle(run, type, ev) {
 }
 
 // The gate's decision: every candidate's score on its card; skipped agents greyed out.
+// Candidates are the first layer's slot labels ("qwen#2"); scores are per agent ("qwen") plus
+// "mix", the predicted chance that combining the top ones is right.
 function showGate(run, ev, d) {
   const layer = ev.layer || 1;
   const scores = d.scores || {};
-  const names = new Set([...Object.keys(scores), ...(d.chosen || []), ...(d.skipped || [])]);
-  for (const name of names) {
-    const c = card(run, layer, name);
-    if (name in scores) {
+  const skipped = d.skipped || [];
+  for (const label of [...(d.chosen || []), ...skipped]) {
+    const c = card(run, layer, label);
+    const score = gateScore(scores, label);
+    if (score !== null) {
       c.score.hidden = false;
-      c.score.textContent = `score ${Number(scores[name]).toFixed(2)}`;
+      c.score.textContent = `score ${score.toFixed(2)}`;
     }
-    if ((d.skipped || []).includes(name)) {
+    if (skipped.includes(label)) {
       setStatus(c, "skipped");
       c.node.classList.add("skipped");
       c.foot.textContent = "skipped by the gate";
     }
   }
+  const mix = "mix" in scores ? `, mix score ${Number(scores.mix).toFixed(2)}` : "";
   layerRow(run, layer, `layer ${layer}`).note.textContent =
-    `gate (${d.strategy}): ${(d.chosen || []).length} chosen, ${(d.skipped || []).length} skipped`;
+    `gate (${d.strategy}): ${(d.chosen || []).length} chosen, ${skipped.length} skipped${mix}`;
 }
 
 function finish(run, outcome, error) {

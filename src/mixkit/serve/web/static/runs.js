@@ -1,5 +1,5 @@
 // The run browser: logged runs (search, filters), and one run as a Gantt timeline of its calls.
-import { el, fmt, apiJSON } from "/static/util.js";
+import { el, fmt, apiJSON, gateScore } from "/static/util.js";
 
 const $ = (id) => document.getElementById(id);
 const list = { oldest: null, timer: null, seq: 0 };
@@ -133,7 +133,8 @@ function timeline(body) {
   const chart = el("div.gantt");
   chart.append(axis(span, pct));
   for (const l of layers) {
-    const title = l === final ? `aggregator (layer ${l})` : `layer ${l}`;
+    // A gated run may answer without an aggregator (one agent alone, a vote, an early exit).
+    const title = l === final && layers.length > 1 && !body.early_exit ? `aggregator (layer ${l})` : `layer ${l}`;
     chart.append(el("div.g-layer", {}, title));
     for (const c of calls.filter((x) => x.layer === l)) {
       chart.append(callRow(body, c, start(c), end(c), critical.has(c.id), pct));
@@ -182,7 +183,9 @@ function callRow(body, c, s, e, isCritical, pct) {
     { style: { left: pct(s), width: pct(Math.max(e - s, 0)) },
       title: `${c.agent}: ${fmt.s(c.latency_s)} s, TTFT ${fmt.s(c.ttft_s)} s` },
     ttft !== null ? el("span.wait", { style: { width: `${(100 * ttft) / Math.max(e - s, 1e-9)}%` } }) : null);
-  const label = el("div.g-label", {}, el("span", {}, c.agent), el("span.muted.small", {}, ` ${c.model}`));
+  const gate = body.gate && c.layer === (body.gate.layer ?? 1) ? gateScore(body.gate.scores || {}, c.agent) : null;
+  const label = el("div.g-label", {}, el("span", {}, c.agent), el("span.muted.small", {}, ` ${c.model}`),
+    gate === null ? null : el("span.score", {}, `score ${gate.toFixed(2)}`));
   const info = el("span.g-info.small", {}, `${fmt.s(c.latency_s)} s`);
   const row = el("div.g-row.call", {
     dataset: { call: c.id, outcome: c.outcome, critical: isCritical ? "1" : "0" },
@@ -198,12 +201,14 @@ function callRow(body, c, s, e, isCritical, pct) {
 // The gate's skipped candidates of a layer, as greyed-out rows with their scores.
 function gateRows(gate, layer, final) {
   if (!gate || (gate.layer ?? 1) !== layer || layer === final) return [];
-  const scores = gate.scores || {};
-  return (gate.skipped || []).map((name) => el("div.g-row.skipped", {},
-    el("div.g-label", {}, el("span", {}, name)),
-    el("div.track.small", {},
-      `skipped by the gate (${gate.strategy})${name in scores ? `, score ${Number(scores[name]).toFixed(2)}` : ""}`),
-    el("span")));
+  return (gate.skipped || []).map((name) => {
+    const score = gateScore(gate.scores || {}, name);
+    return el("div.g-row.skipped", { dataset: { skipped: name } },
+      el("div.g-label", {}, el("span", {}, name)),
+      el("div.track.small", {},
+        `skipped by the gate (${gate.strategy})${score === null ? "" : `, score ${score.toFixed(2)}`}`),
+      el("span"));
+  });
 }
 
 async function showCall(runId, callId) {

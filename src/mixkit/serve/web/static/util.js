@@ -67,3 +67,8 @@ export async function apiJSON(path) {
   return body;
 }
 
+// A gate's score for a slot label ("qwen#2"): scores are keyed by agent ("qwen").
+export function gateScore(scores, label) {
+  const value = label in scores ? scores[label] : scores[label.split("#")[0]];
+  return value === undefined || value === null ? null : Number(value);
+}
