@@ -27,6 +27,8 @@ function init() {
     document.getElementById("forget-key").hidden = false;
     keyGiven();
   });
+  // Without a key nothing can be shown: Escape does not dismiss the key prompt.
+  document.getElementById("key-dialog").addEventListener("cancel", (e) => e.preventDefault());
   const forget = document.getElementById("forget-key");
   forget.hidden = !sessionStorage.getItem(KEY);
   forget.addEventListener("click", () => {

@@ -56,6 +56,7 @@ export async function api(path, options = {}) {
     if (response.status !== 401) return response;
     const hadKey = Boolean(sessionStorage.getItem(KEY));
     sessionStorage.removeItem(KEY);
+    document.getElementById("forget-key").hidden = true;
     await askForKey(hadKey ? "That key was refused." : "");
   }
 }
