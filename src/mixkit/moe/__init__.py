@@ -3,8 +3,9 @@
 from mixkit.moe.balance import cv_squared
 from mixkit.moe.config import ROUTERS, MoEConfig
 from mixkit.moe.experts import Experts
-from mixkit.moe.layer import HierarchicalMoE, MoE, MoEStats
+from mixkit.moe.layer import HierarchicalMoE, MoE
 from mixkit.moe.routing import RoutingDecision, update_router_biases
+from mixkit.moe.stats import MoEStats
 
 __all__ = [
     "MoE",

@@ -33,24 +33,46 @@ def importance_E(decision: RoutingDecision, num_experts: int) -> torch.Tensor:
 
 def load_E(decision: RoutingDecision, num_experts: int) -> torch.Tensor:
     """Smooth load (differentiable) when the router has noise, else assignment counts (no gradient)."""
-    if decision.load_TE is not None:
-        return decision.load_TE.sum(dim=0)
+    if decision.load_E is not None:
+        return decision.load_E
     counts = torch.bincount(decision.expert_idx_A, minlength=num_experts)
     return counts.to(decision.weight_A.dtype)
 
 
+def switch_loss_of_sums(
+    counts_E: torch.Tensor, probsum_E: torch.Tensor, tokens, assignments
+) -> torch.Tensor:
+    """E * sum_i f_i * P_i from the assignment counts and the summed routing probabilities."""
+    return counts_E.numel() * ((counts_E / assignments) * (probsum_E / tokens)).sum()
+
+
 def switch_loss(decision: RoutingDecision, num_experts: int) -> torch.Tensor:
     counts_E = torch.bincount(decision.expert_idx_A, minlength=num_experts)
-    fraction_E = counts_E.to(decision.probs_TE.dtype) / max(decision.expert_idx_A.numel(), 1)
-    mean_prob_E = decision.probs_TE.mean(dim=0)
-    return num_experts * (fraction_E * mean_prob_E).sum()
+    probs_TE = decision.probs()
+    return switch_loss_of_sums(
+        counts_E.to(probs_TE.dtype),
+        probs_TE.sum(dim=0),
+        max(probs_TE.shape[0], 1),
+        max(decision.expert_idx_A.numel(), 1),
+    )
+
+
+def z_sum(decision: RoutingDecision) -> torch.Tensor:
+    """Sum over tokens of logsumexp(logits)^2; z-loss is this over the number of tokens."""
+    return torch.logsumexp(decision.logits_TE, dim=-1).pow(2).sum()
 
 
 def z_loss(decision: RoutingDecision) -> torch.Tensor:
-    return torch.logsumexp(decision.logits_TE, dim=-1).pow(2).mean()
+    return z_sum(decision) / max(decision.logits_TE.shape[0], 1)
+
+
+def entropy_sum(decision: RoutingDecision) -> torch.Tensor:
+    """Sum over tokens of the entropy (nats) of each token's routing distribution (no gradient)."""
+    with torch.no_grad():
+        p = decision.probs()
+        return -(p * torch.log(p.clamp_min(1e-20))).sum()
 
 
 def router_entropy(decision: RoutingDecision) -> torch.Tensor:
     """Mean entropy (nats) of each token's routing distribution over all experts."""
-    p = decision.probs_TE.detach()
-    return -(p * torch.log(p.clamp_min(1e-20))).sum(dim=-1).mean()
+    return entropy_sum(decision) / max(decision.logits_TE.shape[0], 1)

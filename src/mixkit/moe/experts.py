@@ -49,8 +49,12 @@ class Experts(nn.Module):
         counts: list[int],
         impl: str = "auto",
         scale_A: torch.Tensor | None = None,
+        source: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x_AD sorted by expert, counts[e] rows for expert e -> (A, D), each row times scale_A."""
+        """x_AD sorted by expert, counts[e] rows for expert e -> (A, D), each row times scale_A.
+
+        source: (x_TD, token_A) when x_AD = x_TD[token_A]; the fused path then keeps x_TD for
+        backward instead of the k-times-larger x_AD."""
         if scale_A is None:
             scale_A = x_AD.new_ones(x_AD.shape[0])
         if impl == "auto":
@@ -61,9 +65,9 @@ class Experts(nn.Module):
         if impl == "fused":
             if self.w_gate is not None:
                 return GroupedSwiGLUFFN.apply(
-                    x_AD, scale_A, self.w_gate, self.w_in, self.w_out, counts
+                    x_AD, scale_A, self.w_gate, self.w_in, self.w_out, counts, source
                 )
-            return GroupedReluFFN.apply(x_AD, scale_A, self.w_in, self.w_out, counts)
+            return GroupedReluFFN.apply(x_AD, scale_A, self.w_in, self.w_out, counts, source)
         if impl == "loop":
             return self._forward_loop(x_AD, counts) * scale_A1
         raise ValueError(

@@ -20,7 +20,9 @@ rows or experts.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +39,36 @@ SIDE_BY_SIDE_MIN_WEIGHT = 1 << 19  # elements of one expert matrix (d_model * d_
 _pool: ThreadPoolExecutor | None = None
 _pool_workers = 0
 _pool_lock = threading.Lock()
+
+
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+_madvise = None
+if sys.platform.startswith("linux"):
+    try:
+        _madvise = ctypes.CDLL(None, use_errno=True).madvise
+        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):  # no libc symbols to call: keep ordinary pages
+        _madvise = None
+
+
+def fresh(*shape: int, like: torch.Tensor) -> torch.Tensor:
+    """torch.empty(shape) like `like`, backed by transparent huge pages where the OS offers them.
+
+    Every step writes fresh (A, H) activations and (E, D, H) weight gradients; first-touching
+    them in 4 KiB pages is a page fault per 4 KiB (measured 204 ms per 512 MB on the 2-core VM,
+    43 ms with huge pages). torch uses huge pages only when THP_MEM_ALLOC_ENABLE=1 is set before
+    it starts, which a library cannot count on, so large buffers are advised here, before their
+    first touch. Under the kernel's default `madvise` THP mode this is what makes them huge.
+    """
+    t = torch.empty(shape, dtype=like.dtype, device=like.device)
+    nbytes = t.numel() * t.element_size()
+    if _madvise is not None and t.device.type == "cpu" and nbytes >= 2 * _HUGE_PAGE:
+        start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
+        stop = (t.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+        if stop > start:
+            _madvise(start, stop - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
+    return t
 
 
 def _spans(counts: list[int]):
@@ -101,13 +133,32 @@ def _each_expert(counts: list[int], fn, weight: torch.Tensor) -> None:
             block = []
     blocks.append(block)
 
+    # out= matmuls; a worker thread starts in grad mode, and writing into tensors made under
+    # inference_mode is allowed only inside inference_mode
+    mode = torch.inference_mode if torch.is_inference_mode_enabled() else torch.no_grad
+
     def work(block):
-        with torch.no_grad():  # out= matmuls; a worker thread starts in grad mode
+        with mode():
             for e, s, t in block:
                 fn(e, s, t)
 
     for future in [_thread_pool(threads).submit(work, b) for b in blocks if b]:
         future.result()
+
+
+def _save_input(ctx, x_AD: torch.Tensor, source, *others) -> None:
+    """Save for backward what it needs to get x_AD back, and `others`. `source` = (x_TD,
+    token_A) when x_AD is x_TD's rows gathered by token: then the (A, D) copy, k times the
+    input's size, is not kept; x_TD is (the router keeps it anyway) and backward gathers again."""
+    ctx.regather = source is not None
+    ctx.save_for_backward(*(source if source is not None else (x_AD,)), *others)
+
+
+def _saved(ctx) -> tuple[torch.Tensor, ...]:
+    if not ctx.regather:
+        return ctx.saved_tensors
+    x_TD, token_A, *others = ctx.saved_tensors
+    return (x_TD.index_select(0, token_A), *others)
 
 
 class GroupedReluFFN(torch.autograd.Function):
@@ -118,10 +169,9 @@ class GroupedReluFFN(torch.autograd.Function):
     (A, D) unscaled output just for that."""
 
     @staticmethod
-    def forward(ctx, x_AD, scale_A, w_in_EDH, w_out_EHD, counts):
+    def forward(ctx, x_AD, scale_A, w_in_EDH, w_out_EHD, counts, source=None):
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
-        h_AH = x_AD.new_empty(A, H)
-        out_AD = x_AD.new_empty(A, D)
+        h_AH, out_AD = fresh(A, H, like=x_AD), fresh(A, D, like=x_AD)
 
         def up(e, s, t):
             torch.mm(x_AD[s:t], w_in_EDH[e], out=h_AH[s:t])
@@ -134,118 +184,121 @@ class GroupedReluFFN(torch.autograd.Function):
 
         _each_expert(counts, down, w_out_EHD)
         out_AD.mul_(scale_A.unsqueeze(-1))
-        ctx.save_for_backward(x_AD, scale_A, h_AH, w_in_EDH, w_out_EHD)
+        _save_input(ctx, x_AD, source, scale_A, h_AH, w_in_EDH, w_out_EHD)
         ctx.counts = counts
         return out_AD
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out_AD):
-        x_AD, scale_A, h_AH, w_in_EDH, w_out_EHD = ctx.saved_tensors
-        counts = ctx.counts
+        x_AD, scale_A, h_AH, w_in, w_out = _saved(ctx)
+        counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
-        t_AH = torch.empty_like(h_AH)  # g_out @ w_out^T, before the gate weight
+        t_AH = fresh(*h_AH.shape, like=h_AH)  # g_out @ w_out^T, before the gate weight
 
         def down_t(e, s, t):
-            torch.mm(g_out_AD[s:t], w_out_EHD[e].t(), out=t_AH[s:t])
+            torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
 
-        _each_expert(counts, down_t, w_out_EHD)
-        g_scale_A = (t_AH * h_AH).sum(-1) if ctx.needs_input_grad[1] else None
+        _each_expert(counts, down_t, w_out)
+        g_scale_A = (t_AH * h_AH).sum(-1) if needs[1] else None
         g_h_AH = t_AH.mul_(scale_A.unsqueeze(-1)).mul_(h_AH > 0)  # relu', in place
-        g_x_AD = None
-        if ctx.needs_input_grad[0]:
-            g_x_AD = torch.empty_like(x_AD)
+        g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
+        g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
+        weight_grads = _WeightGrads(counts, (w_in, w_out), needs[2] or needs[3])
 
-            def up_t(e, s, t):
-                torch.mm(g_h_AH[s:t], w_in_EDH[e].t(), out=g_x_AD[s:t])
+        def up_t(e, s, t):  # one expert's input and weight gradients while its rows are in cache
+            if g_x_AD is not None:
+                torch.mm(g_h_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
+            weight_grads.write(e, (x_AD[s:t], g_h_AH[s:t]), (h_AH[s:t], g_scaled_AD[s:t]))
 
-            _each_expert(counts, up_t, w_in_EDH)
-        g_w_in = g_w_out = None
-        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
-            g_w_in, g_w_out = _weight_grads(
-                counts, [(x_AD, g_h_AH)], [(h_AH, g_scaled_AD)], w_in_EDH, w_out_EHD
-            )
-        return g_x_AD, g_scale_A, g_w_in, g_w_out, None
+        _each_expert(counts, up_t, w_in)
+        g_w_in, g_w_out = weight_grads.finish()
+        return g_x_AD, g_scale_A, g_w_in, g_w_out, None, None
 
 
 class GroupedSwiGLUFFN(torch.autograd.Function):
     """out_AD = scale_A * ((silu(x_e @ w_gate[e]) * (x_e @ w_in[e])) @ w_out[e]) per expert."""
 
     @staticmethod
-    def forward(ctx, x_AD, scale_A, w_gate_EDH, w_in_EDH, w_out_EHD, counts):
+    def forward(ctx, x_AD, scale_A, w_gate_EDH, w_in_EDH, w_out_EHD, counts, source=None):
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
-        g_AH, u_AH = x_AD.new_empty(A, H), x_AD.new_empty(A, H)
-        out_AD = x_AD.new_empty(A, D)
+        g_AH, u_AH = fresh(A, H, like=x_AD), fresh(A, H, like=x_AD)
+        out_AD = fresh(A, D, like=x_AD)
 
         def up(e, s, t):
             torch.mm(x_AD[s:t], w_gate_EDH[e], out=g_AH[s:t])
             torch.mm(x_AD[s:t], w_in_EDH[e], out=u_AH[s:t])
 
         _each_expert(counts, up, w_in_EDH)
-        a_AH = F.silu(g_AH) * u_AH
+        a_AH = F.silu(g_AH).mul_(u_AH)
 
         def down(e, s, t):
             torch.mm(a_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
 
         _each_expert(counts, down, w_out_EHD)
         out_AD.mul_(scale_A.unsqueeze(-1))
-        ctx.save_for_backward(x_AD, scale_A, g_AH, u_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
+        _save_input(ctx, x_AD, source, scale_A, g_AH, u_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
         ctx.counts = counts
         return out_AD
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out_AD):
-        x_AD, scale_A, g_AH, u_AH, w_gate, w_in, w_out = ctx.saved_tensors
-        counts = ctx.counts
+        x_AD, scale_A, g_AH, u_AH, w_gate, w_in, w_out = _saved(ctx)
+        counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
-        sig_AH = torch.sigmoid(g_AH)
-        silu_AH = g_AH * sig_AH
-        a_AH = silu_AH * u_AH  # recomputed rather than saved
-        t_AH = torch.empty_like(u_AH)
+        t_AH = fresh(*u_AH.shape, like=u_AH)
 
         def down_t(e, s, t):
             torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
 
         _each_expert(counts, down_t, w_out)
-        g_scale_A = (t_AH * a_AH).sum(-1) if ctx.needs_input_grad[1] else None
+        sig_AH = torch.sigmoid(g_AH)
+        silu_AH = g_AH * sig_AH
+        a_AH = silu_AH * u_AH  # recomputed rather than saved
+        g_scale_A = (t_AH * a_AH).sum(-1) if needs[1] else None
         g_a_AH = t_AH.mul_(scale_A.unsqueeze(-1))
         g_u_AH = g_a_AH * silu_AH
-        g_g_AH = g_a_AH * u_AH * sig_AH * (1 + g_AH * (1 - sig_AH))  # d silu(z)/dz
-        g_x_AD = None
-        if ctx.needs_input_grad[0]:
-            g_x_AD = torch.empty_like(x_AD)
+        # d silu(z)/dz = sig * (1 + z * (1 - sig)), written into sig_AH's buffer
+        g_g_AH = sig_AH.mul_(g_AH * (1 - sig_AH) + 1).mul_(g_a_AH).mul_(u_AH)
+        g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
+        g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
+        weight_grads = _WeightGrads(counts, (w_gate, w_in, w_out), any(needs[2:5]))
 
-            def up_t(e, s, t):
+        def up_t(e, s, t):  # one expert's input and weight gradients while its rows are in cache
+            if g_x_AD is not None:
                 torch.mm(g_u_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
                 g_x_AD[s:t].addmm_(g_g_AH[s:t], w_gate[e].t())
+            x = x_AD[s:t]
+            weight_grads.write(e, (x, g_g_AH[s:t]), (x, g_u_AH[s:t]), (a_AH[s:t], g_scaled_AD[s:t]))
 
-            _each_expert(counts, up_t, w_in)
-        g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
-        g_w_gate, g_w_in, g_w_out = _weight_grads(
-            counts, [(x_AD, g_g_AH), (x_AD, g_u_AH)], [(a_AH, g_scaled_AD)], w_gate, w_in, w_out
-        )
-        return g_x_AD, g_scale_A, g_w_gate, g_w_in, g_w_out, None
+        _each_expert(counts, up_t, w_in)
+        g_w_gate, g_w_in, g_w_out = weight_grads.finish()
+        return g_x_AD, g_scale_A, g_w_gate, g_w_in, g_w_out, None, None
 
 
-def _weight_grads(counts, in_pairs, out_pairs, *weights):
-    """Per-expert weight gradients written into one stacked buffer per weight.
+class _WeightGrads:
+    """Per-expert weight gradients written into one stacked buffer per weight, so an optimizer
+    step sees a few (E, ., .) tensors and backward allocates each once. write(e, *(input, grad))
+    takes one pair per weight, in the weights' order: grad_w[e] = input^T @ grad."""
 
-    in_pairs: (input_AD, grad_AH) for each (E, D, H) weight, out_pairs: (input_AH, grad_AD) for
-    the (E, H, D) one; `weights` are in the same order (in_pairs' weights first)."""
-    grads = [torch.empty_like(w) for w in weights]
-    pairs = list(in_pairs) + list(out_pairs)
-    seen = [False] * len(counts)
+    def __init__(self, counts: list[int], weights, needed: bool):
+        self.counts, self.count = counts, len(weights)
+        self.grads = [fresh(*w.shape, like=w) for w in weights] if needed else None
+        self.seen = [False] * len(counts)
 
-    def grads_of(e, s, t):
-        seen[e] = True
-        for (inp, grad), buf in zip(pairs, grads, strict=True):
-            torch.mm(inp[s:t].t(), grad[s:t], out=buf[e])
+    def write(self, e: int, *pairs) -> None:
+        if self.grads is None:
+            return
+        self.seen[e] = True
+        for (inp, grad), buf in zip(pairs, self.grads, strict=True):
+            torch.mm(inp.t(), grad, out=buf[e])
 
-    _each_expert(counts, grads_of, weights[0])
-    for e, hit in enumerate(seen):
-        if not hit:  # an expert with no tokens gets an exact zero gradient
-            for buf in grads:
-                buf[e].zero_()
-    return grads
+    def finish(self):
+        if self.grads is None:
+            return [None] * self.count
+        for e, hit in enumerate(self.seen):
+            if not hit:  # an expert with no tokens gets an exact zero gradient
+                for buf in self.grads:
+                    buf[e].zero_()
+        return self.grads

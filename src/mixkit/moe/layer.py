@@ -10,8 +10,6 @@ Legend: T tokens, D d_model, H d_hidden, E experts, A assignments, S kept assign
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
@@ -20,103 +18,7 @@ from mixkit.moe.config import MoEConfig
 from mixkit.moe.dispatch import LocalDispatcher
 from mixkit.moe.experts import Experts
 from mixkit.moe.routing import RoutingDecision, build_router
-
-
-@dataclass
-class MoEStats:
-    """Routing statistics of one forward. Tensors are detached; `as_dict()` gives plain numbers."""
-
-    tokens_per_expert: torch.Tensor  # (E,) kept assignments per expert
-    # dropped assignments / all assignments (expert choice: tokens with no expert / T)
-    dropped_fraction: torch.Tensor
-    router_entropy: torch.Tensor  # mean entropy (nats) of the routing distribution over experts
-    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # unweighted, every loss
-
-    def __getitem__(self, key: str):
-        if key in self.losses:
-            return self.losses[key]
-        return getattr(self, key)
-
-    def as_dict(self) -> dict:
-        out = {
-            "tokens_per_expert": self.tokens_per_expert.tolist(),
-            "dropped_fraction": float(self.dropped_fraction),
-            "router_entropy": float(self.router_entropy),
-        }
-        out.update({name: float(v) for name, v in self.losses.items()})
-        return out
-
-
-def _group_losses(
-    decision: RoutingDecision, cfg: MoEConfig, reduce=None, extra: torch.Tensor | None = None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Weighted sum of the enabled losses, every loss's unweighted value, and the summed extras.
-
-    The losses are functions of a few sums over tokens (importance, load, routing probability,
-    assignment counts, z), so they are computed from those sums. `reduce` (expert parallelism)
-    sums them over the group first, in one collective, with `extra` (non-differentiable counts)
-    riding along; each loss then covers the whole group's batch, as the paper defines it.
-    Disabled losses are computed without gradient and only reported.
-    """
-    E = cfg.num_experts
-    T = decision.probs_TE.shape[0]
-
-    def maybe_grad(on: bool, fn):
-        if on:
-            return fn()
-        with torch.no_grad():
-            return fn()
-
-    importance_E = maybe_grad(cfg.w_importance > 0, lambda: balance.importance_E(decision, E))
-    load_E = maybe_grad(cfg.w_load > 0, lambda: balance.load_E(decision, E).to(importance_E.dtype))
-    probsum_E = maybe_grad(cfg.w_switch > 0, lambda: decision.probs_TE.sum(dim=0))
-    zsum_1 = maybe_grad(
-        cfg.w_zloss > 0, lambda: torch.logsumexp(decision.logits_TE, dim=-1).pow(2).sum().reshape(1)
-    )
-    with torch.no_grad():
-        counts_E = torch.bincount(decision.expert_idx_A, minlength=E).to(importance_E.dtype)
-        p = decision.probs_TE.detach()
-        entropy_1 = -(p * torch.log(p.clamp_min(1e-20))).sum().reshape(1)
-        sizes_2 = importance_E.new_tensor([T, decision.expert_idx_A.numel()])
-    dtype = importance_E.dtype
-    parts = [
-        importance_E,
-        load_E,
-        probsum_E.to(dtype),
-        counts_E,
-        zsum_1.to(dtype),
-        entropy_1.to(dtype),
-        sizes_2,
-    ]
-    if extra is not None:
-        parts.append(extra.to(dtype))
-    sums = torch.cat(parts)
-    if reduce is not None:
-        sums = reduce(sums)
-    importance_E, load_E, probsum_E, counts_E, zsum, entropy, sizes, extra_sum = torch.split(
-        sums, [E, E, E, E, 1, 1, 2, sums.numel() - 4 * E - 4]
-    )
-    Tg, Ag = sizes[0].clamp_min(1), sizes[1].clamp_min(1)
-    values = {
-        "importance_loss": balance.cv_squared(importance_E),
-        "load_loss": balance.cv_squared(load_E),
-        "switch_loss": E * ((counts_E / Ag) * (probsum_E / Tg)).sum(),
-        "z_loss": (zsum / Tg).squeeze(0),
-    }
-    weights = {
-        "importance_loss": cfg.w_importance,
-        "load_loss": cfg.w_load,
-        "switch_loss": cfg.w_switch,
-        "z_loss": cfg.w_zloss,
-    }
-    total = decision.weight_A.new_zeros(())
-    for name, value in values.items():
-        if weights[name] > 0:
-            total = total + weights[name] * value
-    values = {name: v.detach() for name, v in values.items()}
-    entropy = (entropy / Tg).squeeze(0).detach()
-    extra_sum = torch.cat([extra_sum.detach(), sizes.detach()])  # + group tokens, assignments
-    return total, values, extra_sum, entropy
+from mixkit.moe.stats import MoEStats, group_losses
 
 
 class MoE(nn.Module):
@@ -203,7 +105,9 @@ class MoE(nn.Module):
             return self._forward_parallel(x, x_TD, router_noise)
         decision = self.router(x_TD, router_noise)
         x_SD, counts, plan = self.dispatcher.dispatch(x_TD, decision, cfg.capacity(T))
-        out_SD = self.experts(x_SD, counts, self.expert_impl, scale_A=plan.weight_S)  # (S, D)
+        out_SD = self.experts(  # (S, D)
+            x_SD, counts, self.expert_impl, plan.weight_S, source=(x_TD, plan.token_idx_S)
+        )
         y_TD = self.dispatcher.combine(out_SD, plan)
         y_TD = self._add_shared(x_TD, y_TD)
 
@@ -245,7 +149,7 @@ class MoE(nn.Module):
     def _finish(self, x, decision, counts_E, num_dropped, token_idx_S, y_TD):
         """Losses and stats from the routing statistics, summed over the group first when the
         layer is expert parallel or its training is data parallel (see _stats_reducer)."""
-        cfg, T = self.cfg, decision.probs_TE.shape[0]
+        T = decision.logits_TE.shape[0]
         with torch.no_grad():
             if decision.expert_choice:
                 covered = torch.zeros(T, dtype=torch.bool, device=x.device)
@@ -256,22 +160,17 @@ class MoE(nn.Module):
             extra = torch.cat(
                 [counts_E.float(), x.new_tensor([num_dropped, covered_count]).float()]
             )
-        self.aux_loss, loss_values, extra_sum, entropy = _group_losses(
-            decision, cfg, reduce=self._stats_reducer(), extra=extra
-        )
-        E = cfg.num_experts
+        reduce = self._stats_reducer()
+        self.aux_loss, extra_sum, stats_fn = group_losses(decision, self.cfg, extra, reduce)
+        E = self.cfg.num_experts
         counts_E, dropped_count, covered_g = extra_sum[:E], extra_sum[E], extra_sum[E + 1]
         group_tokens, group_assignments = extra_sum[E + 2], extra_sum[E + 3]
         if decision.expert_choice:
             dropped = 1.0 - covered_g / group_tokens.clamp_min(1)
         else:
             dropped = dropped_count / group_assignments.clamp_min(1)
-        self.last_stats = MoEStats(
-            tokens_per_expert=counts_E.float(),
-            dropped_fraction=dropped.float().cpu(),
-            router_entropy=entropy,
-            losses=loss_values,
-        )
+        stats = MoEStats(counts_E.float(), dropped.float().cpu(), compute=stats_fn)
+        self.last_stats = stats
         self.last_decision = decision
         return y_TD.reshape(x.shape)
 

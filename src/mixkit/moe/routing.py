@@ -15,16 +15,18 @@ the probability under the softmax over all E experts (as in Switch).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from mixkit.moe.config import MoEConfig
 
 _SQRT2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 @dataclass
@@ -33,33 +35,43 @@ class RoutingDecision:
     expert_idx_A: torch.Tensor  # (A,) long: which expert
     weight_A: torch.Tensor  # (A,) float: gate weight, carries the router's gradient
     logits_TE: torch.Tensor  # (T, E) clean router logits (for z-loss)
-    probs_TE: torch.Tensor  # (T, E) routing distribution over all experts, rows sum to 1
-    load_TE: torch.Tensor | None = None  # (T, E) smooth P(expert in top-k), noisy_topk in training
+    # (T, E) routing distribution over all experts, rows sum to 1. Routers whose gate weights do
+    # not need it leave it None and give `probs_fn`, so that it is computed only when a loss or a
+    # statistic asks for it (see probs()).
+    probs_TE: torch.Tensor | None = None
+    load_E: torch.Tensor | None = None  # (E,) smooth sum over tokens of P(expert in top-k)
     num_tokens: int = 0
     expert_choice: bool = False
+    probs_fn: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+
+    def probs(self) -> torch.Tensor:
+        """(T, E) routing distribution; differentiable when computed with grad enabled."""
+        p = self.probs_TE
+        stale = p is not None and self.probs_fn is not None and not p.requires_grad
+        if p is None or (stale and torch.is_grad_enabled() and self.logits_TE.requires_grad):
+            p = self.probs_TE = self.probs_fn()  # made once, again only to add its gradient
+        return p
 
 
 def normal_cdf(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(z / _SQRT2))
 
 
-def _token_choice(
-    select_TE: torch.Tensor,
-    gate_TE: torch.Tensor,
-    k: int,
-    renormalize: bool,
-    topk_ids_TK: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k by `select_TE` (or the given ids), weights read from `gate_TE`. Returns flat
-    slot-major assignments."""
-    T = select_TE.shape[0]
-    if topk_ids_TK is None:
-        topk_ids_TK = select_TE.topk(k, dim=-1).indices
-    weights_TK = gate_TE.gather(1, topk_ids_TK)
-    if renormalize and k > 1:  # for k=1 renormalising would make the gate identically 1
-        weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True).clamp_min(1e-20)
-    token_idx_A = torch.arange(T, device=select_TE.device).repeat(k)  # slot-major
-    return token_idx_A, topk_ids_TK.t().reshape(-1), weights_TK.t().reshape(-1)
+def _slot_major(ids_TK: torch.Tensor, weights_TK: torch.Tensor):
+    """Flat assignments, slot-major (every token's first choice, then every second choice ...)."""
+    T, k = ids_TK.shape
+    token_idx_A = torch.arange(T, device=ids_TK.device).repeat(k)
+    return token_idx_A, ids_TK.t().reshape(-1), weights_TK.t().reshape(-1)
+
+
+def _softmax_weights(top_TK: torch.Tensor, logits_TE: torch.Tensor, renormalize: bool):
+    """Gate weights of the kept k from their logits: the softmax over all E renormalised over the
+    kept k is the softmax over the kept k, so only (T, k) values are needed. Without
+    renormalising (and always for k=1, where it would make the gate identically 1) the weight is
+    the probability under the softmax over all E: exp(logit - logsumexp)."""
+    if renormalize and top_TK.shape[1] > 1:
+        return top_TK.softmax(dim=-1)
+    return (top_TK - torch.logsumexp(logits_TE, dim=-1, keepdim=True)).exp()
 
 
 class Router(nn.Module):
@@ -83,7 +95,8 @@ class NoisyTopKRouter(Router):
 
     W_g and W_noise start at zero (the paper's choice: equal load at the start). Noise is drawn only
     in training; in eval the router is deterministic. In training it also returns the smooth load
-    estimator P(x, i) = Phi((clean_i - kth_excluding(H, k, i)) / noise_std_i).
+    estimator summed over tokens, sum_x P(x, i) = sum_x Phi((clean_i - kth_excluding(H, k, i)) /
+    noise_std_i), as one autograd Function (SmoothLoad) that keeps no (T, E) intermediates.
     """
 
     def __init__(self, cfg: MoEConfig):
@@ -91,49 +104,126 @@ class NoisyTopKRouter(Router):
         self.w_noise = nn.Parameter(torch.zeros(cfg.d_model, cfg.num_experts))
 
     def forward(self, x_TD, noise_TE=None):
-        k, E = self.cfg.k, self.cfg.num_experts
+        k, E, eps = self.cfg.k, self.cfg.num_experts, self.cfg.noise_eps
         clean_TE = x_TD @ self.w_gate
-        load_TE = None
-        top_ids_TK = None
-        if self.training:
-            raw_noise_TE = x_TD @ self.w_noise
-            if noise_TE is None:
-                noise_TE = torch.randn_like(clean_TE)
-            # One top-(k+1) serves both the selection (its first k) and the load estimator's
-            # thresholds; it is index-only, so it needs no gradient.
-            with torch.no_grad():
-                noisy = clean_TE + noise_TE * (F.softplus(raw_noise_TE) + self.cfg.noise_eps)
-                top_ids_Tk1 = noisy.topk(min(k + 1, E), dim=-1).indices
-            top_ids_TK = top_ids_Tk1[:, :k]
-            # Recomputed in backward: the gate and load math would otherwise keep ~8 (T, E)
-            # tensors alive, more than the experts' own activations at E=256.
-            noisy_TE, probs_TE, load_TE = checkpoint(
-                _noisy_gate,
+        if not self.training:
+            top = clean_TE.topk(k, dim=-1)
+            w_TK = _softmax_weights(top.values, clean_TE, renormalize=True)
+            tok, exp, w = _slot_major(top.indices, w_TK)
+            return RoutingDecision(
+                tok,
+                exp,
+                w,
                 clean_TE,
-                raw_noise_TE,
-                noise_TE,
-                top_ids_Tk1,
-                k,
-                self.cfg.noise_eps,
-                use_reentrant=False,
+                num_tokens=x_TD.shape[0],
+                probs_fn=lambda: clean_TE.softmax(-1),
             )
+        raw_noise_TE = x_TD @ self.w_noise
+        if noise_TE is not None:
+            noise = noise_TE  # the caller's: kept, as it stays alive anyway
         else:
-            noisy_TE = clean_TE
-            probs_TE = noisy_TE.softmax(dim=-1)
-        # softmax over the kept k == the full softmax renormalised over the kept k
-        tok, exp, w = _token_choice(noisy_TE, probs_TE, k, renormalize=True, topk_ids_TK=top_ids_TK)
-        return RoutingDecision(tok, exp, w, clean_TE, probs_TE, load_TE, x_TD.shape[0])
+            noise_TE, noise = _redrawable_noise(clean_TE)
+        # The selection and the load estimator's thresholds need the noisy logits without
+        # gradient; one top-(k+1) serves both (its first k are the selection).
+        with torch.no_grad():
+            std_TE = F.softplus(raw_noise_TE) + eps
+            noisy_TE = clean_TE + noise_TE * std_TE
+            top_ids_Tk1 = noisy_TE.topk(min(k + 1, E), dim=-1).indices
+        ids_TK = top_ids_Tk1[:, :k]
+        # softmax over the kept k (for k=1 over all E, so that the gate is not identically 1)
+        all_TE = _noisy(clean_TE, raw_noise_TE, noise_TE, eps) if k == 1 else None
+        w_TK = _softmax_weights(
+            _noisy(clean_TE, raw_noise_TE, noise_TE, eps, ids_TK), all_TE, renormalize=True
+        )
+        if k < E:
+            load_E = SmoothLoad.apply(
+                clean_TE, raw_noise_TE, top_ids_Tk1, std_TE, noisy_TE, k, eps, noise
+            )
+        else:  # every expert is always selected
+            load_E = clean_TE.new_full((E,), float(x_TD.shape[0]))
+
+        def probs_TE():
+            n = noise if torch.is_tensor(noise) else noise()
+            return _noisy(clean_TE, raw_noise_TE, n, eps).softmax(-1)
+
+        tok, exp, w = _slot_major(ids_TK, w_TK)
+        return RoutingDecision(
+            tok,
+            exp,
+            w,
+            clean_TE,
+            load_E=load_E,
+            num_tokens=x_TD.shape[0],
+            probs_fn=probs_TE,
+        )
 
 
-def _noisy_gate(clean_TE, raw_noise_TE, noise_TE, top_ids_Tk1, k: int, noise_eps: float):
-    """H = clean + noise * softplus(raw) (+eps); returns H, softmax(H) and the smooth load."""
-    noise_std_TE = F.softplus(raw_noise_TE) + noise_eps
-    noisy_TE = clean_TE + noise_TE * noise_std_TE
-    if k < clean_TE.shape[-1]:
-        load_TE = smooth_load(clean_TE, noisy_TE, noise_std_TE, k, top_ids_Tk1)
-    else:  # every expert is always selected
-        load_TE = torch.ones_like(clean_TE)
-    return noisy_TE, noisy_TE.softmax(dim=-1), load_TE
+def _redrawable_noise(like_TE: torch.Tensor) -> tuple[torch.Tensor, Callable[[], torch.Tensor]]:
+    """N(0, 1) noise shaped like `like_TE`, drawn from the default generator (as randn_like
+    would), and a function that draws the same noise again from a copy of the generator's state,
+    so that backward and the statistics need not keep a (T, E) tensor alive in between."""
+    device = like_TE.device
+    if device.type == "cpu":
+        state = torch.random.get_rng_state()
+    else:
+        state = torch.cuda.get_rng_state(device)
+    noise_TE = torch.randn_like(like_TE)
+
+    def redraw() -> torch.Tensor:
+        gen = torch.Generator(device=device)
+        gen.set_state(state)
+        return torch.randn(like_TE.shape, dtype=like_TE.dtype, device=device, generator=gen)
+
+    return noise_TE, redraw
+
+
+def _noisy(clean_TE, raw_TE, noise_TE, eps: float, ids_TK=None) -> torch.Tensor:
+    """H = clean + noise * (softplus(raw) + eps), everywhere or at the given (T, k) ids."""
+    if ids_TK is not None:
+        clean_TE, raw_TE, noise_TE = (t.gather(1, ids_TK) for t in (clean_TE, raw_TE, noise_TE))
+    return clean_TE + noise_TE * (F.softplus(raw_TE) + eps)
+
+
+class SmoothLoad(torch.autograd.Function):
+    """load_E = sum over tokens of smooth_load(...): the paper's load estimator, summed.
+
+    Forward takes the noise std and the noisy logits already computed (without gradient) for the
+    selection; backward recomputes them from the saved (clean, raw, noise) and writes the gradient
+    in a few (T, E) passes, where autograd over the same formula keeps about eight (T, E) tensors
+    and makes twice as many passes. The gradient reaches clean and raw directly, and through the
+    two thresholds (the k-th and (k+1)-th largest noisy logits) at their experts.
+    """
+
+    @staticmethod
+    def forward(ctx, clean_TE, raw_TE, top_ids_Tk1, std_TE, noisy_TE, k, eps, noise):
+        """noise: the (T, E) noise, or a function that draws it again (see _redrawable_noise)."""
+        saved = (noise,) if torch.is_tensor(noise) else ()
+        ctx.save_for_backward(clean_TE, raw_TE, top_ids_Tk1, *saved)
+        ctx.k, ctx.eps, ctx.redraw = k, eps, None if saved else noise
+        return smooth_load(clean_TE, noisy_TE, std_TE, k, top_ids_Tk1).sum(dim=0)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_E):
+        clean_TE, raw_TE, top_ids_Tk1, *saved = ctx.saved_tensors
+        noise_TE = saved[0] if saved else ctx.redraw()
+        k = ctx.k
+        std_TE = F.softplus(raw_TE) + ctx.eps
+        noisy_TE = clean_TE + noise_TE * std_TE
+        ids_in_T1, ids_out_T1 = top_ids_Tk1[:, k : k + 1], top_ids_Tk1[:, k - 1 : k]
+        thr_in_T1, thr_out_T1 = noisy_TE.gather(1, ids_in_T1), noisy_TE.gather(1, ids_out_T1)
+        is_in_TE = noisy_TE > thr_in_T1
+        z_TE = (clean_TE - torch.where(is_in_TE, thr_in_T1, thr_out_T1)) / std_TE
+        # d load / d clean = g * pdf(z) / std
+        g_clean_TE = torch.exp(-0.5 * z_TE * z_TE).mul_(g_E * _INV_SQRT_2PI).div_(std_TE)
+        g_std_TE = -g_clean_TE * z_TE
+        g_thr_in_T1 = -(g_clean_TE * is_in_TE).sum(dim=1, keepdim=True)
+        g_thr_out_T1 = -g_clean_TE.sum(dim=1, keepdim=True) - g_thr_in_T1
+        for ids_T1, g_T1 in ((ids_in_T1, g_thr_in_T1), (ids_out_T1, g_thr_out_T1)):
+            g_clean_TE.scatter_add_(1, ids_T1, g_T1)  # threshold = clean + noise * std there
+            g_std_TE.scatter_add_(1, ids_T1, g_T1 * noise_TE.gather(1, ids_T1))
+        g_raw_TE = g_std_TE.mul_(torch.sigmoid(raw_TE))  # d softplus = sigmoid
+        return g_clean_TE, g_raw_TE, None, None, None, None, None, None
 
 
 def smooth_load(
@@ -166,9 +256,12 @@ class TopKRouter(Router):
 
     def forward(self, x_TD, noise_TE=None):
         logits_TE = x_TD @ self.w_gate
-        probs_TE = logits_TE.softmax(dim=-1)
-        tok, exp, w = _token_choice(logits_TE, probs_TE, self.cfg.k, self.cfg.renormalize)
-        return RoutingDecision(tok, exp, w, logits_TE, probs_TE, None, x_TD.shape[0])
+        top = logits_TE.topk(self.cfg.k, dim=-1)
+        w_TK = _softmax_weights(top.values, logits_TE, self.cfg.renormalize)
+        tok, exp, w = _slot_major(top.indices, w_TK)
+        return RoutingDecision(
+            tok, exp, w, logits_TE, num_tokens=x_TD.shape[0], probs_fn=lambda: logits_TE.softmax(-1)
+        )
 
 
 class SwitchRouter(TopKRouter):
@@ -196,8 +289,7 @@ class ExpertChoiceRouter(Router):
             weights_EC.reshape(-1),
             logits_TE,
             probs_TE,
-            None,
-            T,
+            num_tokens=T,
             expert_choice=True,
         )
 
@@ -219,15 +311,24 @@ class SigmoidBiasRouter(Router):
     def forward(self, x_TD, noise_TE=None):
         logits_TE = x_TD @ self.w_gate
         scores_TE = logits_TE.sigmoid()
-        select_TE = scores_TE.detach() + self.bias
-        tok, exp, w = _token_choice(select_TE, scores_TE, self.cfg.k, renormalize=True)
-        w = w * self.cfg.route_scale
+        with torch.no_grad():
+            ids_TK = (scores_TE + self.bias).topk(self.cfg.k, dim=-1).indices
+        w_TK = scores_TE.gather(1, ids_TK)
+        if self.cfg.k > 1:
+            w_TK = w_TK / w_TK.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+        tok, exp, w = _slot_major(ids_TK, w_TK * self.cfg.route_scale)
         if self.training:
             self.load_accum += torch.bincount(exp, minlength=self.cfg.num_experts).to(
                 self.load_accum
             )
-        probs_TE = scores_TE / scores_TE.sum(dim=-1, keepdim=True)
-        return RoutingDecision(tok, exp, w, logits_TE, probs_TE, None, x_TD.shape[0])
+        return RoutingDecision(
+            tok,
+            exp,
+            w,
+            logits_TE,
+            num_tokens=x_TD.shape[0],
+            probs_fn=lambda: scores_TE / scores_TE.sum(dim=-1, keepdim=True),
+        )
 
     @torch.no_grad()
     def update_bias(self) -> None:
