@@ -101,6 +101,11 @@ def test_markup_streamed_live_is_shown_as_text(page, fake, serve):
     assert page.text("#conversation .user") == "<b>hello</b> <img src=x onerror=alert(1)>"
     assert not page.css("#view-play img, #view-play script, #view-play b")
     assert page.js("return window.__pwned === undefined") is True
+    # straight to the timeline: it waits for the run's log if the writer has not caught up yet
+    page.one("#live .run-head a").click()
+    page.wait(lambda _: len(page.css(".g-row.call")) == 3)
+    assert page.text("#run-head .q") == "<b>hello</b> <img src=x onerror=alert(1)>"
+    assert page.js("return window.__pwned === undefined") is True
 
 
 def serve_health(serve) -> dict:

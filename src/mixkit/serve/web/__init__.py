@@ -21,6 +21,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from mixkit.serve.errors import APIError
 from mixkit.serve.web import browse
@@ -89,8 +90,10 @@ def api_router(app: FastAPI) -> APIRouter:
         return found
 
     @api.get("/runs/{run_id}")
-    def get_run(run_id: str) -> JSONResponse:
-        found = _one(run_id)
+    async def get_run(run_id: str) -> JSONResponse:
+        # A run that just ended may still be in the log writer's queue: wait for it.
+        await mixtures.writer.flush(run_id)
+        found = await run_in_threadpool(_one, run_id)
         cfg = mixtures.configs.get(found["run"]["preset"])
         # The log does not record the deadline: it is the mixture's, if this server has it.
         found["deadline_s"] = cfg.deadline_s if cfg else None
@@ -99,8 +102,9 @@ def api_router(app: FastAPI) -> APIRouter:
         return _data(found)
 
     @api.get("/runs/{run_id}/calls/{call_id}")
-    def get_call(run_id: str, call_id: int) -> JSONResponse:
-        found = _one(run_id)
+    async def get_call(run_id: str, call_id: int) -> JSONResponse:
+        await mixtures.writer.flush(run_id)
+        found = await run_in_threadpool(_one, run_id)
         call = next((c for c in found["calls"] if c["id"] == call_id), None)
         if call is None:
             raise APIError(404, f"run '{run_id[:64]}' has no call {call_id}", code="call_not_found")

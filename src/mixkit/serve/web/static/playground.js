@@ -144,10 +144,12 @@ function newRunView(question, model, turn) {
 function layerRow(run, layer, title) {
   if (!run.layers.has(layer)) {
     const note = el("span.muted.small", {}, "");
+    const gate = el("span.muted.small.gate-note", {}, "");
     const cards = el("div.cards");
-    const row = el("div.layer", { dataset: { layer } }, el("div.layer-title", {}, title, " ", note), cards);
+    const row = el("div.layer", { dataset: { layer } },
+      el("div.layer-title", {}, title, " ", note, " ", gate), cards);
     run.rows.append(row);
-    run.layers.set(layer, { row, cards, note });
+    run.layers.set(layer, { row, cards, note, gate });
   }
   return run.layers.get(layer);
 }
@@ -212,8 +214,8 @@ function handle(run, type, ev) {
   } else if (type === "gate") {
     showGate(run, ev, d);
   } else if (type === "early_exit") {
-    layerRow(run, ev.layer, `layer ${ev.layer}`).note.textContent =
-      `early exit: ${d.answers} answers agreed`;
+    layerRow(run, ev.layer, `layer ${ev.layer}`).gate.append(
+      ` · early exit: ${d.answers} answers agreed`);
   } else if (type === "answer_token") {
     run.answerText += ev.text;
     append(card(run, run.finalLayer, run.aggregator), ev.text);
@@ -247,8 +249,8 @@ function showGate(run, ev, d) {
     }
   }
   const mix = "mix" in scores ? `, mix score ${Number(scores.mix).toFixed(2)}` : "";
-  layerRow(run, layer, `layer ${layer}`).note.textContent =
-    `gate (${d.strategy}): ${(d.chosen || []).length} chosen, ${skipped.length} skipped${mix}`;
+  layerRow(run, layer, `layer ${layer}`).gate.textContent =
+    `· gate (${d.strategy}): ${(d.chosen || []).length} chosen, ${skipped.length} skipped${mix}`;
 }
 
 function finish(run, outcome, error) {

@@ -139,7 +139,7 @@ function timeline(body) {
     for (const c of calls.filter((x) => x.layer === l)) {
       chart.append(callRow(body, c, start(c), end(c), critical.has(c.id), pct));
     }
-    for (const g of gateRows(gate, l, final)) chart.append(g);
+    for (const g of gateRows(gate, l)) chart.append(g);
   }
   const marks = el("div.g-marks");
   if (run.ttft_s !== null && run.ttft_s !== undefined) {
@@ -199,8 +199,8 @@ function callRow(body, c, s, e, isCritical, pct) {
 }
 
 // The gate's skipped candidates of a layer, as greyed-out rows with their scores.
-function gateRows(gate, layer, final) {
-  if (!gate || (gate.layer ?? 1) !== layer || layer === final) return [];
+function gateRows(gate, layer) {
+  if (!gate || (gate.layer ?? 1) !== layer) return [];
   return (gate.skipped || []).map((name) => {
     const score = gateScore(gate.scores || {}, name);
     return el("div.g-row.skipped", { dataset: { skipped: name } },
