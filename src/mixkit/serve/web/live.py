@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 
@@ -24,12 +25,13 @@ from fastapi import Request
 from starlette.responses import Response
 
 from mixkit.serve import schemas
-from mixkit.serve.errors import APIError
+from mixkit.serve.errors import APIError, error_body
 from mixkit.serve.limits import read_body
 from mixkit.serve.runs import Run
 from mixkit.serve.streaming import SSEResponse
 from mixkit.serve.web.guard import DATA_HEADERS
 
+log = logging.getLogger("mixkit.serve")
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _END = object()
 
@@ -105,5 +107,9 @@ async def _events(queue: asyncio.Queue, pump: asyncio.Future) -> AsyncIterator[b
             yield out
         if _END in items:
             break
-    if not pump.cancelled() and isinstance(pump.exception(), APIError):
-        yield sse_event("error", pump.exception().body())
+    error = None if pump.cancelled() else pump.exception()
+    if isinstance(error, APIError):
+        yield sse_event("error", error.body())
+    elif error is not None:  # a bug, not a failed run: keep the traceback in the server log
+        log.error("the run behind a live feed raised", exc_info=error)
+        yield sse_event("error", error_body(500, f"internal error ({type(error).__name__})"))
