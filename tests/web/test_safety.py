@@ -74,6 +74,9 @@ def test_with_auth_on_nothing_is_shown_or_served_without_the_key(browser, serve_
     page.one("#key-input").send_keys(KEY + "\n")
     page.wait(lambda _: marker in page.text("#run-head"))
     assert page.js("return sessionStorage.getItem('mixkit.apiKey')") == KEY
+    page.driver.get(f"{serve_auth.base}/#/")  # the playground runs with the same key
+    page.ask("quick", "with the key")
+    page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
     page.js("sessionStorage.clear()")
 
 
