@@ -34,6 +34,7 @@ async function loadMixtures() {
   }
   const saved = localStorage.getItem("mixkit.mixture");
   if (saved && state.mixtures[saved]) select.value = saved;
+  state.logging = body.logging;
   state.loaded = true;
   describeMixture();
 }
@@ -270,7 +271,7 @@ function finish(run, outcome, error) {
     reply.classList.add("failed");
     reply.textContent = `(${run.stopped ? "stopped" : outcome}${error || run.error ? ": " + (run.error || error) : ""})`;
   }
-  if (run.runId) {
+  if (run.runId && state.logging) { // with --no-log there is no timeline to open
     run.stats.append(" · ", el("a", { href: `#/runs/${encodeURIComponent(run.runId)}` }, "timeline"));
   }
   for (const c of run.cards.values()) {
