@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-from mixkit.errors import MixkitError
+from mixkit.errors import ConfigError, MixkitError
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -163,8 +163,6 @@ def all_gather_object(obj, group=None) -> list:
 
 def check_same(name: str, value: dict, group=None) -> None:
     """Raise a ConfigError naming the fields that differ between ranks (a mismatched launch)."""
-    from mixkit.errors import ConfigError
-
     values = all_gather_object(value, group)
     diffs = []
     for r, other in enumerate(values):

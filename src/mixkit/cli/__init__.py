@@ -1,3 +1,8 @@
-from mixkit.cli.app import main
+"""The `mixkit` command: app.py holds the app and `main`; each command group is one module that
+registers its commands on the app when imported (below). Heavy imports (torch, fastapi) happen
+inside command bodies, so `mixkit --help` and `mixkit ask` stay fast."""
 
-__all__ = ["main"]
+from mixkit.cli import demo, moa, serve, train  # noqa: F401 (they register their commands)
+from mixkit.cli.app import app, main
+
+__all__ = ["app", "main"]

@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import os
 import sys
+from types import ModuleType
 
 import typer
 from rich.console import Console
 
 from mixkit.errors import MixkitError
+
+# typer >= 0.16 vendors click as typer._click; older ones use click itself. Accept both.
+_vendored_click: ModuleType | None
+_upstream_click: ModuleType | None
+try:
+    import typer._click.exceptions as _vendored_click
+except ImportError:
+    _vendored_click = None
+try:
+    import click.exceptions as _upstream_click
+except ImportError:
+    _upstream_click = None
 
 app = typer.Typer(
     name="mixkit",
@@ -25,23 +38,11 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
-def _register() -> None:
-    # Imported for their side effect of adding commands to `app` (one line per command module).
-    # Heavy imports (torch, llama.cpp) happen inside command bodies so `mixkit --help` stays fast.
-    from mixkit.cli import (
-        demo,  # noqa: F401
-        moa,  # noqa: F401
-        serve,  # noqa: F401
-        train,  # noqa: F401
-    )
-
-
 def main() -> None:
     # Large CPU tensors (an MoE's stacked expert gradients, fresh every step) on transparent huge
     # pages: measured 5x cheaper to first-touch here. torch reads this once, at its import, which
     # happens later, inside the command bodies.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    _register()
     try:
         app(standalone_mode=False)
     except MixkitError as e:
@@ -68,22 +69,8 @@ def main() -> None:
         raise
 
 
-def _click_modules():
-    # typer >= 0.16 vendors click as typer._click; older ones use click itself. Accept both.
-    mods = []
-    try:
-        import typer._click.exceptions as vendored
-
-        mods.append(vendored)
-    except ImportError:
-        pass
-    try:
-        import click.exceptions as upstream
-
-        mods.append(upstream)
-    except ImportError:
-        pass
-    return mods
+def _click_modules() -> list[ModuleType]:
+    return [m for m in (_vendored_click, _upstream_click) if m is not None]
 
 
 def _is_click_error(e: BaseException) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mixkit.cli.app import app, err_console
+from mixkit.moa import load_config
 
 
 @app.command()
@@ -38,10 +39,10 @@ def serve(
     ),
 ) -> None:
     """Serve the mixtures (presets + --config files) as an OpenAI-compatible API."""
-    from mixkit.moa import load_config
+    # lazy: fastapi and uvicorn cost ~0.4 s to import, which no other command should pay
     from mixkit.serve import Mixtures, ServeSettings, create_app, server
-    from mixkit.serve.mixtures import check_unique
-    from mixkit.serve.settings import api_key_from_env
+    from mixkit.serve.mixtures import check_unique  # lazy: as above
+    from mixkit.serve.settings import api_key_from_env  # lazy: as above
 
     configs = [load_config(p) for p in config]
     check_unique(configs)

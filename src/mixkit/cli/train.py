@@ -121,7 +121,7 @@ def train(
     """
     # lazy: mixkit.train needs torch, which `mixkit ask/serve` never load (and it takes seconds)
     from mixkit.train import load_config, plan_run, preset_names
-    from mixkit.train import train as run_training
+    from mixkit.train import train as run_training  # lazy: as above
 
     if list_presets:
         for name in preset_names():

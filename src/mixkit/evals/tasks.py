@@ -29,7 +29,7 @@ class Task:
     """A seeded reasoning-gym dataset with its own scorer."""
 
     def __init__(self, name: str, n: int, seed: int = 0):
-        import reasoning_gym
+        import reasoning_gym  # lazy: a heavy import, needed only when a task is built
 
         try:
             self.dataset = reasoning_gym.create_dataset(name, size=n, seed=seed)

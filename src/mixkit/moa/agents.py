@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
 from mixkit.moa.config import AgentConfig
 from mixkit.moa.providers.base import Message, Provider, Sampling, TransientError, Usage
+from mixkit.moa.providers.local import LocalProvider
 
 
 @dataclass
@@ -45,12 +46,11 @@ class CallRecord:
 def make_provider(name: str, cfg: AgentConfig) -> Provider:
     """Build the provider of an agent config (no network, no model loading)."""
     if cfg.provider == "local":
-        from mixkit.moa.providers.local import LocalProvider
-
         try:
             return LocalProvider(cfg.model, n_ctx=cfg.n_ctx)
         except ConfigError as e:
             raise ConfigError(f"agents.{name}.model: {e}") from None
+    # lazy: the openai SDK takes ~0.5 s to import; a mixture of local agents never needs it
     from mixkit.moa.providers.openai_compat import OpenAICompatProvider
 
     assert cfg.base_url is not None  # validated by AgentConfig

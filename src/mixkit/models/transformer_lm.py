@@ -20,6 +20,7 @@ from torch import nn
 from mixkit.errors import ConfigError
 from mixkit.models.base import LanguageModel
 from mixkit.models.ffn import ExpertKind, MoESpec, build_ffn
+from mixkit.moe import MoE
 
 
 class TransformerLMConfig(BaseModel):
@@ -170,8 +171,6 @@ class TransformerLM(LanguageModel):
         """Cached sampling equals recomputing only if every FFN treats each token on its own:
         dense FFNs and dropless token-choice MoE layers (expert choice and capacity limits look
         at the whole batch)."""
-        from mixkit.moe import MoE
-
         for m in self.modules():  # includes the groups of a HierarchicalMoE
             if isinstance(m, MoE) and (
                 m.cfg.router == "expert_choice" or m.cfg.capacity_factor is not None

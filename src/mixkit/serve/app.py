@@ -11,50 +11,21 @@ Every error is OpenAI-shaped JSON (errors.py). The run id goes back in `x-mixkit
 
 from __future__ import annotations
 
-import hmac
-import json
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from mixkit.serve import schemas
-from mixkit.serve.errors import APIError, install_handlers
-from mixkit.serve.limits import RunLimiter, read_body
+from mixkit.serve.chat import RUN_ID_HEADER, chat_completion
+from mixkit.serve.errors import install_handlers
+from mixkit.serve.limits import RunLimiter
 from mixkit.serve.mixtures import Mixtures
-from mixkit.serve.runs import ClientGone, Run, until_disconnect
+from mixkit.serve.request import check_auth, decode_json
 from mixkit.serve.settings import ServeSettings
-from mixkit.serve.streaming import SSEResponse, chunks
 from mixkit.serve.web import install_web
 
-RUN_ID_HEADER = "x-mixkit-run-id"
-
-
-def check_auth(request: Request, api_key: str | None) -> None:
-    """401 unless the request carries `Authorization: Bearer <api_key>` (when a key is set)."""
-    if api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        token.strip().encode(), api_key.encode()
-    ):
-        raise APIError(
-            401,
-            "missing or wrong API key (send 'Authorization: Bearer <key>'; the key is the value "
-            "of the environment variable given to mixkit serve --api-key-env)",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
-def decode_json(raw: bytes) -> object:
-    """The body as JSON, or a 400 saying why not."""
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise APIError(
-            400, f"the body is not valid JSON ({e})"[:300], code="invalid_json"
-        ) from None
+__all__ = ["RUN_ID_HEADER", "check_auth", "create_app", "decode_json"]
 
 
 def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None = None) -> FastAPI:
@@ -97,46 +68,7 @@ def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        check_auth(request, settings.api_key)
-        raw = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
-        data = decode_json(raw)
-        req = schemas.parse_request(
-            data, max_messages=settings.max_messages, max_tokens=settings.max_tokens
-        )
-        moa = mixtures.get(req.model)
-        limiter.acquire()
-        try:
-            run = Run(moa, req, mixtures.writer)
-        except BaseException:
-            limiter.release()
-            raise
-        headers = {RUN_ID_HEADER: run.run_id}
-
-        async def finish() -> None:
-            await run.close()
-            limiter.release()
-
-        try:
-            if req.stream:
-                # Wait for the first token before sending 200, so a run that fails in its
-                # proposer layers still gets a real status (502/504), not an error event.
-                first = await until_disconnect(request.receive, run.next_piece())
-            else:
-                answer = await until_disconnect(request.receive, run.collect())
-        except ClientGone:
-            await finish()
-            return Response(status_code=499)  # nobody is listening; for the access log only
-        except BaseException as e:
-            await finish()
-            if isinstance(e, APIError):  # a failed run is logged too: say which
-                e.headers[RUN_ID_HEADER] = run.run_id
-            raise
-        if not req.stream:
-            await finish()
-            body = schemas.completion(req.model, answer, run.effective_max_tokens, schemas.now())
-            return JSONResponse(body, headers=headers)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return SSEResponse(chunks(run, first or "", include_usage), finish, headers=headers)
+        return await chat_completion(request, mixtures, settings, limiter)
 
     install_web(app)
     return app

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+import uvicorn
+
 from mixkit.errors import ConfigError
 
 
@@ -35,8 +37,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run(app, sock: socket.socket, *, grace_s: float, log_level: str = "warning") -> None:
     """Serve `app` on `sock` until SIGINT/SIGTERM, then shut down gracefully."""
-    import uvicorn
-
     config = uvicorn.Config(
         app,
         log_level=log_level,

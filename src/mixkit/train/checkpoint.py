@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_model, save_model
 
 from mixkit.errors import DataError
 
@@ -37,8 +39,6 @@ def _sha256(path: Path) -> str:
 
 
 def _fsync_dir(path: Path) -> None:
-    import os
-
     try:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -58,7 +58,6 @@ def save_checkpoint(
     tokenizer_path: Path,
 ) -> Path:
     """Write `out_dir/checkpoint/` atomically; returns its path."""
-    from safetensors.torch import save_model
 
     out_dir = Path(out_dir)
     final, tmp, old = out_dir / "checkpoint", out_dir / "checkpoint.tmp", out_dir / "checkpoint.old"
@@ -108,8 +107,6 @@ class Checkpoint:
 
     def load_weights(self, model: torch.nn.Module) -> None:
         """Load the weights into `model` (same architecture), bit for bit."""
-        from safetensors.torch import load_model
-
         try:
             missing, unexpected = load_model(
                 model, str(self.path / "model.safetensors"), strict=False

@@ -32,6 +32,8 @@ from torch import nn
 
 from mixkit import distributed as mdist
 from mixkit.errors import ConfigError
+from mixkit.moe import HierarchicalMoE, MoE
+from mixkit.moe.parallel import expert_parameter_names, shard_experts
 
 
 @dataclass
@@ -91,8 +93,6 @@ def parallelize(model: nn.Module, ctx: ParallelContext) -> nn.Module:
     Call it on identically initialised models on every rank, before building the optimizer."""
     if not ctx.distributed:
         return model
-    from mixkit.moe import HierarchicalMoE, MoE
-
     # A HierarchicalMoE's groups run only on ranks that routed tokens to them, so they cannot
     # take part in collectives: its losses stay per rank under data parallelism.
     nested = {id(g) for h in model.modules() if isinstance(h, HierarchicalMoE) for g in h.groups}
@@ -108,8 +108,6 @@ def parallelize(model: nn.Module, ctx: ParallelContext) -> nn.Module:
                 f"--expert-parallel {ctx.ep_size} needs a model with MoE layers; this one is dense "
                 "(use --expert-parallel 1 for data parallelism)"
             )
-        from mixkit.moe.parallel import shard_experts
-
         shard_experts(model, ctx.ep_group)
     for layer in layers:
         layer.set_stats_group(None)  # the whole world: every rank's batch
@@ -124,7 +122,6 @@ def default_threads(ctx: ParallelContext) -> int:
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(dense, expert-parallel) trainable parameters of the model."""
-    from mixkit.moe.parallel import expert_parameter_names
 
     names = expert_parameter_names(model)
     dense, experts = [], []

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def read_log(path: Path) -> list[dict[str, Any]]:
     records = []
@@ -23,10 +25,12 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 
 def _pyplot():
+    # lazy: matplotlib (the train extra) takes ~0.5 s to import, and the Agg backend must be
+    # chosen before pyplot is imported; only runs that plot pay for it
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: see above
 
     return plt
 
@@ -76,10 +80,9 @@ def plot_expert_load(records: list[dict[str, Any]], out: Path) -> Path | None:
     train = [r for r in records if r.get("event") == "train" and r.get("expert_load")]
     if not train:
         return None
-    import numpy as np
-    from matplotlib.ticker import MaxNLocator
-
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib (see _pyplot)
+
     layers = list(train[0]["expert_load"])
     fig, axes = plt.subplots(
         len(layers), 1, figsize=(8, 2.2 + 1.6 * len(layers)), dpi=110, squeeze=False

@@ -37,7 +37,13 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import (  # lazy: the HF tokenizers library, only for the bpe tokenizer
+            Tokenizer,
+            decoders,
+            models,
+            pre_tokenizers,
+            trainers,
+        )
 
         tok = Tokenizer(models.BPE())
         # Byte-level: every string is encodable, nothing is ever unknown.
@@ -78,7 +84,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
     if raw.get("mixkit_tokenizer") == "byte":
         return ByteTokenizer()
     try:
-        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import Tokenizer as HFTokenizer  # lazy: see train()
 
         return BPETokenizer(HFTokenizer.from_str(json.dumps(raw)))
     except Exception as e:  # tokenizers raises its own exception type

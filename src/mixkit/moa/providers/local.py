@@ -14,6 +14,7 @@ the consumer (a deadline, a met quorum) stops generation at the next token.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -74,7 +75,7 @@ class LlamaPool:
         with self._lock:
             if self._idle.get(key):
                 return self._idle[key].pop()
-        from llama_cpp import Llama  # heavy import, only when a local model is really used
+        from llama_cpp import Llama  # lazy: llama.cpp is heavy; only when a local model is used
 
         # Llama() silences the model load by pointing the process-wide fds 1 and 2 at /dev/null
         # and back. Two loads at once interleave that dance and can leave stdout at /dev/null
@@ -82,8 +83,6 @@ class LlamaPool:
         if not self._closing_at_exit:
             # Free the models while llama_cpp is still importable: left to the garbage collector
             # at interpreter shutdown, Llama.__del__ finds its C bindings gone and prints a traceback.
-            import atexit
-
             atexit.register(self.clear)
             self._closing_at_exit = True
         with self._load_lock:
@@ -116,7 +115,7 @@ _END = object()
 
 
 def _set_threads(llama: Any, threads: int) -> None:
-    import llama_cpp
+    import llama_cpp  # lazy: see LlamaPool.take
 
     llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
 

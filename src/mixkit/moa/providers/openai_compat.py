@@ -74,6 +74,31 @@ class OpenAICompatProvider(Provider):
     def _scrub(self, text: str, key: str) -> str:
         return text.replace(key, "***") if key and key != "not-needed" else text
 
+    def _typed(self, e: Exception, key: str, pieces: int) -> ProviderError:
+        """The mixkit error for what the SDK or the stream raised (the API key scrubbed out)."""
+        if isinstance(e, openai.RateLimitError):
+            return RateLimited(
+                self._scrub(f"429 rate limited by {self.base_url}", key),
+                retry_after=parse_retry_after(e.response.headers),
+            )
+        if isinstance(e, openai.APITimeoutError):
+            return Timeout(f"timed out talking to {self.base_url}")
+        if isinstance(e, openai.APIConnectionError):
+            return TransientError(f"cannot connect to {self.base_url}: {e.__cause__ or e}")
+        if isinstance(e, openai.APIStatusError):
+            body = self._scrub(e.response.text[:200] if e.response is not None else "", key)
+            cls = TransientError if e.status_code >= 500 else ProviderError
+            return cls(f"HTTP {e.status_code} from {self.base_url}: {body}")
+        if isinstance(e, (httpx.TransportError, httpx.StreamError)):  # broke after it started
+            return TransientError(
+                f"stream from {self.base_url} broke after {pieces} pieces: {type(e).__name__}"
+            )
+        if isinstance(e, (json.JSONDecodeError, openai.APIResponseValidationError)):
+            return ProviderError(f"malformed response from {self.base_url}: {type(e).__name__}")
+        message = e.message if isinstance(e, openai.APIError) else str(e)
+        # an error object inside the stream
+        return ProviderError(self._scrub(f"error from {self.base_url}: {message}", key))
+
     async def stream(
         self,
         messages: list[Message],
@@ -116,31 +141,13 @@ class OpenAICompatProvider(Provider):
                     if choice.delta and choice.delta.content:
                         pieces += 1
                         yield choice.delta.content
-        except openai.RateLimitError as e:
-            raise RateLimited(
-                self._scrub(f"429 rate limited by {self.base_url}", key),
-                retry_after=parse_retry_after(e.response.headers),
-            ) from None
-        except openai.APITimeoutError:
-            raise Timeout(f"timed out talking to {self.base_url}") from None
-        except openai.APIConnectionError as e:
-            raise TransientError(f"cannot connect to {self.base_url}: {e.__cause__ or e}") from None
-        except openai.APIStatusError as e:
-            body = self._scrub(e.response.text[:200] if e.response is not None else "", key)
-            cls = TransientError if e.status_code >= 500 else ProviderError
-            raise cls(f"HTTP {e.status_code} from {self.base_url}: {body}") from None
-        except (httpx.TransportError, httpx.StreamError) as e:  # the stream broke after it started
-            raise TransientError(
-                f"stream from {self.base_url} broke after {pieces} pieces: {type(e).__name__}"
-            ) from None
-        except (json.JSONDecodeError, openai.APIResponseValidationError) as e:
-            raise ProviderError(
-                f"malformed response from {self.base_url}: {type(e).__name__}"
-            ) from None
-        except openai.APIError as e:  # an error object inside the stream
-            raise ProviderError(
-                self._scrub(f"error from {self.base_url}: {e.message}", key)
-            ) from None
+        except (
+            openai.APIError,
+            httpx.TransportError,
+            httpx.StreamError,
+            json.JSONDecodeError,
+        ) as e:
+            raise self._typed(e, key, pieces) from None
         finally:
             await client.close()
         if usage.finish_reason is None:

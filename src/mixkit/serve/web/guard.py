@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from fastapi import Request
 
 from mixkit.serve.errors import APIError
+from mixkit.serve.request import check_auth
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -72,7 +73,5 @@ def same_origin(request: Request) -> None:
 
 def authorized(request: Request) -> None:
     """Same origin, then the bearer key when the server has one (401 otherwise)."""
-    from mixkit.serve.app import check_auth  # app.py includes this package: import late
-
     same_origin(request)
     check_auth(request, request.app.state.settings.api_key)

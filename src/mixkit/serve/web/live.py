@@ -27,6 +27,7 @@ from starlette.responses import Response
 from mixkit.serve import schemas
 from mixkit.serve.errors import APIError, error_body
 from mixkit.serve.limits import read_body
+from mixkit.serve.request import decode_json
 from mixkit.serve.runs import Run
 from mixkit.serve.streaming import SSEResponse
 from mixkit.serve.web.guard import DATA_HEADERS
@@ -44,8 +45,6 @@ def sse_event(kind: str, payload: dict) -> bytes:
 
 def parse_live_request(raw: bytes, settings) -> tuple[schemas.ChatCompletionRequest, str | None]:
     """The chat request and the conversation id; APIError(400) naming what is wrong."""
-    from mixkit.serve.app import decode_json  # app.py includes this package: import late
-
     data = decode_json(raw)
     conversation_id = data.pop("conversation_id", None) if isinstance(data, dict) else None
     if conversation_id is not None and not (
