@@ -66,14 +66,22 @@ def test_two_layer_local_moa_answers_and_traces(home):
     check_trace_matches(answer, home)
 
 
-def test_local_agents_never_oversubscribe_the_cores():
+@pytest.mark.parametrize("budget", [2, 3])
+def test_local_agents_run_at_once_as_far_as_the_core_budget_allows(monkeypatch, budget):
+    # Three one-thread calls in one layer: with 3 cores all three decode at once; with 2, two do
+    # and the third waits for a core. Serializing them, or overrunning the budget, fails this.
+    monkeypatch.setattr(local.CORES, "total", budget)
+    monkeypatch.setattr(local.CORES, "free", budget)
+    monkeypatch.setattr(local.CORES, "peak", 0)
+    monkeypatch.setattr(local.CORES, "peak_calls", 0)
     cfg = parse_config(
         {"agents": {"smol": SMOL}, "layers": [{"agents": ["smol"] * 3}], "aggregator": "smol"}
     )
-    local.CORES.peak = 0
-    MoA(cfg, log=False).run("Say hi.")
-    assert 1 <= local.CORES.peak <= local.CORES.total
-    assert local.CORES.free == local.CORES.total
+    answer = MoA(cfg, log=False).run("Say hi.")
+    assert answer.answer.strip()
+    assert local.CORES.peak_calls == budget  # that many calls decoded at once, one thread each
+    assert local.CORES.peak == budget  # and never more threads than the budget
+    assert local.CORES.free == local.CORES.total and local.CORES.calls == 0
 
 
 def test_local_deadline_stops_generation():

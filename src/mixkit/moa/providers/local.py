@@ -17,7 +17,7 @@ import asyncio
 import atexit
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,9 @@ class CoreBudget:
     def __init__(self, total: int):
         self.total = max(1, total)
         self.free = self.total
-        self.peak = 0  # most threads ever in use at once (tests check it never exceeds total)
+        self.peak = 0  # most threads ever in use at once
+        self.calls = 0  # calls holding threads now
+        self.peak_calls = 0  # most calls ever holding threads at once
         self._cond = threading.Condition()
 
     def acquire(self, n: int, stop: threading.Event) -> bool:
@@ -49,12 +51,15 @@ class CoreBudget:
                     return False
                 self._cond.wait(0.05)
             self.free -= n
+            self.calls += 1
             self.peak = max(self.peak, self.total - self.free)
+            self.peak_calls = max(self.peak_calls, self.calls)
             return True
 
     def release(self, n: int) -> None:
         with self._cond:
             self.free += min(n, self.total)
+            self.calls -= 1
             self._cond.notify_all()
 
 
@@ -64,7 +69,7 @@ CORES = CoreBudget(int(os.environ.get("MIXKIT_THREADS") or os.cpu_count() or 1))
 class LlamaPool:
     """Idle `Llama` instances keyed by (file, n_ctx)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._idle: dict[tuple[str, int], list[Any]] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
@@ -134,7 +139,15 @@ class LocalProvider(Provider):
         self.model = model
         self.n_ctx = n_ctx
 
-    def _generate(self, messages, sampling, usage, threads, put, stop) -> None:
+    def _generate(
+        self,
+        messages: list[Message],
+        sampling: Sampling,
+        usage: Usage,
+        threads: int,
+        put: Callable[[object], None],
+        stop: threading.Event,
+    ) -> None:
         """Runs in a worker thread: take cores and a model instance, decode, stream pieces out."""
         path = model_path(self.model)
         if not CORES.acquire(threads, stop):
@@ -185,14 +198,14 @@ class LocalProvider(Provider):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
-        threads = max(1, min(threads or CORES.total, CORES.total))
+        n_threads = max(1, min(threads or CORES.total, CORES.total))
 
         def put(item: object) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def worker() -> None:
             try:
-                self._generate(messages, sampling, usage, threads, put, stop)
+                self._generate(messages, sampling, usage, n_threads, put, stop)
             except Exception as e:  # surfaces in the consumer as a typed ProviderError
                 put(e)
             finally:
@@ -215,6 +228,6 @@ class LocalProvider(Provider):
                     raise ProviderError(
                         f"local model {self.model} failed: {type(item).__name__}: {item}"
                     )
-                yield item  # type: ignore[misc]
+                yield item
         finally:
             stop.set()  # a cancelled consumer stops generation at the next token
