@@ -37,9 +37,11 @@ bench: $(STAMP)
 	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[bench]"
 	$(PY) bench/moe_layer.py
 
+# Style (ruff) and types (mypy, on the packages listed in pyproject's [tool.mypy]).
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
 	$(PY) -m ruff format --check src tests bench
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV)

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mixkit.errors import MixkitError
 
@@ -38,6 +39,13 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+def missing_extra(e: ImportError, extra: str) -> MixkitError:
+    """The one-line error for a command whose optional dependencies are not installed."""
+    return MixkitError(
+        f"this command needs mixkit's {extra} extra (pip install 'mixkit[{extra}]'): {e}"
+    )
+
+
 def main() -> None:
     # Large CPU tensors (an MoE's stacked expert gradients, fresh every step) on transparent huge
     # pages: measured 5x cheaper to first-touch here. torch reads this once, at its import, which
@@ -49,7 +57,7 @@ def main() -> None:
         where = (
             f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         )
-        err_console.print(f"[bold red]error{where}:[/] {e}")
+        err_console.print(f"[bold red]error{where}:[/] {escape(str(e))}")  # no markup in e
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

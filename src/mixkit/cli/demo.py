@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mixkit.cli.app import app
+from mixkit.cli.app import app, missing_extra
 
 
 @app.command()
@@ -22,7 +22,10 @@ def demo(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """Train an MoE layer and a dense FFN of equal active compute on clustered data; show routing."""
-    from mixkit.train.demo import routing_demo  # lazy: torch (see cli/train.py)
+    try:
+        from mixkit.train.demo import routing_demo  # lazy: torch (see cli/train.py)
+    except ImportError as e:
+        raise missing_extra(e, "moe") from None
 
     console = Console()
     k = 1 if router == "switch" else k

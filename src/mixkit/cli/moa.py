@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mixkit.cli.app import app
@@ -120,7 +121,7 @@ def ask(
     sys.stdout.write("\n")
     err.print(_layer_table(answer.calls, f"run {answer.run_id[:12]} ({cfg.name})"))
     for line in _failures(answer.calls):
-        err.print(f"[yellow]{line}[/]")
+        err.print(f"[yellow]{escape(line)}[/]")
     err.print(
         f"wall {answer.wall_s:.2f}s, critical path {answer.critical_path_s:.2f}s, time to first answer token "
         f"{answer.ttft_s or 0:.2f}s, tokens {answer.prompt_tokens} in / {answer.completion_tokens} out"
@@ -155,12 +156,12 @@ def logs(
         console.print(
             f"[bold]{r.id[:12]}[/] {r.preset} [dim]conversation {r.conversation_id[:12]}[/] outcome [bold]{r.outcome}[/]"
         )
-        console.print(f"[cyan]Q:[/] {r.question[:200]}")
+        console.print(f"[cyan]Q:[/] {escape(r.question[:200])}")
         if r.answer:
-            console.print(f"[cyan]A:[/] {r.answer[:300]}")
+            console.print(f"[cyan]A:[/] {escape(r.answer[:300])}")
         console.print(_layer_table(r.calls, ""))
         for line in _failures(r.calls):
-            console.print(f"[yellow]{line}[/]")
+            console.print(f"[yellow]{escape(line)}[/]")
         tokens_in, tokens_out = r.prompt_tokens, r.completion_tokens
         console.print(
             f"critical path {r.critical_path_s or 0:.2f}s, wall {r.wall_s or 0:.2f}s, "

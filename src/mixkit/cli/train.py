@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mixkit.cli.app import app
+from mixkit.cli.app import app, missing_extra
 
 console = Console()
 
@@ -119,9 +119,12 @@ def train(
 
     Multi-process: torchrun --nproc_per_node N -m mixkit train ... [--expert-parallel N]
     """
-    # lazy: mixkit.train needs torch, which `mixkit ask/serve` never load (and it takes seconds)
-    from mixkit.train import load_config, plan_run, preset_names
-    from mixkit.train import train as run_training  # lazy: as above
+    try:
+        # lazy: mixkit.train needs torch (the train extra), which `mixkit ask/serve` never load
+        from mixkit.train import load_config, plan_run, preset_names
+        from mixkit.train import train as run_training  # lazy: as above
+    except ImportError as e:
+        raise missing_extra(e, "train") from None
 
     if list_presets:
         for name in preset_names():
@@ -176,7 +179,10 @@ def generate(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Sample text from a trained checkpoint."""
-    from mixkit.train import generate_text  # lazy: torch (see `train` above)
+    try:
+        from mixkit.train import generate_text  # lazy: torch (see `train` above)
+    except ImportError as e:
+        raise missing_extra(e, "train") from None
 
     text = generate_text(checkpoint, prompt, max_new_tokens, temperature, top_k, seed)
     typer.echo(text)

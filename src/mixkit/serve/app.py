@@ -11,6 +11,7 @@ Every error is OpenAI-shaped JSON (errors.py). The run id goes back in `x-mixkit
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -35,7 +36,7 @@ def create_app(mixtures: Mixtures | None = None, settings: ServeSettings | None 
     limiter = RunLimiter(settings.max_concurrent)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         mixtures.writer.close()  # after the graceful shutdown: the last runs' logs are written
 

@@ -84,8 +84,8 @@ class Mixtures:
         }
 
     @classmethod
-    def from_files(cls, paths: list[Path], **kwargs) -> Mixtures:
-        return cls([load_config(p) for p in paths], **kwargs)
+    def from_files(cls, paths: list[Path], *, presets: bool = True, log: bool = True) -> Mixtures:
+        return cls([load_config(p) for p in paths], presets=presets, log=log)
 
     def names(self) -> list[str]:
         return list(self.configs)

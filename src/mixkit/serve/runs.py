@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TypeVar
+
+from starlette.types import Receive
 
 from mixkit.errors import ConfigError, MixkitError
 from mixkit.moa import Answer, EventHandler, LayerFailed, MoA
@@ -19,7 +21,6 @@ from mixkit.serve.mixtures import LogWriter
 from mixkit.serve.schemas import ChatCompletionRequest
 
 T = TypeVar("T")
-Receive = Callable[[], Awaitable[dict]]
 
 
 class ClientGone(Exception):

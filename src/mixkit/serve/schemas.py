@@ -180,9 +180,17 @@ def completion(model: str, answer: Answer, max_tokens: int | None, created: int)
 
 
 def chunk(
-    run_id: str, model: str, created: int, delta: dict, finish: str | None = None, **extra
+    run_id: str,
+    model: str,
+    created: int,
+    delta: dict,
+    finish: str | None = None,
+    *,
+    mixkit: dict[str, Any] | None = None,
+    usage: dict[str, int] | None = None,
 ) -> dict:
-    """A `chat.completion.chunk` object."""
+    """A `chat.completion.chunk` object (with the run's `mixkit` trace or `usage` when given)."""
+    extra = {k: v for k, v in (("mixkit", mixkit), ("usage", usage)) if v is not None}
     return {
         "id": f"chatcmpl-{run_id}",
         "object": "chat.completion.chunk",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from mixkit.errors import ConfigError
 
@@ -35,13 +36,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(app, sock: socket.socket, *, grace_s: float, log_level: str = "warning") -> None:
+def run(app: ASGIApp, sock: socket.socket, *, grace_s: float, log_level: str = "warning") -> None:
     """Serve `app` on `sock` until SIGINT/SIGTERM, then shut down gracefully."""
     config = uvicorn.Config(
         app,
         log_level=log_level,
         access_log=log_level in ("info", "debug", "trace"),
-        timeout_graceful_shutdown=grace_s,
+        timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]  # typed int, used as float
         backlog=2048,
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -13,16 +13,18 @@ import json
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import cast
 
 import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
 from mixkit.moa.providers.base import Message, Provider, Sampling, TransientError, Usage
 
 
-def parse_retry_after(headers: httpx.Headers | None) -> float | None:
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     """Seconds to wait from `Retry-After` (seconds or an HTTP date) or `retry-after-ms`."""
     if headers is None:
         return None
@@ -114,22 +116,24 @@ class OpenAICompatProvider(Provider):
             base_url=self.base_url,
             api_key=key,
             max_retries=0,
-            timeout=httpx.Timeout(None, connect=10.0),
+            timeout=openai.Timeout(None, connect=10.0),
             http_client=openai.DefaultAsyncHttpxClient(verify=shared_ssl_context()),
         )
-        extra = {"stream_options": {"include_usage": True}} if self.stream_usage else {}
+        extra: dict[str, object] = {}  # sent as JSON body fields (works on every SDK version)
+        if self.stream_usage:
+            extra["stream_options"] = {"include_usage": True}
         if sampling.seed is not None:
             extra["seed"] = sampling.seed
         pieces = 0
         try:
             stream = await client.chat.completions.create(
                 model=self.model,
-                messages=messages,  # type: ignore[arg-type]
+                messages=cast("list[ChatCompletionMessageParam]", messages),
                 max_tokens=sampling.max_tokens,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 stream=True,
-                **extra,
+                extra_body=extra or None,
             )
             async for chunk in stream:
                 if chunk.usage is not None:
