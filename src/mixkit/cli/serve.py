@@ -39,7 +39,7 @@ def serve(
     ),
 ) -> None:
     """Serve the mixtures (presets + --config files) as an OpenAI-compatible API."""
-    # lazy: fastapi and uvicorn cost ~0.4 s to import, which no other command should pay
+    # lazy: fastapi and uvicorn are slow to import, which no other command should pay for
     from mixkit.serve import Mixtures, ServeSettings, create_app, server
     from mixkit.serve.mixtures import check_unique  # lazy: as above
     from mixkit.serve.settings import api_key_from_env  # lazy: as above

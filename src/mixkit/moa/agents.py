@@ -50,7 +50,7 @@ def make_provider(name: str, cfg: AgentConfig) -> Provider:
             return LocalProvider(cfg.model, n_ctx=cfg.n_ctx)
         except ConfigError as e:
             raise ConfigError(f"agents.{name}.model: {e}") from None
-    # lazy: the openai SDK takes ~0.5 s to import; a mixture of local agents never needs it
+    # lazy: the openai SDK is slow to import, and a mixture of local agents never needs it
     from mixkit.moa.providers.openai_compat import OpenAICompatProvider
 
     assert cfg.base_url is not None  # validated by AgentConfig

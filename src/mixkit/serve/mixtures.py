@@ -28,9 +28,8 @@ log = logging.getLogger("mixkit.serve")
 
 
 class LogWriter:
-    """The servers' log sink: writes run logs to `target` on one background thread. A run's
-    SQLite commit (an fsync, 15 ms median here) on the event loop stalled every request in
-    flight: under load it was the largest single cost in a profile of the server.
+    """The server's log sink: writes run logs to `target` on one background thread. A run's
+    SQLite commit (an fsync) on the event loop would stall every request in flight.
 
     A response does not wait for its run's log (it lands moments later) unless more than
     `max_pending` writes are queued: then it waits for its own, so the queue stays bounded.

@@ -22,7 +22,7 @@ def bind(host: str, port: int) -> socket.socket:
         raise ConfigError(f"--host {host}: cannot resolve it ({e})") from None
     family, _, proto, _, address = infos[0]
     # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted connections only
-    # then, and without it Nagle + delayed ACKs added ~40 ms to every response.
+    # then, and without it Nagle + delayed ACKs delay every response (docs/benchmarks.md).
     sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -25,7 +25,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 
 def _pyplot():
-    # lazy: matplotlib (the train extra) takes ~0.5 s to import, and the Agg backend must be
+    # lazy: matplotlib (the train extra) is slow to import, and the Agg backend must be
     # chosen before pyplot is imported; only runs that plot pay for it
     import matplotlib
 

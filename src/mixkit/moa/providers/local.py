@@ -26,8 +26,8 @@ from mixkit.moa.providers.base import Message, Provider, Sampling, Usage
 from mixkit.moa.providers.model_files import check_model_name, model_path
 
 # llama.cpp's CPU backend is built with OpenMP. By default its idle threads spin, and when
-# another process holds a core, a 2-thread decode measured here went from 0.3 s to 19-28 s.
-# Passive waiting keeps it at 0.3 s. It must be set before llama_cpp (libgomp) is loaded.
+# another process holds a core a decode slows down by orders of magnitude; passive waiting
+# avoids that. It must be set before llama_cpp (libgomp) is loaded.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

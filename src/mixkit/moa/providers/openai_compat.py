@@ -45,8 +45,8 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 @functools.lru_cache(maxsize=1)
 def shared_ssl_context() -> ssl.SSLContext:
-    """One TLS context (httpx's default) for every call. Building one loads the CA bundle,
-    10-30 ms of CPU: per call, that capped `mixkit serve` at ~10 runs/s on 2 cores."""
+    """One TLS context (httpx's default) for every call. Building one loads the CA bundle, which
+    per call was the server's throughput limit (docs/benchmarks.md, Server)."""
     return httpx.create_ssl_context()
 
 
