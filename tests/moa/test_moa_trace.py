@@ -96,3 +96,15 @@ def test_conversation_continues_from_the_last_ok_run(tmp_path):
     ]
     assert logs.conversation("c1", db=db) == convo
     assert logs.conversation("nope", db=db) is None
+
+
+def test_columns_added_by_a_later_migration_are_read_back(tmp_path):
+    db = tmp_path / "logs.db"
+    SQLiteLog(db).write(finished("r1", "c1", 1.0))
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("ALTER TABLE runs ADD COLUMN cost_usd REAL")
+        conn.execute("UPDATE runs SET cost_usd = 0.25")
+    conn.close()
+    (run,) = logs.recent_runs(db=db)
+    assert run.extra == {"cost_usd": 0.25} and run.to_dict()["cost_usd"] == 0.25

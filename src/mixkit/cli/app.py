@@ -48,8 +48,8 @@ def missing_extra(e: ImportError, extra: str) -> MixkitError:
 
 def main() -> None:
     # Large CPU tensors (an MoE's stacked expert gradients, fresh every step) on transparent huge
-    # pages: measured 5x cheaper to first-touch here. torch reads this once, at its import, which
-    # happens later, inside the command bodies.
+    # pages are much cheaper to first-touch (docs/benchmarks.md, MoE layer). torch reads this
+    # once, at its import, which happens later, inside the command bodies.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     try:
         app(standalone_mode=False)

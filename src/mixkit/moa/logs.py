@@ -68,6 +68,7 @@ class LoggedRun:
     critical_path_s: float | None
     ttft_s: float | None
     calls: list[CallRecord] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # columns added by later migrations
 
     @property
     def prompt_tokens(self) -> int:
@@ -79,7 +80,9 @@ class LoggedRun:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `mixkit logs --json` (one element)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "messages"}
+        skip = ("messages", "extra", "calls")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        out.update(self.extra)
         out["calls"] = [c.to_dict() for c in self.calls]
         return out
 
@@ -113,7 +116,9 @@ def _run(db: Any, row: dict[str, Any]) -> LoggedRun:
     ]
     messages = json.loads(row.pop("messages_json"))
     known = {f.name for f in fields(LoggedRun)}
-    return LoggedRun(**{k: v for k, v in row.items() if k in known}, messages=messages, calls=calls)
+    extra = {k: v for k, v in row.items() if k not in known}
+    kept = {k: v for k, v in row.items() if k in known}
+    return LoggedRun(**kept, messages=messages, calls=calls, extra=extra)
 
 
 def recent_runs(n: int = 3, *, db: str | Path | None = None) -> list[LoggedRun]:
