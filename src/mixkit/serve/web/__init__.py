@@ -15,14 +15,18 @@ Every `/api` endpoint is same-origin only and needs the bearer key when auth is 
 
 from __future__ import annotations
 
+import sqlite3
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
+from mixkit.moa import MoAConfig
 from mixkit.serve.errors import APIError
 from mixkit.serve.web import browse
 from mixkit.serve.web.guard import DATA_HEADERS, PAGE_HEADERS, authorized, same_origin
@@ -34,17 +38,17 @@ STATIC = Path(str(resources.files("mixkit.serve.web") / "static"))
 class _Static(StaticFiles):
     """The page's files, with the page's headers (CSP, nosniff)."""
 
-    def file_response(self, *args, **kwargs):
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
         response = super().file_response(*args, **kwargs)
         response.headers.update(PAGE_HEADERS)
         return response
 
 
-def _data(obj: dict) -> JSONResponse:
+def _data(obj: dict[str, Any]) -> JSONResponse:
     return JSONResponse(obj, headers=DATA_HEADERS)
 
 
-def _mixture_info(name: str, cfg) -> dict:
+def _mixture_info(name: str, cfg: MoAConfig) -> dict[str, Any]:
     return {
         "name": name,
         "description": cfg.description,
@@ -74,16 +78,17 @@ def api_router(app: FastAPI) -> APIRouter:
         before: float | None = None,
         limit: int = Query(50, ge=1, le=500),
     ) -> JSONResponse:
-        def read(db):
+        def read(db: sqlite3.Connection) -> dict[str, Any]:
             runs = browse.list_runs(
                 db, q=q.strip(), mixture=mixture, outcome=outcome, before=before, limit=limit
             )
             return {"runs": runs, "mixtures": browse.logged_mixtures(db)}
 
-        found = browse.with_db(db_path, read, {"runs": [], "mixtures": []})
+        empty: dict[str, Any] = {"runs": [], "mixtures": []}
+        found = browse.with_db(db_path, read, empty)
         return _data({**found, "logging": logging_on})
 
-    def _one(run_id: str) -> dict:
+    def _one(run_id: str) -> dict[str, Any]:
         found = browse.with_db(db_path, lambda db: browse.get_run(db, run_id), None)
         if found is None:
             raise APIError(404, f"no logged run '{run_id[:64]}'", code="run_not_found")

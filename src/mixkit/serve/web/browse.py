@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import TypeVar
 
 from mixkit.moa import MoAConfig, logs, synthesis_messages
 
-OUTCOMES = ("ok", "error", "cancelled")
+T = TypeVar("T")
 CLIP = 300  # characters of the question and the answer in the list
 
 
@@ -46,7 +48,8 @@ def list_runs(
 ) -> list[dict]:
     """Newest first: each run with its clipped question and answer and its calls' totals.
     `q` matches the conversation, the answer or an id prefix; `before` pages by start time."""
-    where, args = [], {}
+    where: list[str] = []
+    args: dict[str, str | float] = {}
     if q:
         where.append(
             "(r.question LIKE :q ESCAPE '\\' OR r.messages_json LIKE :q ESCAPE '\\'"
@@ -139,7 +142,7 @@ def call_prompt(run: dict, calls: list[dict], call: dict, cfg: MoAConfig | None)
     return [{"role": "system", "content": agent.system}, *messages]
 
 
-def with_db(path: Path | None, read, default):
+def with_db(path: Path | None, read: Callable[[sqlite3.Connection], T], default: T) -> T:
     """`read(db)` on the log database, or `default` when there is none yet."""
     db = open_db(path)
     if db is None:

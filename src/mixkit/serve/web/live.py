@@ -29,6 +29,7 @@ from mixkit.serve.errors import APIError, error_body
 from mixkit.serve.limits import read_body
 from mixkit.serve.request import decode_json
 from mixkit.serve.runs import Run
+from mixkit.serve.settings import ServeSettings
 from mixkit.serve.streaming import SSEResponse
 from mixkit.serve.web.guard import DATA_HEADERS
 
@@ -43,7 +44,9 @@ def sse_event(kind: str, payload: dict) -> bytes:
     return f"event: {kind}\ndata: {data}\n\n".encode()
 
 
-def parse_live_request(raw: bytes, settings) -> tuple[schemas.ChatCompletionRequest, str | None]:
+def parse_live_request(
+    raw: bytes, settings: ServeSettings
+) -> tuple[schemas.ChatCompletionRequest, str | None]:
     """The chat request and the conversation id; APIError(400) naming what is wrong."""
     data = decode_json(raw)
     conversation_id = data.pop("conversation_id", None) if isinstance(data, dict) else None
