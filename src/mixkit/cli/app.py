@@ -69,8 +69,8 @@ def main() -> None:
         sys.exit(code or 0)
     except Exception as e:  # usage errors arrive here in standalone_mode=False
         if _is_click_error(e):
-            e.show()
-            sys.exit(e.exit_code)
+            e.show()  # type: ignore[attr-defined]  # a ClickException (checked above)
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
         if _is_abort(e):
             err_console.print("[yellow]aborted[/]")
             sys.exit(1)

@@ -52,8 +52,8 @@ def demo(
     )
     table = Table(title="share of each cluster's assignments per expert (eval)")
     table.add_column("cluster")
-    for e in range(experts):
-        table.add_column(f"e{e}", justify="right")
+    for expert in range(experts):
+        table.add_column(f"e{expert}", justify="right")
     for ci, share in enumerate(result.share):
         table.add_row(str(ci), *[f"{v:.0%}" if v >= 0.005 else "." for v in share])
     console.print(table)

@@ -17,8 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from mixkit.cli.app import app
-from mixkit.evals import run_eval
-from mixkit.moa import CallRecord, MoA, resolve
+from mixkit.evals import Item, run_eval
+from mixkit.moa import Answer, CallRecord, MoA, resolve
 from mixkit.moa import logs as run_log  # `logs` is the command below
 
 console = Console()
@@ -190,7 +190,7 @@ def eval_(
     """Score a MoA and each of its single agents on a checkable reasoning-gym task."""
     cfg = resolve(preset, config)
 
-    def on_item(label, item, score, answer) -> None:
+    def on_item(label: str, item: Item, score: float, answer: Answer | None) -> None:
         if verbose:
             got = (answer.answer if answer else "").strip().splitlines()[-1:] or [""]
             err.print(

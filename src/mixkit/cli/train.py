@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from mixkit.cli.app import app, missing_extra
@@ -21,9 +28,10 @@ class _RichProgress:
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
-        self.progress = None
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
 
-    def on_start(self, info):
+    def on_start(self, info: dict[str, Any]) -> None:
         macs = info["active_macs_per_token"]
         console.print(
             f"[bold]{info['name']}[/]: {info['params']:,} params, {macs:,} active multiply-adds/token, "
@@ -37,7 +45,7 @@ class _RichProgress:
         )
         if self.quiet:
             return
-        self.progress = Progress(
+        progress = self.progress = Progress(
             TextColumn("[bold blue]train"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -45,17 +53,17 @@ class _RichProgress:
             TimeRemainingColumn(),
             console=console,
         )
-        self.progress.start()
-        self.task = self.progress.add_task(
+        progress.start()
+        self.task = progress.add_task(
             "train", total=info["total_steps"], completed=info["step"], stats=""
         )
 
-    def on_step(self, step):
-        if self.progress is not None:
+    def on_step(self, step: int) -> None:
+        if self.progress is not None and self.task is not None:
             self.progress.update(self.task, completed=step)
 
-    def on_log(self, rec):
-        if self.progress is None:
+    def on_log(self, rec: dict[str, Any]) -> None:
+        if self.progress is None or self.task is None:
             return
         balance = "" if rec["balance"] is None else f"  load max/mean {rec['balance']:.2f}"
         self.progress.update(
@@ -63,16 +71,16 @@ class _RichProgress:
             stats=f"loss {rec['loss']:.3f}  {rec['tokens_per_s']:,.0f} tok/s{balance}",
         )
 
-    def on_eval(self, rec):
+    def on_eval(self, rec: dict[str, Any]) -> None:
         line = (
             f"step {rec['step']}: val loss {rec['val_loss']:.4f}, perplexity {rec['val_ppl']:.2f}"
         )
         (self.progress.console if self.progress else console).print(line)
 
-    def on_end(self, result):
+    def on_end(self, result: object) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

@@ -9,8 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from mixkit.errors import MixkitError
 from mixkit.evals.tasks import Task
-from mixkit.moa.config import MoAConfig
-from mixkit.moa.pipeline import MoA
+from mixkit.moa import Answer, MoA, MoAConfig
 
 
 @dataclass
@@ -73,6 +72,7 @@ async def _score_system(
     for item in task.items():
         stream = moa.stream(item.prompt, max_tokens=max_tokens)
         start = time.monotonic()
+        answer: Answer | None
         try:
             answer = await stream.collect()
             item_score = task.score(answer.answer, item)

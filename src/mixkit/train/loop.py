@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +42,9 @@ from mixkit.train.setup import resolve_run
 __all__ = ["Callback", "TrainResult", "Trainer", "evaluate", "lr_at", "train"]
 
 
-class Callback:
-    """Hooks for progress display and tests; every method is optional."""
+class Callback(Protocol):
+    """Hooks for progress display and tests. Subclass it and override what you need (the others
+    do nothing), or pass any object that has all five methods."""
 
     def on_start(self, info: dict[str, Any]) -> None: ...
     def on_step(self, step: int) -> None: ...  # after optimizer step `step` (1-based)
