@@ -84,8 +84,7 @@ def api_router(app: FastAPI) -> APIRouter:
             )
             return {"runs": runs, "mixtures": browse.logged_mixtures(db)}
 
-        empty: dict[str, Any] = {"runs": [], "mixtures": []}
-        found = browse.with_db(db_path, read, empty)
+        found: dict[str, Any] = browse.with_db(db_path, read, {"runs": [], "mixtures": []})
         return _data({**found, "logging": logging_on})
 
     def _one(run_id: str) -> dict[str, Any]:
