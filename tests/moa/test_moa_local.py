@@ -154,3 +154,21 @@ def test_concurrent_model_loads_leave_stdout_alone(smollm_path):
         t.join()
     after = os.fstat(1)
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+def test_the_default_gated_preset_answers_on_the_embedded_models(home):
+    """`make run`'s preset, for real: the packaged gate chooses, one local model answers, and the
+    run's trace holds the gate's choice."""
+    from mixkit.moa import DEFAULT_PRESET, load_preset
+
+    assert DEFAULT_PRESET == "gated"
+    moa = MoA(load_preset(DEFAULT_PRESET))
+    answer = moa.run("What is 12 + 30? End with 'Answer: <number>'.", max_tokens=12)
+    gate = answer.gate
+    assert gate is not None and answer.answer.strip()
+    assert set(gate["scores"]) == {"qwen", "qwen-careful", "smollm", "mix"}
+    consulted = {c.agent for c in answer.calls}
+    assert consulted <= set(gate["chosen"]) and not consulted & set(gate["skipped"])
+    if gate["strategy"] == "alone":
+        assert len(answer.calls) == 1 and answer.calls[0].outcome == "ok"
+    check_trace_matches(answer, home)

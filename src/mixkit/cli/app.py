@@ -57,7 +57,7 @@ def main() -> None:
         where = (
             f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         )
-        err_console.print(f"[bold red]error{where}:[/] {escape(str(e))}")  # no markup in e
+        err_console.print(f"[bold red]error{where}:[/] {escape(str(e))}", soft_wrap=True)  # one line
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -86,4 +86,4 @@ def _is_click_error(e: BaseException) -> bool:
 
 
 def _is_abort(e: BaseException) -> bool:
-    return any(isinstance(e, m.Abort) for m in _click_modules())
+    return any(isinstance(e, getattr(m, "Abort", ())) for m in _click_modules())

@@ -17,8 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from mixkit.cli.app import app
-from mixkit.evals import Item, run_eval
-from mixkit.moa import Answer, CallRecord, MoA, resolve
+from mixkit.cli.gate import gate_line
+from mixkit.moa import CallRecord, MoA, resolve
 from mixkit.moa import logs as run_log  # `logs` is the command below
 
 console = Console()
@@ -43,6 +43,10 @@ def _layer_table(calls: list[CallRecord], title: str) -> Table:
     return table
 
 
+def _cost(usd: float | None) -> str:
+    return "" if usd is None else f", cost ${usd:.6f}"
+
+
 def _failures(calls: list[CallRecord]) -> list[str]:
     return [f"layer {c.layer} {c.agent}: {c.error}" for c in calls if c.error]
 
@@ -53,7 +57,10 @@ def ask(
         DEFAULT_QUESTION, help="the question (default: a demo question)"
     ),
     preset: str | None = typer.Option(
-        None, "--preset", "-p", help="a bundled preset: moa, moa-lite, self-moa (default), moa-tiny"
+        None,
+        "--preset",
+        "-p",
+        help="a bundled preset: gated (default), gated-vote, self-moa, moa-lite, moa, moa-tiny",
     ),
     config: Path | None = typer.Option(  # noqa: B008 (typer's idiom)
         None, "--config", "-c", help="a TOML file with your own agents and layers"
@@ -122,9 +129,13 @@ def ask(
     err.print(_layer_table(answer.calls, f"run {answer.run_id[:12]} ({cfg.name})"))
     for line in _failures(answer.calls):
         err.print(f"[yellow]{escape(line)}[/]")
+    gate = gate_line(answer.gate, answer.early_exit)
+    if gate:
+        err.print(f"[magenta]{escape(gate)}[/]", highlight=False)
     err.print(
         f"wall {answer.wall_s:.2f}s, critical path {answer.critical_path_s:.2f}s, time to first answer token "
         f"{answer.ttft_s or 0:.2f}s, tokens {answer.prompt_tokens} in / {answer.completion_tokens} out"
+        + _cost(answer.cost_usd)
     )
 
 
@@ -162,60 +173,13 @@ def logs(
         console.print(_layer_table(r.calls, ""))
         for line in _failures(r.calls):
             console.print(f"[yellow]{escape(line)}[/]")
+        gate = gate_line(r.gate, r.early_exit)
+        if gate:
+            console.print(f"[magenta]{escape(gate)}[/]", highlight=False)
         tokens_in, tokens_out = r.prompt_tokens, r.completion_tokens
         console.print(
             f"critical path {r.critical_path_s or 0:.2f}s, wall {r.wall_s or 0:.2f}s, "
-            f"tokens {tokens_in} in / {tokens_out} out ({tokens_in + tokens_out} total)\n"
+            f"tokens {tokens_in} in / {tokens_out} out ({tokens_in + tokens_out} total)"
+            + _cost(r.cost_usd)
+            + "\n"
         )
-
-
-@app.command("eval")
-def eval_(
-    preset: str | None = typer.Option(None, "--preset", "-p", help="the MoA preset to score"),
-    config: Path | None = typer.Option(  # noqa: B008 (typer's idiom)
-        None, "--config", "-c", help="a TOML config instead of a preset"
-    ),
-    task: str = typer.Option("basic_arithmetic", "--task", "-t", help="a reasoning-gym task name"),
-    n: int = typer.Option(20, "--n", "-n", min=1, help="number of seeded items"),
-    seed: int = typer.Option(0, "--seed", help="dataset seed"),
-    max_tokens: int = typer.Option(
-        128, "--max-tokens", min=1, help="max_tokens of every call of every system"
-    ),
-    singles: bool = typer.Option(
-        True, "--singles/--no-singles", help="also score each agent alone"
-    ),
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="print each item's score"),
-) -> None:
-    """Score a MoA and each of its single agents on a checkable reasoning-gym task."""
-    cfg = resolve(preset, config)
-
-    def on_item(label: str, item: Item, score: float, answer: Answer | None) -> None:
-        if verbose:
-            got = (answer.answer if answer else "").strip().splitlines()[-1:] or [""]
-            err.print(
-                f"[dim]{label} #{item.index}: {score:.2f} expected {item.expected!r}, last line {got[0][:60]!r}[/]"
-            )
-
-    result = run_eval(
-        cfg, task, n=n, seed=seed, max_tokens=max_tokens, singles=singles, on_item=on_item
-    )
-    if as_json:
-        console.print_json(json.dumps(result.to_dict()))
-        return
-    table = Table(
-        title=f"{task}, n={n}, seed={seed}, max_tokens={max_tokens}", title_justify="left"
-    )
-    for col in ("system", "accuracy", "failed", "calls", "tokens in", "tokens out", "wall s"):
-        table.add_column(col, justify="left" if col == "system" else "right")
-    for s in result.scores:
-        table.add_row(
-            s.system,
-            f"{s.accuracy:.1%}",
-            str(s.failed),
-            str(s.calls),
-            str(s.prompt_tokens),
-            str(s.completion_tokens),
-            f"{s.wall_s:.1f}",
-        )
-    console.print(table)

@@ -38,6 +38,16 @@ class CallRecord:
     outcome: str = "pending"  # ok | error | cancelled
     error: str | None = None
     response: str = ""
+    cost_usd: float | None = None  # from the agent's declared prices; None when unpriced
+
+    def price(self, cfg: AgentConfig) -> None:
+        """Fill `cost_usd` from the agent's declared prices (USD per million tokens)."""
+        if cfg.price_in is None and cfg.price_out is None:
+            return
+        self.cost_usd = (
+            (self.prompt_tokens or 0) * (cfg.price_in or 0.0)
+            + (self.completion_tokens or 0) * (cfg.price_out or 0.0)
+        ) / 1e6
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -201,6 +211,7 @@ class Agent:
         finally:
             record.latency_s = time.monotonic() - start
             record.response = "".join(pieces)
+            record.price(self.config)
 
     def _retry_wait(self, err: ProviderError, attempt: int) -> float:
         if isinstance(err, RateLimited) and err.retry_after is not None:

@@ -26,6 +26,14 @@ class Answer:
     started_at: float = 0.0  # unix time
     outcome: str = "ok"  # ok | error | cancelled
     error: str | None = None  # why it failed, when it did
+    gate: dict[str, Any] | None = None  # the gate's decision (GateDecision.to_dict()), if gated
+    early_exit: dict[str, Any] | None = None  # {"layer", "agreed", "answers", "skipped_layers"}
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The run's cost from the agents' declared prices; None if no call was priced."""
+        costs = [c.cost_usd for c in self.calls if c.cost_usd is not None]
+        return sum(costs) if costs else None
 
     @property
     def prompt_tokens(self) -> int:
@@ -47,6 +55,9 @@ class Answer:
             "ttft_s": self.ttft_s,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            "gate": self.gate,
+            "early_exit": self.early_exit,
             "trace": [c.to_dict() for c in self.calls],
         }
 

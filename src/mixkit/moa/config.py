@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mixkit.config import Presets, read_toml_file, validate
 from mixkit.errors import ConfigError
 
-DEFAULT_PRESET = "self-moa"
+DEFAULT_PRESET = "gated"
 
 
 class AgentConfig(BaseModel):
@@ -47,6 +47,8 @@ class AgentConfig(BaseModel):
     seed: int | None = None  # slot i of a layer samples with seed + i, so repeats differ
     n_ctx: int = Field(4096, ge=256)  # local: context window
     stream_usage: bool = True  # openai: ask for token usage in the stream (stream_options)
+    price_in: float | None = Field(None, ge=0)  # USD per million prompt tokens (cost reports, gate)
+    price_out: float | None = Field(None, ge=0)  # USD per million completion tokens
 
     @model_validator(mode="after")
     def _check_provider_fields(self) -> AgentConfig:
@@ -76,6 +78,38 @@ class LayerConfig(BaseModel):
         return self
 
 
+class GateConfig(BaseModel):
+    """Sparse agent selection (see gate.py): the first layer's slots are the candidates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = "default"  # a gate file, or the name of a packaged gate
+    k: int = Field(3, ge=1)  # slots consulted when mixing
+    cost_weight: float = Field(0.0, ge=0.0)  # accuracy given up per unit of relative cost
+    combine: Literal["vote", "synthesize"] = "vote"  # majority vote, or the aggregator LLM
+    temperature: float = Field(0.05, gt=0.0)  # softmax temperature of the renormalised weights
+    min_weight: float = Field(0.0, ge=0.0, lt=1.0)  # synthesize: drop proposals weighted below
+    noise: float = Field(0.0, ge=0.0)  # exploration noise on utilities (collecting traces)
+
+
+class EarlyExitConfig(BaseModel):
+    """Stop a layer once enough arrived proposals agree; skip the remaining layers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_agree: int = Field(2, ge=2)  # proposals with the same final answer (or similar text)
+    similarity: float = Field(0.7, gt=0.0, le=1.0)  # free text: word-set Jaccard at least this
+
+
+class StaircaseConfig(BaseModel):
+    """Staircase streaming: the aggregator starts on the proposals' first chunks (staircase.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chunk_chars: int = Field(160, ge=1)  # new characters per proposer before each step
+    step_tokens: int = Field(24, ge=1)  # tokens the aggregator writes per step (the last: no cap)
+
+
 class MoAConfig(BaseModel):
     """A whole Mixture-of-Agents: named agents, proposer layers, and the final aggregator."""
 
@@ -89,6 +123,9 @@ class MoAConfig(BaseModel):
     deadline_s: float = Field(300.0, gt=0)
     retries: int = Field(2, ge=0, le=10)  # extra attempts after a retryable failure
     reference_chars: int = Field(1500, ge=50)  # budget per reference in the synthesis prompt
+    gate: GateConfig | None = None  # [gate]: consult only the agents that help this prompt
+    early_exit: EarlyExitConfig | None = None  # [early_exit]: stop when proposals agree
+    staircase: StaircaseConfig | None = None  # [staircase]: aggregate while proposers still write
 
     @model_validator(mode="after")
     def _check_names(self) -> MoAConfig:
@@ -99,6 +136,12 @@ class MoAConfig(BaseModel):
             for name in layer.agents:
                 if name not in self.agents:
                     raise ValueError(f"layers.{i}.agents: unknown agent '{name}' (known: {known})")
+        if self.gate is not None and not self.layers:
+            raise ValueError("gate: a gate chooses among the first layer's agents; add [[layers]]")
+        if self.gate is not None and self.gate.k > len(self.layers[0].agents):
+            raise ValueError(
+                f"gate.k ({self.gate.k}) is more than the first layer's {len(self.layers[0].agents)} agents"
+            )
         return self
 
     @property

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
 from mixkit.moa.agents import Agent, CallRecord
-from mixkit.moa.config import LayerConfig
+from mixkit.moa.config import EarlyExitConfig, LayerConfig
 from mixkit.moa.events import Emitter
+from mixkit.moa.gated import agreement
 from mixkit.moa.providers.base import Message, Sampling
 
 GRACE_S = 2.0  # agents enforce the deadline themselves; this only guards against a stuck task
@@ -74,18 +75,22 @@ async def run_layer(
     layer: LayerConfig,
     calls: list[CallRecord],
     run: LayerRun,
-) -> list[str]:
-    """Run proposer layer `layer_no`; append its CallRecords to `calls`; return the answers in
-    slot order. Raises LayerFailed with fewer than `layer.min_answers`."""
+    slot_labels: list[str] | None = None,
+    agree: EarlyExitConfig | None = None,
+) -> tuple[list[str], int | None]:
+    """Run proposer layer `layer_no`; append its CallRecords to `calls`. Return the answers in
+    slot order, and, when `agree` (early exit) stopped the layer because enough answers agreed,
+    the index of the agreed answer. Raises LayerFailed with fewer than `layer.min_answers`."""
     deadline = time.monotonic() + run.deadline_s
     tasks: dict[asyncio.Task[str], tuple[int, CallRecord]] = {}
-    for slot, (name, label) in enumerate(zip(layer.agents, labels(layer.agents), strict=True)):
+    names = slot_labels or labels(layer.agents)
+    for slot, (name, label) in enumerate(zip(layer.agents, names, strict=True)):
         agent = agents[name]
         record = agent.new_record(layer_no, label)
         calls.append(record)
         coro = call_proposer(agent, record, agent.sampling(slot, run.max_tokens), deadline, run)
         tasks[asyncio.create_task(coro)] = (slot, record)
-    answers, timed_out = await _until_quorum(tasks, layer.quorum or len(tasks), deadline)
+    answers, timed_out = await _until_quorum(tasks, layer.quorum or len(tasks), deadline, agree)
     run.emit.layer_end(layer_no, len(answers), len(tasks))
     if len(answers) < layer.min_answers:
         failed = [r for slot, r in tasks.values() if slot not in answers]
@@ -96,19 +101,30 @@ async def run_layer(
             calls=[r for r in failed if r.outcome != "ok"],
             deadline_expired=all(slot in timed_out for slot, r in tasks.values() if r in failed),
         )
-    return [answers[slot] for slot in sorted(answers)]
+    ordered = [answers[slot] for slot in sorted(answers)]
+    agreed = agreement(ordered, agree) if agree is not None else None
+    return ordered, agreed
 
 
 async def _until_quorum(
-    tasks: dict[asyncio.Task[str], tuple[int, CallRecord]], quorum: int, deadline: float
+    tasks: dict[asyncio.Task[str], tuple[int, CallRecord]],
+    quorum: int,
+    deadline: float,
+    agree: EarlyExitConfig | None = None,
 ) -> tuple[dict[int, str], set[int]]:
-    """Wait for `quorum` answers or the deadline; cancel the rest. Returns the answers by slot,
-    and the slots that ran out of time (passed their deadline, or cut off by the layer's)."""
+    """Wait for `quorum` answers, enough agreeing answers (`agree`), or the deadline; cancel the
+    rest. Returns the answers by slot, and the slots that ran out of time (passed their
+    deadline, or cut off by the layer's)."""
     answers: dict[int, str] = {}
     timed_out: set[int] = set()
     pending = set(tasks)
     try:
         while pending and len(answers) < quorum:
+            if (
+                agree is not None
+                and agreement([answers[k] for k in sorted(answers)], agree) is not None
+            ):
+                break  # early exit: the answers so far agree
             timeout = max(0.0, deadline - time.monotonic()) + GRACE_S
             done, pending = await asyncio.wait(
                 pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED

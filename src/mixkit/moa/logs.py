@@ -69,6 +69,9 @@ class LoggedRun:
     ttft_s: float | None
     calls: list[CallRecord] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # columns added by later migrations
+    gate: dict[str, Any] | None = None  # the gate's decision, for gated runs
+    early_exit: dict[str, Any] | None = None
+    cost_usd: float | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -115,6 +118,9 @@ def _run(db: Any, row: dict[str, Any]) -> LoggedRun:
         for c in trace.run_calls(db, row["id"])
     ]
     messages = json.loads(row.pop("messages_json"))
+    for key in ("gate", "early_exit"):
+        raw = row.pop(f"{key}_json", None)
+        row[key] = json.loads(raw) if raw else None
     known = {f.name for f in fields(LoggedRun)}
     extra = {k: v for k, v in row.items() if k not in known}
     kept = {k: v for k, v in row.items() if k in known}

@@ -13,6 +13,7 @@ log, see logs.py), and `on_event` sees it happen (events.py).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -21,18 +22,28 @@ from typing import NamedTuple
 
 from typing_extensions import TypedDict, Unpack
 
-from mixkit.errors import LayerFailed, MixkitError, ProviderError, Timeout
+from mixkit.errors import MixkitError
+from mixkit.moa import gate as gates
 from mixkit.moa.agents import Agent, CallRecord
 from mixkit.moa.answer import Answer, AnswerStream, critical_path
+from mixkit.moa.answers import final_answer
 from mixkit.moa.config import MoAConfig, resolve
 from mixkit.moa.events import Emitter, EventHandler
+from mixkit.moa.final import FinalCall, answer_alone, stream_final
+from mixkit.moa.gated import Plan, pick_by_vote, plan_run
 from mixkit.moa.layers import LayerRun, labels, run_layer
 from mixkit.moa.logs import LogSink, SQLiteLog
 from mixkit.moa.prompts import as_conversation, synthesis_messages
 from mixkit.moa.providers.base import Message
 from mixkit.moa.providers.local import CORES
+from mixkit.moa.staircase import staircase
 
 LayerCallback = Callable[[int, list[CallRecord]], None]
+
+
+async def _once(text: str) -> AsyncGenerator[str, None]:
+    """A final answer that is already whole (an early exit, a vote): one piece."""
+    yield text
 
 
 class RunOptions(TypedDict, total=False):
@@ -70,6 +81,10 @@ class MoA:
         self.agents = {name: Agent.from_config(name, cfg) for name, cfg in config.agents.items()}
         path = None if isinstance(log, bool) else log
         self.sink: LogSink | None = (sink or SQLiteLog(path)) if log is not False else None
+        self.gate: gates.Gate | None = None
+        if config.gate is not None:  # loaded and checked now: a bad gate file fails here, once
+            self.gate = gates.load(config.gate.path)
+            self.gate.check_agents(set(config.layers[0].agents))
 
     def answer_max_tokens(self, max_tokens: int | None = None) -> int:
         """The final aggregator's max_tokens in a run given `max_tokens` (the run's override)."""
@@ -149,22 +164,33 @@ class MoA:
         )
         pieces: list[str] = []
         final: AsyncGenerator[str, None] | None = None
+        final_call = FinalCall(
+            calls, max_tokens, cfg.retries, emit, self._threads_per_call, *answer_sampling
+        )
         try:
-            prompt = list(answer.messages)
-            for i, layer in enumerate(cfg.layers, 1):
-                run = LayerRun(
-                    prompt,
-                    max_tokens,
-                    deadline_s,
-                    cfg.retries,
-                    self._threads_per_call(layer.agents),
-                    emit,
+            plan = self._plan(answer, emit)
+            deadline = time.monotonic() + deadline_s
+            if plan.alone is not None:
+                assert plan.decision is not None
+                slots = dict(zip(labels(cfg.layers[0].agents), cfg.layers[0].agents, strict=True))
+                final = answer_alone(
+                    self.agents, slots, plan.decision, answer.messages, deadline, final_call
                 )
-                answers = await run_layer(self.agents, i, layer, calls, run)
-                if on_layer:
-                    on_layer(i, [c for c in calls if c.layer == i])
-                prompt = synthesis_messages(answer.messages, answers, cfg.reference_chars)
-            final = self._aggregate(prompt, calls, max_tokens, deadline_s, emit, answer_sampling)
+            elif cfg.staircase is not None and plan.layers and plan.combine != "vote":
+                final = self._staircase(
+                    plan, answer, max_tokens, deadline_s, emit, on_layer, final_call
+                )
+            else:
+                text, prompt = await self._proposals(
+                    plan, answer, max_tokens, deadline_s, emit, on_layer
+                )
+                if text is not None:  # early exit, or the gate's vote: no aggregator call
+                    final = _once(text)
+                else:
+                    final = stream_final(
+                        self.agents[cfg.aggregator], prompt, time.monotonic() + deadline_s,
+                        final_call, layer=len(plan.layers) + 1, label=cfg.aggregator,
+                    )  # fmt: skip
             async for piece in final:
                 if answer.ttft_s is None:
                     answer.ttft_s = time.monotonic() - emit.start
@@ -179,56 +205,90 @@ class MoA:
             answer.outcome, answer.error = "cancelled", "the caller stopped the run"
             raise
         finally:
-            if final is not None:  # closed early: the aggregator's call ends (cancelled) first
+            if final is not None:  # closed early: the final call ends (cancelled) first
                 await final.aclose()
             self._finish(answer, pieces, emit)
             done()
 
-    async def _aggregate(
+    async def _staircase(
         self,
-        prompt: list[Message],
-        calls: list[CallRecord],
+        plan: Plan,
+        answer: Answer,
         max_tokens: int | None,
         deadline_s: float,
         emit: Emitter,
-        answer_sampling: _AnswerSampling,
+        on_layer: LayerCallback | None,
+        final_call: FinalCall,
     ) -> AsyncGenerator[str, None]:
-        """The final aggregator's pieces, as it makes them (its layer is the last one)."""
+        """The plan's layers but the last as usual; the last one and the aggregator as a
+        staircase (staircase.py), sharing the cores between them."""
         cfg = self.config
-        aggregator = self.agents[cfg.aggregator]
-        record = aggregator.new_record(len(cfg.layers) + 1, cfg.aggregator)
-        calls.append(record)
-        sampling = aggregator.sampling(0, max_tokens)
-        if answer_sampling.temperature is not None:
-            sampling.temperature = answer_sampling.temperature
-        if answer_sampling.top_p is not None:
-            sampling.top_p = answer_sampling.top_p
-        emit.call_start(record)
-        on_piece, on_retry = emit.call_hooks(record)
-        pieces = aggregator.stream(
-            prompt,
-            record,
-            deadline=time.monotonic() + deadline_s,
-            sampling=sampling,
-            retries=cfg.retries,
-            threads=self._threads_per_call([cfg.aggregator]),
-            on_piece=on_piece,
-            on_retry=on_retry,
-        )
+        assert cfg.staircase is not None
+        head = dataclasses.replace(plan, layers=plan.layers[:-1], combine="synthesize")
+        text, prompt = await self._proposals(head, answer, max_tokens, deadline_s, emit, on_layer)
+        if text is not None:  # an earlier layer agreed: early exit
+            yield text
+            return
+        layer = plan.layers[-1]
+        threads = self._threads_per_call([*layer.agents, cfg.aggregator])
+        run = LayerRun(prompt, max_tokens, deadline_s, cfg.retries, threads, emit)
+        steps = dataclasses.replace(final_call, threads=lambda _names: threads)
+        pieces = staircase(
+            self.agents, len(plan.layers), layer, answer.messages, run,
+            self.agents[cfg.aggregator], steps, cfg.staircase, cfg.reference_chars,
+        )  # fmt: skip
         try:
             async for piece in pieces:
                 yield piece
-        except ProviderError as e:
-            raise LayerFailed(
-                f"the aggregator failed: {record.agent} (layer {record.layer}): {record.error}",
-                layer=record.layer,
-                calls=[record],
-                deadline_expired=isinstance(e, Timeout),
-            ) from e
         finally:
             await pieces.aclose()
-            emit.call_end(record)
-            emit.layer_end(record.layer, int(record.outcome == "ok"), 1)
+
+    def _plan(self, answer: Answer, emit: Emitter) -> Plan:
+        """Ungated: every layer. Gated: what the gate chose for the latest user message."""
+        plan = plan_run(self.config, self.gate, answer.messages[-1]["content"])
+        if plan.decision is not None:
+            answer.gate = plan.decision.to_dict()
+            emit("gate", data=answer.gate)
+        return plan
+
+    async def _proposals(
+        self,
+        plan: Plan,
+        answer: Answer,
+        max_tokens: int | None,
+        deadline_s: float,
+        emit: Emitter,
+        on_layer: LayerCallback | None,
+    ) -> tuple[str | None, list[Message]]:
+        """Run the plan's proposer layers. Return the final text when no aggregator is needed
+        (early exit on agreement, or the gate's vote), else None and the aggregator's prompt."""
+        cfg, calls, prompt = self.config, answer.calls, list(answer.messages)
+        for i, layer in enumerate(plan.layers, 1):
+            threads = self._threads_per_call(layer.agents)
+            run = LayerRun(prompt, max_tokens, deadline_s, cfg.retries, threads, emit)
+            chosen = plan.decision.chosen if (plan.decision and i == 1) else None
+            answers, agreed = await run_layer(
+                self.agents, i, layer, calls, run, chosen, cfg.early_exit
+            )
+            if on_layer:
+                on_layer(i, [c for c in calls if c.layer == i])
+            if agreed is not None:
+                answer.early_exit = {
+                    "layer": i,
+                    "agreed": final_answer(answers[agreed]) or answers[agreed][:80],
+                    "answers": len(answers),
+                    "skipped_layers": len(plan.layers) - i,
+                }
+                emit("early_exit", layer=i, data=answer.early_exit)
+                return answers[agreed], prompt
+            if i == 1 and plan.combine == "vote" and plan.decision is not None:
+                ok = {c.agent for c in calls if c.layer == 1 and c.outcome == "ok"}
+                weights = [
+                    w for c, w in zip(plan.decision.chosen, plan.weights, strict=True) if c in ok
+                ]
+                return answers[pick_by_vote(answers, weights)], prompt
+            prompt = synthesis_messages(answer.messages, answers, cfg.reference_chars)
+        return None, prompt
 
     def _finish(self, answer: Answer, pieces: list[str], emit: Emitter) -> None:
         """Complete the Answer, hand it to the log sink, and emit run_end."""

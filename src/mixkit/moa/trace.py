@@ -55,6 +55,38 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX runs_started ON runs(started_at);
         """,
     ),
+    (
+        "m002_gate_cost_evals",
+        """
+        ALTER TABLE runs ADD COLUMN gate_json TEXT;
+        ALTER TABLE runs ADD COLUMN early_exit_json TEXT;
+        ALTER TABLE runs ADD COLUMN cost_usd REAL;
+        ALTER TABLE calls ADD COLUMN cost_usd REAL;
+        CREATE TABLE eval_items (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            eval_id TEXT NOT NULL,
+            run_id TEXT,
+            started_at REAL NOT NULL,
+            task TEXT NOT NULL,
+            item INTEGER NOT NULL,
+            system TEXT NOT NULL,
+            agent TEXT,
+            sample INTEGER NOT NULL,
+            prompt TEXT NOT NULL,
+            expected TEXT,
+            answer TEXT,
+            score REAL NOT NULL,
+            ttft_s REAL,
+            wall_s REAL,
+            calls INTEGER,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost_usd REAL
+        );
+        CREATE INDEX eval_items_eval ON eval_items(eval_id);
+        CREATE INDEX eval_items_agent ON eval_items(agent);
+        """,
+    ),
 ]
 
 
@@ -107,18 +139,24 @@ def record_run(db: sqlite3.Connection, answer: Answer) -> None:
         "wall_s": answer.wall_s,
         "critical_path_s": answer.critical_path_s,
         "ttft_s": answer.ttft_s,
+        "gate_json": json.dumps(answer.gate) if answer.gate else None,
+        "early_exit_json": json.dumps(answer.early_exit) if answer.early_exit else None,
+        "cost_usd": answer.cost_usd,
     }
     with db:
         db.execute(
-            "INSERT INTO runs VALUES (:id, :conversation_id, :started_at, :preset, :question, :messages_json,"
-            " :answer, :outcome, :error, :wall_s, :critical_path_s, :ttft_s)",
+            "INSERT INTO runs (id, conversation_id, started_at, preset, question, messages_json,"
+            " answer, outcome, error, wall_s, critical_path_s, ttft_s, gate_json, early_exit_json,"
+            " cost_usd) VALUES (:id, :conversation_id, :started_at, :preset, :question,"
+            " :messages_json, :answer, :outcome, :error, :wall_s, :critical_path_s, :ttft_s,"
+            " :gate_json, :early_exit_json, :cost_usd)",
             run,
         )
         db.executemany(
             "INSERT INTO calls (run_id, layer, agent, provider, model, started_at, latency_s, ttft_s,"
-            " prompt_tokens, completion_tokens, attempts, outcome, error, response)"
+            " prompt_tokens, completion_tokens, attempts, outcome, error, response, cost_usd)"
             " VALUES (:run_id, :layer, :agent, :provider, :model, :started_at, :latency_s, :ttft_s,"
-            " :prompt_tokens, :completion_tokens, :attempts, :outcome, :error, :response)",
+            " :prompt_tokens, :completion_tokens, :attempts, :outcome, :error, :response, :cost_usd)",
             [{**c.to_dict(), "run_id": answer.run_id} for c in answer.calls],
         )
 
@@ -161,3 +199,28 @@ def latest_conversation_id(db: sqlite3.Connection) -> str | None:
         "SELECT conversation_id FROM runs WHERE outcome = 'ok' ORDER BY started_at DESC LIMIT 1"
     ).fetchone()
     return row[0] if row else None
+
+
+EVAL_ITEM_FIELDS = (
+    "eval_id", "run_id", "started_at", "task", "item", "system", "agent", "sample", "prompt",
+    "expected", "answer", "score", "ttft_s", "wall_s", "calls", "prompt_tokens",
+    "completion_tokens", "cost_usd",
+)  # fmt: skip
+
+
+def record_eval_items(db: sqlite3.Connection, rows: list[dict]) -> None:
+    """Write scored eval items (one transaction); `mixkit gate train --db` learns from them."""
+    cols = ", ".join(EVAL_ITEM_FIELDS)
+    marks = ", ".join(f":{c}" for c in EVAL_ITEM_FIELDS)
+    with db:
+        db.executemany(
+            f"INSERT INTO eval_items ({cols}) VALUES ({marks})",
+            [{c: r.get(c) for c in EVAL_ITEM_FIELDS} for r in rows],
+        )
+
+
+def eval_items(db: sqlite3.Connection, single_only: bool = True) -> list[dict]:
+    """Scored eval items, oldest first; with `single_only`, only single-agent systems."""
+    where = "WHERE agent IS NOT NULL" if single_only else ""
+    rows = db.execute(f"SELECT * FROM eval_items {where} ORDER BY id")
+    return [dict(r) for r in rows]

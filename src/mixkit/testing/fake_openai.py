@@ -24,6 +24,9 @@ The request's `model` picks the behaviour, as `KIND` or `KIND:ARG` (ARG keeps co
     badjson       an SSE event whose data is not JSON
     empty         a well-formed stream with no content
     authecho      HTTP 401 whose message echoes the Authorization header back (a leak to catch)
+    solve:SKILL   a specialist (`solve`): right on its kind of question, a fixed wrong answer
+                  otherwise (add: sums the integers of a question with '+'; reverse: reverses
+                  the quoted word), so that a gate has something to learn
 
 The first answer word arrives after --ttft seconds. GET /stats counts requests started,
 completed and abandoned by their client (`disconnected`) and the last sampling parameters per
@@ -38,6 +41,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -51,6 +55,16 @@ from mixkit.testing.processes import free_port, http_ready, start_process, stop_
 WORDS = "the a mixture of agents answers layer by layer while each proposer writes its own".split()
 Scope = dict[str, Any]
 Message = dict[str, Any]
+
+
+def solve(skill: str, prompt: str) -> str:
+    """A specialist's answer to `prompt` (the `solve:SKILL` behaviour)."""
+    if skill == "add" and "+" in prompt:
+        return f"Adding up. Answer: {sum(int(n) for n in re.findall(r'-?[0-9]+', prompt))}"
+    quoted = re.findall(r"'([a-z]+)'", prompt)
+    if skill == "reverse" and quoted:
+        return f"Reading it backwards. Answer: {quoted[0][::-1]}"
+    return f"Not my kind of question. Answer: {skill}-does-not-know"
 
 
 def words_for(prompt: str, model: str, n: int) -> list[str]:
@@ -165,6 +179,8 @@ class FakeOpenAI:
             "die": "partial answer",
             "empty": "",
         }.get(kind)
+        if kind == "solve":
+            fixed = solve(arg, str(req.get("messages", [{}])[-1].get("content")))
         if fixed is not None:
             words = fixed.split(" ") if fixed else []
             return [w + " " for w in words[:-1]] + words[-1:]

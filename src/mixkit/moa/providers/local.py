@@ -74,6 +74,11 @@ class LlamaPool:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._closing_at_exit = False
+        # llama.cpp keeps the last prompt's KV cache and reuses the longest common prefix with the
+        # next one (a shared system prompt, a conversation that grows). Evals that compare
+        # strategies on the same prompt turn this off, so no strategy runs on another's warm cache
+        # (as does MIXKIT_PROMPT_CACHE=0, for a benchmarked server).
+        self.reuse_prefix = os.environ.get("MIXKIT_PROMPT_CACHE", "1") != "0"
 
     def take(self, path: Path, n_ctx: int) -> Any:
         key = (str(path), n_ctx)
@@ -156,6 +161,8 @@ class LocalProvider(Provider):
             llama = POOL.take(path, self.n_ctx)
             try:
                 _set_threads(llama, threads)
+                if not POOL.reuse_prefix:
+                    llama.reset()  # forget the cached prompt: every call pays its full prompt
                 text = []
                 chunks = llama.create_chat_completion(
                     messages=messages,

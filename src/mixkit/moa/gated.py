@@ -1,0 +1,141 @@
+"""What the engine does with a gate and with early exit: plan a run, find agreement, pick a vote.
+
+    plan_run(config, gate, prompt)  -> Plan: answer alone with one agent, or run the first layer
+                                       with only the top-k slots (and combine by vote/synthesis)
+    agreement(answers, rule)        -> the index of a proposal that enough others agree with
+    pick_by_vote(answers, weights)  -> the proposal carrying the weighted-majority final answer
+
+Pure functions over configs and strings; the pipeline calls them (pipeline.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mixkit.moa.answers import final_answer, similarity
+from mixkit.moa.config import EarlyExitConfig, LayerConfig, MoAConfig
+from mixkit.moa.gate import Gate, GateDecision, relative_costs, vote
+
+
+@dataclass
+class Plan:
+    """How one run goes: which layers run, who answers, how proposals are combined."""
+
+    layers: list[LayerConfig]
+    alone: str | None = None  # an agent answering the conversation by itself (no layers)
+    combine: str = "synthesize"  # "synthesize" (aggregator) | "vote" (no aggregator call)
+    weights: list[float] = field(default_factory=list)  # gate weights of layer 1's slots
+    decision: GateDecision | None = None
+
+
+def slot_labels(names: list[str]) -> list[str]:
+    """Agent names, with '#1', '#2' ... where a layer repeats an agent (Self-MoA)."""
+    totals = {n: names.count(n) for n in names}
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(f"{name}#{seen[name]}" if totals[name] > 1 else name)
+    return out
+
+
+def agent_costs(config: MoAConfig, gate: Gate) -> tuple[dict[str, float], float]:
+    """Relative cost per agent of the first layer (and of the aggregator) for the cost term."""
+    names = sorted({*config.layers[0].agents, config.aggregator})
+    tokens = {}
+    for n in names:
+        if n in gate.agents:
+            tokens[n] = gate.expected_tokens(n)
+        else:  # the aggregator may have no predictor: cost it like the mean proposer
+            known = [gate.expected_tokens(a) for a in config.layers[0].agents]
+            tokens[n] = (
+                sum(t[0] for t in known) / len(known) * 2,  # it reads the references
+                sum(t[1] for t in known) / len(known),
+            )
+    prices = {
+        n: (
+            (config.agents[n].price_in or 0.0, config.agents[n].price_out or 0.0)
+            if config.agents[n].price_in is not None or config.agents[n].price_out is not None
+            else None
+        )
+        for n in names
+    }
+    costs = relative_costs(tokens, prices)
+    combiner = (
+        costs[config.aggregator] if config.gate and config.gate.combine == "synthesize" else 0.0
+    )
+    return costs, combiner
+
+
+def plan_run(
+    config: MoAConfig, gate: Gate | None, prompt: str, *, noise: float | None = None
+) -> Plan:
+    """The plan of a run: ungated, all layers and the aggregator; gated, what the gate chose."""
+    if config.gate is None or gate is None:
+        return Plan(layers=list(config.layers))
+    first = config.layers[0]
+    labels = slot_labels(first.agents)
+    costs, combiner = agent_costs(config, gate)
+    decision = gate.decide(
+        prompt,
+        list(zip(labels, first.agents, strict=True)),
+        k=config.gate.k,
+        cost_weight=config.gate.cost_weight,
+        costs=costs,
+        combiner_cost=combiner,
+        temperature=config.gate.temperature,
+        noise=config.gate.noise if noise is None else noise,
+    )
+    if decision.strategy == "alone":
+        agent = first.agents[labels.index(decision.chosen[0])]
+        return Plan(layers=[], alone=agent, decision=decision)
+    chosen = [first.agents[labels.index(label)] for label in decision.chosen]
+    quorum = min(first.quorum, len(chosen)) if first.quorum else None
+    layer = LayerConfig(
+        agents=chosen, quorum=quorum, min_answers=min(first.min_answers, len(chosen))
+    )
+    return Plan(
+        layers=[layer, *config.layers[1:]],
+        combine=config.gate.combine,
+        weights=decision.weights,
+        decision=decision,
+    )
+
+
+def agreement(answers: list[str], rule: EarlyExitConfig) -> int | None:
+    """Index of the first proposal that at least `rule.min_agree` proposals (itself included)
+    agree with: the same final answer where one can be extracted, else similar text."""
+    keys = [final_answer(a) for a in answers]
+    for i, a in enumerate(answers):
+        if keys[i] is not None:
+            agree = sum(k == keys[i] for k in keys)
+        else:
+            agree = sum(
+                keys[j] is None and similarity(a, b) >= rule.similarity
+                for j, b in enumerate(answers)
+            )
+        if agree >= rule.min_agree:
+            return i
+    return None
+
+
+def pick_by_vote(answers: list[str], weights: list[float]) -> int:
+    """Index of the best-weighted proposal whose final answer wins the weighted vote.
+
+    Without extractable answers, the proposal most similar to the others (weighted) wins.
+    """
+    keys = [final_answer(a) for a in answers]
+    winner = vote(keys, weights)
+    if winner is not None:
+        ranked = sorted(range(len(answers)), key=lambda i: -weights[i])
+        return next(i for i in ranked if keys[i] == winner)
+    centrality = [
+        sum(
+            w * similarity(a, b)
+            for j, (b, w) in enumerate(zip(answers, weights, strict=True))
+            if j != i
+        )
+        + weights[i]
+        for i, a in enumerate(answers)
+    ]
+    return max(range(len(answers)), key=lambda i: centrality[i])

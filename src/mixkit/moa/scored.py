@@ -1,0 +1,62 @@
+"""Scored calls: what a gate learns from (an agent's answer to a prompt, and how good it was)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mixkit.errors import ConfigError
+
+
+@dataclass
+class ScoredCall:
+    """One training record: an agent's answer to a prompt, and its score."""
+
+    prompt: str
+    agent: str
+    score: float  # 0..1 (reasoning-gym's partial credit, or exact-match 0/1)
+    answer: str | None = None  # the normalised final answer (for majority votes)
+    task: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> ScoredCall:
+        try:
+            return cls(
+                prompt=str(d["prompt"]),
+                agent=str(d["agent"]),
+                score=float(d["score"]),
+                answer=None if d.get("answer") is None else str(d["answer"]),
+                task=str(d.get("task") or ""),
+                prompt_tokens=d.get("prompt_tokens"),
+                completion_tokens=d.get("completion_tokens"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(
+                f"{where}: a scored call needs prompt, agent and a numeric score ({e!r})"
+            ) from None
+
+
+def read_jsonl(path: str | Path) -> list[ScoredCall]:
+    """Scored calls from a JSONL file: one {"prompt", "agent", "score", ...} object per line."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
+    out = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}:{no}: expected a JSON object")
+        out.append(ScoredCall.from_dict(obj, f"{path}:{no}"))
+    return out
