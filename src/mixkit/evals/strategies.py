@@ -251,7 +251,7 @@ def pareto_plot(rows: list[Row], path: str | Path, title: str = "") -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lazy: as above, after choosing the Agg backend
     except ImportError:
         raise ConfigError("the Pareto plot needs matplotlib (pip install matplotlib)") from None
     pts = [r for r in rows if r.task == "all" and r.ttft_p50 is not None]
