@@ -14,27 +14,29 @@ from rich.table import Table
 from mixkit.cli.app import app
 from mixkit.errors import ConfigError
 from mixkit.evals import run_eval
-from mixkit.evals.collect import new_eval_id
+from mixkit.evals.collect import AnyTask, ItemResult, new_eval_id
 from mixkit.evals.strategies import (
+    Row,
     pareto_plot,
     parse_strategies,
     run_strategies,
     summarize,
     systems,
 )
-from mixkit.evals.tasks import FileTask, Task
+from mixkit.evals.tasks import FileTask, Item, Task
+from mixkit.moa import Answer
 from mixkit.moa import trace as tr
-from mixkit.moa.config import resolve
+from mixkit.moa.config import MoAConfig, resolve
 
 console = Console()
 err = Console(stderr=True)
 
 
-def _legacy(cfg, task: str, n: int, seed: int, max_tokens: int, singles: bool, as_json: bool,
-            verbose: bool) -> None:  # fmt: skip
+def _legacy(cfg: MoAConfig, task: str, n: int, seed: int, max_tokens: int, singles: bool,
+            as_json: bool, verbose: bool) -> None:  # fmt: skip
     """The MoA and each of its agents alone, one task (the table of earlier releases)."""
 
-    def on_item(label, item, score, answer) -> None:
+    def on_item(label: str, item: Item, score: float, answer: Answer | None) -> None:
         if verbose:
             got = (answer.answer if answer else "").strip().splitlines()[-1:] or [""]
             err.print(
@@ -64,7 +66,7 @@ def _fmt(v: float | None, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-def _table(rows) -> tuple[list[str], list[tuple[str, list[str]]]]:
+def _table(rows: list[Row]) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """Column names, and (task, cells) per row."""
     priced = any(r.cost_usd is not None for r in rows)
     cols = ["strategy", "n", "accuracy", "TTFT p50 s", "TTFT p90 s", "e2e p50 s", "calls/item",
@@ -82,7 +84,7 @@ def _table(rows) -> tuple[list[str], list[tuple[str, list[str]]]]:
     return cols, out
 
 
-def _render(rows, title: str, markdown: bool) -> None:
+def _render(rows: list[Row], title: str, markdown: bool) -> None:
     cols, cells = _table(rows)
     for task in dict.fromkeys(t for t, _ in cells):
         if markdown:
@@ -161,10 +163,11 @@ def eval_(
                 as_json, markdown, verbose)  # fmt: skip
 
 
-def _strategies(cfg, task_names, tasks_file, n, seed, max_tokens, strategies, samples, db, no_log,
-                plot, as_json, markdown, verbose) -> None:  # fmt: skip
+def _strategies(cfg: MoAConfig, task_names: list[str], tasks_file: Path | None, n: int, seed: int,
+                max_tokens: int, strategies: str, samples: int, db: Path | None, no_log: bool,
+                plot: Path | None, as_json: bool, markdown: bool, verbose: bool) -> None:  # fmt: skip
     names = parse_strategies(strategies)
-    tasks = [FileTask(tasks_file, n=n)] if tasks_file else []
+    tasks: list[AnyTask] = [FileTask(tasks_file, n=n)] if tasks_file else []
     tasks += [
         Task(t, n=n, seed=seed)
         for t in (task_names or ([] if tasks_file else ["basic_arithmetic"]))
@@ -181,7 +184,7 @@ def _strategies(cfg, task_names, tasks_file, n, seed, max_tokens, strategies, sa
     with progress:
         bar = progress.add_task(f"{cfg.name}: {len(plan)} systems", total=runs)
 
-        def on_result(r) -> None:
+        def on_result(r: ItemResult) -> None:
             if conn is not None:
                 tr.record_eval_items(conn, [r.row(eval_id)])
             progress.advance(bar)

@@ -24,7 +24,9 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _records(db: Path | None, jsonl: list[Path], tasks: list[str], exclude: list[str]):
+def _records(
+    db: Path | None, jsonl: list[Path], tasks: list[str], exclude: list[str]
+) -> list[g.ScoredCall]:
 
     records: list[g.ScoredCall] = []
     for path in jsonl:
@@ -99,7 +101,7 @@ def export(
     err.print(f"wrote {len(records)} scored calls to {out}")
 
 
-def _show(gate, name: str) -> None:
+def _show(gate: g.Gate, name: str) -> None:
     console.print(
         f"[bold]gate {name}[/]: features {gate.features}, agents {', '.join(gate.agents)}, "
         f"mix = vote of {gate.mix_k}"

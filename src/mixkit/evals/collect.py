@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mixkit.errors import MixkitError
 from mixkit.evals.tasks import FileTask, Item, Task
+from mixkit.moa.answer import Answer
 from mixkit.moa.answers import final_answer
 from mixkit.moa.config import MoAConfig
 from mixkit.moa.gate import ScoredCall
@@ -100,6 +101,7 @@ async def run_item(
     stream = moa.stream(item.prompt, max_tokens=max_tokens)
     started_at, start = time.time(), time.monotonic()
     failed = False
+    answer: Answer | None
     try:
         answer = await stream.collect()
     except MixkitError:

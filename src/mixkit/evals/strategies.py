@@ -177,7 +177,9 @@ def _row(task: str, strategy: str, rs: list[ItemResult]) -> Row:
         tokens=statistics.fmean(r.prompt_tokens + r.completion_tokens for r in rs) if rs else 0.0,
         cost_usd=sum(costs) / len(rs) if costs else None,
         failed=sum(r.failed for r in rs),
-        alone=(sum(r.gate["strategy"] == "alone" for r in gated) / len(gated)) if gated else None,
+        alone=(sum((r.gate or {}).get("strategy") == "alone" for r in gated) / len(gated))
+        if gated
+        else None,
         early_exits=(sum(r.early_exit for r in rs) / len(rs))
         if strategy.startswith("gated")
         else None,
@@ -254,20 +256,19 @@ def pareto_plot(rows: list[Row], path: str | Path, title: str = "") -> Path:
         import matplotlib.pyplot as plt  # lazy: as above, after choosing the Agg backend
     except ImportError:
         raise ConfigError("the Pareto plot needs matplotlib (pip install matplotlib)") from None
-    pts = [r for r in rows if r.task == "all" and r.ttft_p50 is not None]
+    # (strategy, TTFT p50, accuracy %, calls) of the rows that have a TTFT
+    pts = [(r.strategy, r.ttft_p50, r.accuracy * 100, r.calls) for r in rows
+           if r.task == "all" and r.ttft_p50 is not None]  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for r in pts:
-        ax.scatter(r.ttft_p50, r.accuracy * 100, s=40 + 12 * r.calls, alpha=0.8)
-        ax.annotate(r.strategy, (r.ttft_p50, r.accuracy * 100), fontsize=8,
-                    xytext=(5, 4), textcoords="offset points")  # fmt: skip
-    front, best = [], -1.0
-    for r in sorted(pts, key=lambda r: (r.ttft_p50, -r.accuracy)):
-        if r.accuracy > best:
-            front.append(r)
-            best = r.accuracy
+    for name, ttft, acc, calls in pts:
+        ax.scatter(ttft, acc, s=40 + 12 * calls, alpha=0.8)
+        ax.annotate(name, (ttft, acc), fontsize=8, xytext=(5, 4), textcoords="offset points")
+    front: list[tuple[float, float]] = []
+    for _, ttft, acc, _ in sorted(pts, key=lambda p: (p[1], -p[2])):
+        if not front or acc > front[-1][1]:
+            front.append((ttft, acc))
     if len(front) > 1:
-        ax.plot([r.ttft_p50 for r in front], [r.accuracy * 100 for r in front], "k--", lw=0.8,
-                label="Pareto front")  # fmt: skip
+        ax.plot([t for t, _ in front], [a for _, a in front], "k--", lw=0.8, label="Pareto front")
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("time to first token, p50 (s)")
     ax.set_ylabel("accuracy over all tasks (%)")

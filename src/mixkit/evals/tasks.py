@@ -35,7 +35,7 @@ class Item:
     scorer: str = ""  # exact | number | a reasoning-gym dataset name
 
 
-def _rg_scorer(name: str):
+def _rg_scorer(name: str) -> Any:
     # lazy: reasoning-gym imports every generator (seconds); only when a task is really used
     import reasoning_gym
 
