@@ -56,10 +56,27 @@ def mixtures(url: str) -> dict[str, tuple]:
     }
 
 
+def gated_toml(url: str) -> str:
+    """A gated mixture (the packaged default gate) over fake agents: 5 candidate slots, the
+    gate consults at most 2, an aggregator synthesizes what they said."""
+    agents = "".join(
+        f'[agents.{name}]\nprovider = "openai"\nbase_url = "{url}"\nmodel = "ok"\n'
+        for name in ("qwen", "qwen-careful", "smollm", "agg")
+    )
+    return (
+        'name = "gated-fake"\naggregator = "agg"\n'
+        '[gate]\npath = "default"\nk = 2\ncombine = "synthesize"\n'
+        + agents
+        + '[[layers]]\nagents = ["qwen", "qwen", "qwen", "qwen-careful", "smollm"]\n'
+    )
+
+
 @pytest.fixture(scope="session")
 def serve(web_home, fake):
     """`mixkit serve` (no auth) with the mixtures above, logging under web_home."""
     configs = write_mixtures(web_home, fake.url, mixtures(fake.url))
+    (web_home / "gated-fake.toml").write_text(gated_toml(fake.url))
+    configs.append(web_home / "gated-fake.toml")
     with ServerProcess(web_home, configs) as server:
         yield server
 

@@ -91,6 +91,34 @@ def test_a_retried_call_starts_its_card_afresh_and_a_failed_one_shows_why(page, 
     assert "peer closed connection" in page.text('#live .card[data-agent="p1"] .foot .error')
 
 
+def test_agents_the_gate_skipped_are_greyed_out_with_their_scores(page, serve, web_home):
+    page.open("#/")
+    page.ask("gated-fake", "What is 17 + 25?")
+    page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
+    skipped = page.attrs("#live .card.skipped", "data-agent")
+    scores = {
+        label: page.text(f'#live .card[data-layer="1"][data-agent="{label}"] .score')
+        for label in page.attrs('#live .card[data-layer="1"]', "data-agent")
+    }
+    note = page.text('#live .layer[data-layer="1"] .layer-title')
+    # straight to the timeline: it waits for the run's log if the writer has not caught up yet
+    page.one("#live .run-head a").click()
+    page.wait(lambda _: sorted(page.attrs(".g-row.skipped", "data-skipped")) == sorted(skipped))
+    assert "score" in page.text(".g-row.skipped")
+
+    run, _ = logged_run(web_home, _run_id_from_url(page))
+    gate = json.loads(run["gate_json"])
+    assert sorted(skipped) == sorted(gate["skipped"]) and len(skipped) >= 3  # k = 2 of 5 slots
+    assert set(scores) == {"qwen#1", "qwen#2", "qwen#3", "qwen-careful", "smollm"}
+    for label, text in scores.items():
+        assert text == f"score {gate['scores'][label.split('#')[0]]:.2f}"
+    assert f"gate ({gate['strategy']})" in note
+
+
+def _run_id_from_url(page) -> str:
+    return page.driver.current_url.rsplit("/", 1)[-1]
+
+
 def test_markup_streamed_live_is_shown_as_text(page, fake, serve):
     page.open("#/")
     page.ask("html", "<b>hello</b> <img src=x onerror=alert(1)>")
