@@ -5,8 +5,9 @@
 Starts `mixkit serve` (its own MIXKIT_HOME in a temporary folder), asks the `moa-tiny` preset
 (SmolLM2-135M sampled 3 times, then a SmolLM2 aggregator, all run in-process by llama.cpp) a
 question in the playground, saves `playground.png` while the answer streams, then opens the
-run's timeline with its slowest proposer selected and saves `timeline.png`. A minute or two on
-2 cores; needs the same Chromium as the tests.
+run's timeline with its slowest proposer selected and saves `timeline.png`, then asks the
+`gated` preset (Qwen2.5-0.5B and SmolLM2 behind the packaged gate) and saves `gated.png` with the
+slots its gate skipped. Under a minute on 2 cores; needs the same Chromium as the tests.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.serve.helpers import ServerProcess
 from tests.web.harness import Browser, Page, missing_reason
 
 QUESTION = "Why is the sea salty? Answer in three sentences."
+GATED_QUESTION = "What is 17 + 25? Answer with the number."
 
 
 def main(out: Path) -> None:
@@ -42,9 +44,15 @@ def main(out: Path) -> None:
             page.wait(lambda _: "completion tokens" in page.text("#call-detail"))
             browser.driver.set_window_size(1360, 1300)
             browser.driver.save_screenshot(str(out / "timeline.png"))
+            # a gated run (the default preset): the slots its gate skipped are greyed out
+            browser.driver.set_window_size(1360, 1000)
+            page.open("#/")
+            page.ask("gated", GATED_QUESTION)
+            page.wait(lambda _: page.text("#live .run-head .badge") in ("ok", "error"), 600)
+            browser.driver.save_screenshot(str(out / "gated.png"))
         finally:
             browser.close()
-    print(f"wrote {out / 'playground.png'} and {out / 'timeline.png'}")
+    print(f"wrote playground.png, timeline.png and gated.png in {out}")
 
 
 if __name__ == "__main__":
