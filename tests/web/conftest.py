@@ -56,16 +56,17 @@ def mixtures(url: str) -> dict[str, tuple]:
     }
 
 
-def gated_toml(url: str) -> str:
+def gated_toml(url: str, name: str = "gated-fake", extra: str = "") -> str:
     """A gated mixture (the packaged default gate) over fake agents: 5 candidate slots, the
-    gate consults at most 2, an aggregator synthesizes what they said."""
+    gate consults at most 2, an aggregator synthesizes what they said (`extra`: more TOML)."""
     agents = "".join(
-        f'[agents.{name}]\nprovider = "openai"\nbase_url = "{url}"\nmodel = "ok"\n'
-        for name in ("qwen", "qwen-careful", "smollm", "agg")
+        f'[agents.{agent}]\nprovider = "openai"\nbase_url = "{url}"\nmodel = "ok"\n'
+        for agent in ("qwen", "qwen-careful", "smollm", "agg")
     )
     return (
-        'name = "gated-fake"\naggregator = "agg"\n'
+        f'name = "{name}"\naggregator = "agg"\n'
         '[gate]\npath = "default"\nk = 2\ncombine = "synthesize"\n'
+        + extra
         + agents
         + '[[layers]]\nagents = ["qwen", "qwen", "qwen", "qwen-careful", "smollm"]\n'
     )
@@ -76,7 +77,9 @@ def serve(web_home, fake):
     """`mixkit serve` (no auth) with the mixtures above, logging under web_home."""
     configs = write_mixtures(web_home, fake.url, mixtures(fake.url))
     (web_home / "gated-fake.toml").write_text(gated_toml(fake.url))
-    configs.append(web_home / "gated-fake.toml")
+    early = gated_toml(fake.url, "gated-early", "[early_exit]\nmin_agree = 2\n")
+    (web_home / "gated-early.toml").write_text(early)
+    configs += [web_home / "gated-fake.toml", web_home / "gated-early.toml"]
     with ServerProcess(web_home, configs) as server:
         yield server
 

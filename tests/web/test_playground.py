@@ -115,6 +115,18 @@ def test_agents_the_gate_skipped_are_greyed_out_with_their_scores(page, serve, w
     assert f"gate ({gate['strategy']})" in note
 
 
+def test_an_early_exit_is_shown_on_its_layer_and_in_the_timeline(page, serve):
+    page.open("#/")
+    # the packaged gate mixes its top 2 slots for this prompt; the fake agents' answers agree
+    page.ask("gated-early", "Spell the word 'river' backwards.")
+    page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
+    assert "early exit: 2 answers agreed" in page.text('#live .layer[data-layer="1"] .layer-title')
+    assert page.text("#live .card.final .badge") == "not run"  # no aggregator call was needed
+    page.one("#live .run-head a").click()
+    page.wait(lambda _: "early exit after layer 1: 2 answers agreed" in page.text("#run-head"))
+    assert "aggregator" not in page.text(".gantt").lower()  # the last layer ran was layer 1
+
+
 def _run_id_from_url(page) -> str:
     return page.driver.current_url.rsplit("/", 1)[-1]
 
