@@ -103,7 +103,11 @@ def ask(
             )
 
     if not as_json:
-        err.print(f"[dim]{cfg.name}: {cfg.num_layers} layers, aggregator {cfg.aggregator}[/]")
+        if cfg.gate is not None:
+            slots = len(cfg.layers[0].agents)
+            err.print(f"[dim]{cfg.name}: a gate picks among {slots} slots (up to {cfg.gate.k})[/]")
+        else:
+            err.print(f"[dim]{cfg.name}: {cfg.num_layers} layers, aggregator {cfg.aggregator}[/]")
     stream = moa.stream(
         question,
         messages=messages,
