@@ -10,8 +10,9 @@ active width (the ideal of bench/moe_layer.py) is timed in the same process for 
     python bench/moe_profile.py --router topk --expert swiglu --E 8 256
     python bench/moe_profile.py --threads 1 --T 4096 --d 512
 
-Every time is milliseconds per step (CPU total of the range, best-of-N is not taken: the profiled
-steps are averaged), so compare rows within one run.
+Times are milliseconds per step: "step" and "ideal" are the process's CPU time, best of
+--repeats; the phase, node and op columns are the profiler's CPU totals averaged over --steps
+(wall time of each range, so a busy machine inflates them). Compare rows within one run.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def _best_ms(module, x, repeats: int) -> float:
     _step(module, x)
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()  # CPU time: a shared machine's other processes do not count
         _step(module, x)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return best * 1e3
 
 
@@ -125,7 +126,7 @@ def main() -> None:
         f"expert={args.expert}, fp32"
     )
     rows = [profile_layer(args.T, args.d, E, args) for E in args.E]
-    print("\nstep and forward phases, ms per step (profiled steps include the profiler's overhead)")
+    print("\nstep and forward phases, ms per step (the phases include the profiler's overhead)")
     cols = ["step", "ideal", *PHASES, "backward"]
     print("| E | " + " | ".join(cols) + " |")
     print("|---:|" + "---:|" * len(cols))

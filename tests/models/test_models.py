@@ -7,14 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixkit.errors import ConfigError
 from mixkit.models import (
     LSTMLM,
     LSTMLMConfig,
     MoESpec,
     TransformerLM,
     TransformerLMConfig,
-    build_model,
 )
 from mixkit.models.transformer_lm import KVCache
 
@@ -153,10 +151,13 @@ def test_config_errors_name_the_field():
         MoESpec(num_experts=4, k=5, d_hidden=8)
     with pytest.raises(ValueError, match="divisible by n_heads"):
         TransformerLMConfig(d_model=30, n_heads=4)
-    with pytest.raises(ConfigError, match="model.moe.k"):  # the layer's own check, named for us
-        build_model(
-            LSTMLMConfig(vocab_size=V, d_model=8, moe=MoESpec(router="switch", k=2, d_hidden=8))
-        )
+    # the layer's own checks (MoEConfig) run when the config is loaded, options included
+    with pytest.raises(ValueError, match="k \\(2\\) must be 1 for router 'switch'"):
+        MoESpec(router="switch", k=2, d_hidden=8)
+    with pytest.raises(ValueError, match="unknown option\\(s\\) 'bogus'"):
+        MoESpec(d_hidden=8, options={"bogus": 1})
+    with pytest.raises(ValueError, match="noise_eps \\('x'\\) must be a finite number"):
+        MoESpec(d_hidden=8, options={"noise_eps": "x"})
 
 
 @pytest.mark.parametrize(

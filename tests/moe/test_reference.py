@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from mixkit.moe.reference import reference_moe
-
 from .conftest import ALL_ROUTERS, make_layer
+from .reference import reference_moe
 
 MODES = [
     pytest.param(dict(capacity_factor=None), id="dropless"),
@@ -69,6 +68,8 @@ def test_capacity_mode_actually_drops():
 def test_expert_paths_agree_with_the_fused_default(expert, impl):
     """The fused autograd Function (the CPU default) against plain autograd and _grouped_mm,
     forward and backward, with an expert that gets no tokens."""
+    if impl == "grouped_mm" and not hasattr(torch, "_grouped_mm"):
+        pytest.skip(f"torch {torch.__version__} has no _grouped_mm")
     layer = make_layer("topk", expert=expert, E=6)
     with torch.no_grad():
         layer.router.w_gate.abs_()
@@ -79,11 +80,8 @@ def test_expert_paths_agree_with_the_fused_default(expert, impl):
         layer.expert_impl = name
         xx = x.clone().requires_grad_(True)
         layer.zero_grad()
-        try:
-            y = layer(xx)
-            (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-        except (RuntimeError, NotImplementedError) as e:
-            pytest.skip(f"{name} unavailable for this device/dtype: {e}")
+        y = layer(xx)
+        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
         results[name] = (
             y.detach(),
             xx.grad,

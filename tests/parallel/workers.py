@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from mixkit.moe import MoE
-from mixkit.moe.parallel import shard_experts
+from mixkit.moe.parallel import expert_parallel_of, shard_experts
 from tests.moe.conftest import make_layer
 
 D, H = 6, 10
@@ -61,7 +61,8 @@ def equivalence(rank: int, world: int, cases: list[tuple], E: int = 8) -> dict:
         # Each rank's loss holds the group-wide aux loss once; the group's total counts it once.
         ((y_local * upstream[lo:hi]).sum() + ep.aux_loss / world).backward()
 
-        first, El = ep.ep.first_expert, ep.ep.local_experts
+        where = expert_parallel_of(ep)
+        first, El = where.first_expert, where.local_experts
         errs = {
             "output": _max_err(y_local, y_full[lo:hi]),
             "input_grad": _max_err(x_local.grad, x_full.grad[lo:hi]),
@@ -165,8 +166,9 @@ def train_step_equivalence(
     errs = {"grad_norm": abs(norm - full_norm) / full_norm}
     full_params = dict(full.named_parameters())
     for _, layer in model.moe_layers():
-        if layer.ep is not None:
-            first, El = layer.ep.first_expert, layer.ep.local_experts
+        where = expert_parallel_of(layer)
+        if where is not None:
+            first, El = where.first_expert, where.local_experts
     from mixkit.moe.parallel import expert_parameter_names
 
     expert_names = expert_parameter_names(model)

@@ -49,7 +49,7 @@ def test_bad_config_is_one_clear_line(tmp_path):
     assert_clean_error(run_cli("train", "--preset", "nope"), "unknown preset 'nope'")
     assert_clean_error(
         run_cli("train", "--set", "model.moe.router=switch", "--out", str(tmp_path / "o")),
-        "model.moe.k (2) must be 1",
+        "model.moe: k (2) must be 1",
     )
 
 

@@ -67,6 +67,8 @@ def test_config_file_extends_a_preset(tmp_path):
         (["model.d_modle=3"], "model.d_modle: unknown field"),
         (["train.batch_size='big'"], "train.batch_size: Input should be a valid integer"),
         (["model.moe.k=9"], "model.moe: k (9) must be <= num_experts (4)"),
+        (["model.moe.options.bogus=1"], "model.moe: unknown option(s) 'bogus'"),
+        (["model.moe.options.noise_eps=-1"], "model.moe: noise_eps (-1) must be a finite number"),
         (["optim.min_lr=1.0"], "optim.min_lr (1.0) must be <= optim.lr"),
         (["model.arch='gru'"], "model"),
     ],

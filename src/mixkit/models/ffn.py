@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from mixkit.errors import ConfigError
+from mixkit.moe import HierarchicalMoE, MoE, MoEConfig
+
 ExpertKind = Literal["relu", "swiglu"]
 RouterKind = Literal["noisy_topk", "topk", "switch", "expert_choice", "sigmoid_bias"]
 
@@ -43,18 +46,30 @@ class MoESpec(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _k_fits(self) -> MoESpec:
-        if self.k > self.num_experts:
-            raise ValueError(f"k ({self.k}) must be <= num_experts ({self.num_experts})")
+    def _valid_layer(self) -> MoESpec:
+        """The layer's own validation (MoEConfig, the one definition of its options) at load time,
+        so a bad value or an unknown key in `options` is a config error naming it."""
+        if self.groups is not None and self.num_experts % self.groups:
+            raise ValueError(
+                f"num_experts ({self.num_experts}) must be divisible by groups ({self.groups})"
+            )
+        if self.groups is not None and self.k > self.num_experts // self.groups:
+            raise ValueError(
+                f"k ({self.k}) must be <= experts per group ({self.num_experts // self.groups})"
+            )
+        try:
+            MoEConfig.from_options(
+                1,  # d_model belongs to the model, not to this table
+                self.d_hidden,
+                self.num_experts if self.groups is None else self.num_experts // self.groups,
+                **self.layer_options(),
+                name="",
+            )
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        except TypeError as e:  # an option that is also a field of this table, e.g. options.k
+            raise ValueError(f"options: {e}") from None
         if self.groups is not None:
-            if self.num_experts % self.groups:
-                raise ValueError(
-                    f"num_experts ({self.num_experts}) must be divisible by groups ({self.groups})"
-                )
-            if self.k > self.num_experts // self.groups:
-                raise ValueError(
-                    f"k ({self.k}) must be <= experts per group ({self.num_experts // self.groups})"
-                )
             if self.k_groups > self.groups:
                 raise ValueError(f"k_groups ({self.k_groups}) must be <= groups ({self.groups})")
             if self.router == "expert_choice" or self.w_switch:
@@ -62,6 +77,17 @@ class MoESpec(BaseModel):
                     "a hierarchical MoE (groups) takes a token-choice router and no w_switch"
                 )
         return self
+
+    def layer_options(self) -> dict[str, Any]:
+        """The keywords of mixkit.moe.MoE this table sets (None: the layer's default)."""
+        fixed = dict(k=self.k, router=self.router, capacity_factor=self.capacity_factor)
+        weights = dict(
+            w_importance=self.w_importance,
+            w_load=self.w_load,
+            w_switch=self.w_switch,
+            w_zloss=self.w_zloss,
+        )
+        return {**fixed, **{n: v for n, v in weights.items() if v is not None}, **self.options}
 
 
 class DenseFFN(nn.Module):
@@ -91,8 +117,6 @@ def build_ffn(d_model: int, ffn_hidden: int, expert: ExpertKind, moe: MoESpec | 
     """A dense FFN when `moe` is None, else a `mixkit.moe.MoE` (or HierarchicalMoE) layer."""
     if moe is None:
         return DenseFFN(d_model, ffn_hidden, expert)
-    from mixkit.moe import HierarchicalMoE, MoE
-
     if moe.groups is not None:
         return HierarchicalMoE(
             d_model,
@@ -109,20 +133,14 @@ def build_ffn(d_model: int, ffn_hidden: int, expert: ExpertKind, moe: MoESpec | 
             w_zloss=moe.w_zloss,
             **moe.options,
         )
+    # so that the layer's own validation errors name the config field
     return MoE(
         d_model,
         moe.d_hidden,
         moe.num_experts,
-        k=moe.k,
-        router=moe.router,
-        capacity_factor=moe.capacity_factor,
         expert=expert,
-        w_importance=moe.w_importance,
-        w_load=moe.w_load,
-        w_switch=moe.w_switch,
-        w_zloss=moe.w_zloss,
-        name="model.moe",  # so the layer's own validation errors name the config field
-        **moe.options,
+        name="model.moe",
+        **moe.layer_options(),
     )
 
 

@@ -27,6 +27,10 @@ DEFAULT_LOSS_WEIGHTS = {
 }
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _ceil(value: float) -> int:
     # 2 * 4096 * 1.1 / 8 is 1126.4000000000001 in floats; round first so exact quotients stay exact.
     return math.ceil(round(value, 6))
@@ -65,8 +69,21 @@ class MoEConfig:
                 setattr(self, key, value)
         self.validate()
 
+    @classmethod
+    def from_options(cls, d_model: int, d_hidden: int, num_experts: int, **options) -> MoEConfig:
+        """MoEConfig(...) whose unknown keywords are a ConfigError naming them and the options."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            name = options.get("name", "moe")
+            raise ConfigError(
+                f"{name + ': ' if name else ''}unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"the options are {', '.join(n for n in known[3:] if n != 'name')}"
+            )
+        return cls(d_model, d_hidden, num_experts, **options)
+
     def _err(self, msg: str) -> ConfigError:
-        return ConfigError(f"{self.name}.{msg}")
+        return ConfigError(f"{self.name}.{msg}" if self.name else msg)
 
     def validate(self) -> None:
         for name in ("d_model", "d_hidden", "num_experts", "k"):
@@ -98,12 +115,14 @@ class MoEConfig:
                 )
         for name in ("w_importance", "w_load", "w_switch", "w_zloss"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if not _is_number(value) or value < 0:
                 raise self._err(f"{name} ({value!r}) must be a finite number >= 0")
-        if self.noise_eps < 0:
-            raise self._err(f"noise_eps ({self.noise_eps}) must be >= 0")
-        if self.bias_update_rate < 0:
-            raise self._err(f"bias_update_rate ({self.bias_update_rate}) must be >= 0")
+        for name in ("noise_eps", "bias_update_rate", "route_scale"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise self._err(f"{name} ({value!r}) must be a finite number >= 0")
+        if not isinstance(self.renormalize, bool):
+            raise self._err(f"renormalize ({self.renormalize!r}) must be true or false")
         if not isinstance(self.num_shared_experts, int) or self.num_shared_experts < 0:
             raise self._err(
                 f"num_shared_experts ({self.num_shared_experts!r}) must be an integer >= 0"

@@ -2,6 +2,16 @@
 
 Legend: T tokens, D d_model, E experts, A assignments (before capacity), S kept assignments.
 
+Every dispatcher has the same two methods (the `Dispatcher` protocol), which is all an MoE layer
+calls, so where the experts live is decided from outside (parallel.shard_experts swaps in its
+all_to_all dispatcher):
+
+    route = dispatcher.route(router, x_TD, noise_TE)        # the decision and the capacity
+    y_TD, routed = dispatcher.run(x_TD, route, experts, impl)
+    dispatcher.reduce_stats                                 # None, or the sum over its group
+
+The local dispatcher's run() is dispatch -> experts -> combine:
+
     x_SD, counts, plan = dispatcher.dispatch(x_TD, decision, capacity)
     out_SD = experts(x_SD, counts, scale_A=plan.weight_S)   # local tensors and counts only
     y_TD = dispatcher.combine(out_SD, plan)
@@ -23,11 +33,56 @@ parallel. Expert choice (a token gets any number of experts) keeps the scatter-a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from mixkit.moe.routing import RoutingDecision
+
+
+@dataclass
+class Route:
+    """A router's decision and what the dispatcher needs to apply capacity to it."""
+
+    decision: RoutingDecision
+    capacity: int | None  # assignments each expert may keep; None: dropless
+    token_offset: int = 0  # where these tokens start in the batch the capacity counts
+    batch_tokens: int = 0  # tokens of that batch (this process's T when local)
+
+
+@dataclass
+class Routed:
+    """What run() reports for the layer's statistics."""
+
+    counts_E: torch.Tensor  # (E,) kept assignments per expert (experts held here; others 0)
+    num_dropped: int  # assignments past capacity, among those the experts here received
+    token_idx_S: torch.Tensor  # (S,) token of each kept assignment of this process's tokens
+
+
+class Dispatcher(Protocol):
+    reduce_stats: Callable[[torch.Tensor], torch.Tensor] | None
+
+    def route(self, router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route: ...
+
+    def run(
+        self, x_TD: torch.Tensor, route: Route, experts, impl: str
+    ) -> tuple[torch.Tensor, Routed]: ...
+
+
+def keep_within_capacity(
+    expert_sorted_A: torch.Tensor, counts_E: torch.Tensor, capacity: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Assignments sorted by expert (in priority order within each) -> which to keep.
+
+    Each expert keeps its first `capacity`. Returns (keep_A mask, kept counts_E, number dropped).
+    """
+    starts_E = counts_E.cumsum(0) - counts_E
+    position_A = torch.arange(expert_sorted_A.numel(), device=counts_E.device)
+    keep_A = position_A - starts_E[expert_sorted_A] < capacity
+    kept_E = counts_E.clamp(max=capacity)
+    return keep_A, kept_E, int((counts_E - kept_E).sum())
 
 
 @dataclass
@@ -84,8 +139,23 @@ class _CombineSlots(torch.autograd.Function):
 
 
 class LocalDispatcher:
+    """Every expert in this process."""
+
+    reduce_stats = None  # the batch is this process's: nothing to sum over
+
     def __init__(self, num_experts: int):
         self.num_experts = num_experts
+
+    def route(self, router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route:
+        T = x_TD.shape[0]
+        return Route(router(x_TD, noise_TE), router.cfg.capacity(T), 0, T)
+
+    def run(self, x_TD: torch.Tensor, route: Route, experts, impl: str):
+        x_SD, counts, plan = self.dispatch(x_TD, route.decision, route.capacity)
+        # source: the experts keep x_TD for backward rather than the k-times-larger x_SD
+        out_SD = experts(x_SD, counts, impl, plan.weight_S, source=(x_TD, plan.token_idx_S))
+        y_TD = self.combine(out_SD, plan)
+        return y_TD, Routed(plan.counts_E, plan.num_dropped, plan.token_idx_S)
 
     def dispatch(
         self, x_TD: torch.Tensor, decision: RoutingDecision, capacity: int | None
@@ -98,19 +168,17 @@ class LocalDispatcher:
             expert_sorted_A = expert_idx_A
         else:
             order_A = torch.argsort(expert_idx_A, stable=True)
-            expert_sorted_A = expert_idx_A[order_A]
+            expert_sorted_A = expert_idx_A.index_select(0, order_A)  # cheaper than x[order]
         counts_E = torch.bincount(expert_idx_A, minlength=E)
-        token_S = decision.token_idx_A if order_A is None else decision.token_idx_A[order_A]
-        weight_S = decision.weight_A if order_A is None else decision.weight_A[order_A]
+        token_S, weight_S = decision.token_idx_A, decision.weight_A
+        if order_A is not None:
+            token_S, weight_S = token_S.index_select(0, order_A), weight_S.index_select(0, order_A)
         num_dropped = 0
         if capacity is not None and not decision.expert_choice and int(counts_E.max()) > capacity:
-            starts_E = counts_E.cumsum(0) - counts_E
-            position_A = torch.arange(A, device=x_TD.device) - starts_E[expert_sorted_A]
-            keep_A = position_A < capacity
+            keep_A, counts_E, num_dropped = keep_within_capacity(
+                expert_sorted_A, counts_E, capacity
+            )
             token_S, weight_S = token_S[keep_A], weight_S[keep_A]
-            kept_E = counts_E.clamp(max=capacity)
-            num_dropped = int((counts_E - kept_E).sum())
-            counts_E = kept_E
         T = x_TD.shape[0]
         if decision.expert_choice or T == 0:
             x_SD = x_TD.index_select(0, token_S)

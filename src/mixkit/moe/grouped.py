@@ -10,9 +10,8 @@ straight into its slice of one (E, D, H) buffer with `torch.mm(..., out=...)`. A
 backward are exactly what a dense FFN over the same A rows would save: the input and the hidden.
 
 Small experts run side by side. One matmul of 32 or 128 rows does not keep several cores busy
-(measured on 2 cores, 8192 x 512 @ 512 x 1024 split over E experts: 85 ms at E=256 one expert at a
-time with 2 threads each, 60 ms with the experts split between two threads of 1 core each, 42 ms
-for one dense matmul). So when experts are small, `_each_expert` hands contiguous blocks of
+(git log e1a7dc6 and cb4465e have the measurements). So when experts are small, `_each_expert`
+hands contiguous blocks of
 experts to a small thread pool, one intra-op thread per worker (torch's matmuls release the GIL;
 its thread count is per thread, so the caller's stays as it was). Every worker writes disjoint
 rows or experts.
@@ -30,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-# When experts run side by side (measured on the 2-core CPU VM, fwd+bwd of the whole layer): with
-# d_model x d_hidden = 512 x 1024 weights it is faster at 32 rows per expert (593 -> 440 ms) and
-# 128 (375 -> 331 ms); with 256 x 512 weights it is slower at every size tried (e.g. 44 -> 62 ms at
-# 512 rows), the per-call thread hand-off costing more than the smaller matmuls gain.
+# Experts run side by side only where it measured faster on the 2-core VM (commit e1a7dc6): with
+# 512 x 1024 expert weights up to 512 rows per expert; with 256 x 512 weights the per-call
+# thread hand-off cost more than the smaller matmuls gained.
 SIDE_BY_SIDE_MAX_ROWS = 512  # mean rows per expert, at most
 SIDE_BY_SIDE_MIN_WEIGHT = 1 << 19  # elements of one expert matrix (d_model * d_hidden), at least
 _pool: ThreadPoolExecutor | None = None
@@ -42,6 +40,7 @@ _pool_lock = threading.Lock()
 
 
 _HUGE_PAGE = 2 << 20
+HUGE_PAGES_MAX_BYTES = 256 << 20  # see fresh()
 _MADV_HUGEPAGE = 14
 _madvise = None
 if sys.platform.startswith("linux"):
@@ -56,14 +55,20 @@ def fresh(*shape: int, like: torch.Tensor) -> torch.Tensor:
     """torch.empty(shape) like `like`, backed by transparent huge pages where the OS offers them.
 
     Every step writes fresh (A, H) activations and (E, D, H) weight gradients; first-touching
-    them in 4 KiB pages is a page fault per 4 KiB (measured 204 ms per 512 MB on the 2-core VM,
-    43 ms with huge pages). torch uses huge pages only when THP_MEM_ALLOC_ENABLE=1 is set before
-    it starts, which a library cannot count on, so large buffers are advised here, before their
-    first touch. Under the kernel's default `madvise` THP mode this is what makes them huge.
+    them in 4 KiB pages costs a page fault per 4 KiB. torch uses huge pages only when
+    THP_MEM_ALLOC_ENABLE=1 is set before it starts, which a library cannot count on, so large
+    buffers are advised here, before their first touch (under the kernel's default `madvise` THP
+    mode this is what makes them huge). Not above HUGE_PAGES_MAX_BYTES: with defrag=madvise a
+    fault may compact memory first, which measured slower than 4 KiB pages for 512 MiB buffers
+    (docs/benchmarks.md).
     """
     t = torch.empty(shape, dtype=like.dtype, device=like.device)
     nbytes = t.numel() * t.element_size()
-    if _madvise is not None and t.device.type == "cpu" and nbytes >= 2 * _HUGE_PAGE:
+    if (
+        _madvise is not None
+        and t.device.type == "cpu"
+        and 2 * _HUGE_PAGE <= nbytes <= HUGE_PAGES_MAX_BYTES
+    ):
         start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
         stop = (t.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
         if stop > start:
@@ -200,8 +205,9 @@ class GroupedReluFFN(torch.autograd.Function):
             torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
 
         _each_expert(counts, down_t, w_out)
-        g_scale_A = (t_AH * h_AH).sum(-1) if needs[1] else None
-        g_h_AH = t_AH.mul_(scale_A.unsqueeze(-1)).mul_(h_AH > 0)  # relu', in place
+        g_scale_A = torch.linalg.vecdot(t_AH, h_AH) if needs[1] else None
+        # relu' in one pass (fused elementwise kernels: each (A, H) pass costs a dense FFN's)
+        g_h_AH = torch.ops.aten.threshold_backward(t_AH.mul_(scale_A.unsqueeze(-1)), h_AH, 0)
         g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
         g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
         weight_grads = _WeightGrads(counts, (w_in, w_out), needs[2] or needs[3])
@@ -237,14 +243,15 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
 
         _each_expert(counts, down, w_out_EHD)
         out_AD.mul_(scale_A.unsqueeze(-1))
-        _save_input(ctx, x_AD, source, scale_A, g_AH, u_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
+        # a is kept (not recomputed): two fewer (A, H) passes in backward for one more buffer
+        _save_input(ctx, x_AD, source, scale_A, g_AH, u_AH, a_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
         ctx.counts = counts
         return out_AD
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out_AD):
-        x_AD, scale_A, g_AH, u_AH, w_gate, w_in, w_out = _saved(ctx)
+        x_AD, scale_A, g_AH, u_AH, a_AH, w_gate, w_in, w_out = _saved(ctx)
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
         t_AH = fresh(*u_AH.shape, like=u_AH)
@@ -253,14 +260,11 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
             torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
 
         _each_expert(counts, down_t, w_out)
-        sig_AH = torch.sigmoid(g_AH)
-        silu_AH = g_AH * sig_AH
-        a_AH = silu_AH * u_AH  # recomputed rather than saved
-        g_scale_A = (t_AH * a_AH).sum(-1) if needs[1] else None
+        # six (A, H) passes, each a fused kernel; autograd's silu_backward is d silu(z)/dz * grad
+        g_scale_A = torch.linalg.vecdot(t_AH, a_AH) if needs[1] else None
         g_a_AH = t_AH.mul_(scale_A.unsqueeze(-1))
-        g_u_AH = g_a_AH * silu_AH
-        # d silu(z)/dz = sig * (1 + z * (1 - sig)), written into sig_AH's buffer
-        g_g_AH = sig_AH.mul_(g_AH * (1 - sig_AH) + 1).mul_(g_a_AH).mul_(u_AH)
+        g_g_AH = torch.ops.aten.silu_backward(g_a_AH * u_AH, g_AH)
+        g_u_AH = F.silu(g_AH).mul_(g_a_AH)
         g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
         g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
         weight_grads = _WeightGrads(counts, (w_gate, w_in, w_out), any(needs[2:5]))

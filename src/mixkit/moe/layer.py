@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mixkit import distributed as mdist
 from mixkit.moe import balance
 from mixkit.moe.config import MoEConfig
-from mixkit.moe.dispatch import LocalDispatcher
+from mixkit.moe.dispatch import Dispatcher, LocalDispatcher, Routed
 from mixkit.moe.experts import Experts
 from mixkit.moe.routing import RoutingDecision, build_router
 from mixkit.moe.stats import MoEStats, group_losses
@@ -25,32 +26,17 @@ class MoE(nn.Module):
     """Sparsely-gated mixture of experts (Shazeer et al. 2017) with today's routers.
 
     Args:
-        d_model, d_hidden, num_experts, k: sizes; each token is sent to k of num_experts FFNs.
-        router: "noisy_topk" | "topk" | "switch" | "expert_choice" | "sigmoid_bias".
-        capacity_factor: None for dropless, else each expert holds ceil(k*T*cf/E) assignments.
-        expert: "relu" (the paper) or "swiglu".
-        **options: loss weights (w_importance, w_load, w_switch, w_zloss) and router options, see
-            `MoEConfig`.
+        d_model, d_hidden, num_experts: sizes; each token is sent to k of num_experts FFNs.
+        **options: every other field of `MoEConfig`, with its defaults: k (2), router
+            ("noisy_topk" | "topk" | "switch" | "expert_choice" | "sigmoid_bias"),
+            capacity_factor (None: dropless), expert ("relu" | "swiglu"), the loss weights and
+            the router options. A bad value or an unknown option is a ConfigError naming it.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        d_hidden: int,
-        num_experts: int,
-        k: int = 2,
-        router: str = "noisy_topk",
-        capacity_factor: float | None = None,
-        expert: str = "relu",
-        **options,
-    ):
+    def __init__(self, d_model: int, d_hidden: int, num_experts: int, **options):
         super().__init__()
-        try:
-            cfg = MoEConfig(
-                d_model, d_hidden, num_experts, k, router, capacity_factor, expert, **options
-            )
-        except TypeError as e:  # an unknown keyword
-            raise ValueError(f"MoE: {e}; see mixkit.moe.MoEConfig for the options") from None
+        cfg = MoEConfig.from_options(d_model, d_hidden, num_experts, **options)
+        expert = cfg.expert
         self.cfg = cfg
         self.router = build_router(cfg)
         self.experts = Experts(num_experts, d_model, d_hidden, expert)
@@ -59,8 +45,8 @@ class MoE(nn.Module):
             if cfg.num_shared_experts
             else None
         )
-        self.dispatcher = LocalDispatcher(num_experts)
-        self.ep = None  # an ExpertParallel once mixkit.moe.parallel.shard_experts() has run
+        # A Dispatcher (see dispatch.py): where the experts live is set from outside.
+        self.dispatcher: Dispatcher = LocalDispatcher(num_experts)
         # Data-parallel training sets this (see set_stats_group): the balancing losses then use the
         # routing statistics of every rank's batch, not only this rank's.
         self.stats_group: object | None = None
@@ -73,20 +59,17 @@ class MoE(nn.Module):
     def set_stats_group(self, group=None) -> None:
         """Sum routing statistics over `group` (None: the default group) before taking the losses.
 
-        Expert-parallel layers always sum over their expert-parallel group; data-parallel training
-        calls this so that importance and load cover the whole global batch, as in the paper.
+        Data-parallel training calls this so that importance and load cover the whole global
+        batch, as in the paper. (A dispatcher whose experts span processes sums over its own
+        group without it: see `reduce_stats`.)
         """
         self.stats_group, self.sync_stats = group, True
 
     def _stats_reducer(self):
-        """None for one process; else the differentiable sum over the right group."""
-        from mixkit import distributed as mdist
-
+        """None when the batch is this process's alone; else the differentiable sum over a group."""
         if self.sync_stats:
             return lambda t: mdist.all_reduce_sum(t, self.stats_group)
-        if self.ep is not None:
-            return self.ep.all_reduce_sum
-        return None
+        return self.dispatcher.reduce_stats
 
     @classmethod
     def from_config(cls, cfg: MoEConfig) -> MoE:
@@ -100,18 +83,10 @@ class MoE(nn.Module):
                 f"MoE input's last dimension must be d_model={cfg.d_model}, got shape {tuple(x.shape)}"
             )
         x_TD = x.reshape(-1, cfg.d_model)
-        T = x_TD.shape[0]
-        if self.ep is not None:
-            return self._forward_parallel(x, x_TD, router_noise)
-        decision = self.router(x_TD, router_noise)
-        x_SD, counts, plan = self.dispatcher.dispatch(x_TD, decision, cfg.capacity(T))
-        out_SD = self.experts(  # (S, D)
-            x_SD, counts, self.expert_impl, plan.weight_S, source=(x_TD, plan.token_idx_S)
-        )
-        y_TD = self.dispatcher.combine(out_SD, plan)
+        route = self.dispatcher.route(self.router, x_TD, router_noise)
+        y_TD, routed = self.dispatcher.run(x_TD, route, self.experts, self.expert_impl)
         y_TD = self._add_shared(x_TD, y_TD)
-
-        return self._finish(x, decision, plan.counts_E, plan.num_dropped, plan.token_idx_S, y_TD)
+        return self._finish(x, route.decision, routed, y_TD)
 
     def _add_shared(self, x_TD: torch.Tensor, y_TD: torch.Tensor) -> torch.Tensor:
         if self.shared_experts is not None:
@@ -119,36 +94,10 @@ class MoE(nn.Module):
                 y_TD = y_TD + self.shared_experts.forward_dense(x_TD, e)
         return y_TD
 
-    def _forward_parallel(self, x, x_TD, router_noise):
-        """Expert-parallel forward (see mixkit.moe.parallel): same result as one process running
-        the whole group's batch, with this rank's tokens as its slice."""
-        from mixkit.moe.parallel import expert_choice_decision
-
-        cfg, ep = self.cfg, self.ep
-        T = x_TD.shape[0]
-        if cfg.router == "expert_choice" or cfg.capacity_factor is not None:
-            offset, group_tokens, sizes = ep.token_layout(T, x_TD.device)
-        else:  # dropless token choice needs neither the offsets nor the group's token count
-            offset, group_tokens, sizes = 0, T, [T]
-        if cfg.router == "expert_choice":
-            decision = expert_choice_decision(self.router, x_TD, ep, offset, sizes)
-        else:
-            decision = self.router(x_TD, router_noise)
-        y_TD, plan = self.dispatcher.run(
-            x_TD,
-            decision,
-            cfg.capacity(group_tokens),
-            self.experts,
-            self.expert_impl,
-            offset,
-            group_tokens,
-        )
-        y_TD = self._add_shared(x_TD, y_TD)
-        return self._finish(x, decision, plan.counts_E, plan.num_dropped, plan.token_idx_S, y_TD)
-
-    def _finish(self, x, decision, counts_E, num_dropped, token_idx_S, y_TD):
-        """Losses and stats from the routing statistics, summed over the group first when the
-        layer is expert parallel or its training is data parallel (see _stats_reducer)."""
+    def _finish(self, x, decision: RoutingDecision, routed: Routed, y_TD):
+        """Losses and stats from the routing statistics, summed over a group first when the
+        batch spans processes (see _stats_reducer)."""
+        counts_E, num_dropped, token_idx_S = routed.counts_E, routed.num_dropped, routed.token_idx_S
         T = decision.logits_TE.shape[0]
         with torch.no_grad():
             if decision.expert_choice:
@@ -221,11 +170,11 @@ class HierarchicalMoE(nn.Module):
         common = dict(
             router=router, expert=expert, w_importance=0.0, w_load=0.0, w_switch=0.0, w_zloss=0.0
         )
-        self.primary_cfg = MoEConfig(
+        self.primary_cfg = MoEConfig.from_options(
             d_model,
             d_hidden,
             num_groups,
-            k_primary,
+            k=k_primary,
             name="hierarchical_moe.primary",
             **common,
             **router_options,
@@ -237,7 +186,7 @@ class HierarchicalMoE(nn.Module):
                 d_model,
                 d_hidden,
                 experts_per_group,
-                k_secondary,
+                k=k_secondary,
                 capacity_factor=capacity_factor,
                 name=f"hierarchical_moe.groups.{g}",
                 **common,
@@ -297,19 +246,20 @@ class HierarchicalMoE(nn.Module):
             + self.w_load * losses["load_loss"]
             + self.w_zloss * losses["z_loss"]
         )
-        dropped_assign = sum(
-            float(grp.last_stats.dropped_fraction) * int(c) * grp.cfg.k
-            for grp, c in zip(self.groups, counts, strict=True)
-            if c > 0
-        )
-        total_assign = sum(int(c) * grp.cfg.k for grp, c in zip(self.groups, counts, strict=True))
         self.last_stats = MoEStats(
             tokens_per_expert=torch.cat(tokens).detach(),
-            dropped_fraction=torch.tensor(dropped_assign / max(total_assign, 1)),
+            dropped_fraction=self._dropped_fraction(counts),
             router_entropy=balance.router_entropy(decision),
             losses={name: v.detach() for name, v in losses.items()},
         )
         return y_TD.reshape(x.shape)
+
+    def _dropped_fraction(self, counts: list[int]) -> torch.Tensor:
+        """Dropped assignments of every group over all their assignments."""
+        pairs = list(zip(self.groups, counts, strict=True))
+        dropped = sum(float(g.last_stats.dropped_fraction) * c * g.cfg.k for g, c in pairs if c)
+        total = sum(c * g.cfg.k for g, c in pairs)
+        return torch.tensor(dropped / max(total, 1))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -40,7 +40,8 @@ from torch import nn
 
 from mixkit import distributed as mdist
 from mixkit.errors import ConfigError
-from mixkit.moe.dispatch import LocalDispatcher
+from mixkit.moe.dispatch import LocalDispatcher, Route, Routed, keep_within_capacity
+from mixkit.moe.layer import HierarchicalMoE, MoE
 from mixkit.moe.routing import RoutingDecision
 
 
@@ -101,37 +102,40 @@ def expert_choice_decision(
         expert_idx_A = expert_EC[mine]
     weight_A = probs_TE[token_idx_A, expert_idx_A]
     return RoutingDecision(
-        token_idx_A, expert_idx_A, weight_A, logits_TE, probs_TE, None, T, expert_choice=True
+        token_idx_A, expert_idx_A, weight_A, logits_TE, probs_TE, num_tokens=T, expert_choice=True
     )
 
 
-@dataclass
-class ParallelPlan:
-    counts_E: torch.Tensor  # (E,) kept assignments per expert, this rank's experts only (others 0)
-    num_dropped: int  # assignments this rank's experts dropped
-    num_assignments: int  # assignments this rank's tokens made
-    token_idx_S: torch.Tensor  # (A,) this rank's tokens, sorted by expert
-
-
 class AllToAllDispatcher:
-    """Token rows to the rank that holds their expert and back, with capacity applied there."""
+    """Token rows to the rank that holds their expert and back, with capacity applied there.
+
+    The same two methods as the local dispatcher (see dispatch.Dispatcher); its run() wraps the
+    experts because capacity is applied on the receiving rank, between the two exchanges.
+    """
 
     def __init__(self, ep: ExpertParallel):
         self.ep = ep
         # The sending side is the local dispatcher, dropless: sort by expert (which also groups the
         # rows by destination rank), gather, and later combine what comes back.
         self.local = LocalDispatcher(ep.num_experts)
+        self.reduce_stats = ep.all_reduce_sum  # the losses cover the whole group's batch
 
-    def run(
-        self,
-        x_TD: torch.Tensor,
-        decision: RoutingDecision,
-        capacity: int | None,
-        experts,
-        impl: str,
-        offset: int,
-        group_tokens: int,
-    ) -> tuple[torch.Tensor, ParallelPlan]:
+    def route(self, router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route:
+        """The local router on this rank's tokens; expert choice and capacity look at the group."""
+        cfg, T = router.cfg, x_TD.shape[0]
+        if cfg.router == "expert_choice" or cfg.capacity_factor is not None:
+            offset, group_tokens, sizes = self.ep.token_layout(T, x_TD.device)
+        else:  # dropless token choice needs neither the offsets nor the group's token count
+            offset, group_tokens, sizes = 0, T, [T]
+        if cfg.router == "expert_choice":
+            decision = expert_choice_decision(router, x_TD, self.ep, offset, sizes)
+        else:
+            decision = router(x_TD, noise_TE)
+        return Route(decision, cfg.capacity(group_tokens), offset, group_tokens)
+
+    def run(self, x_TD: torch.Tensor, route: Route, experts, impl: str):
+        decision, capacity = route.decision, route.capacity
+        offset, group_tokens = route.token_offset, route.batch_tokens
         ep = self.ep
         R, El, E = ep.size, ep.local_experts, ep.num_experts
         T, D = x_TD.shape
@@ -167,13 +171,10 @@ class AllToAllDispatcher:
         counts_El = torch.bincount(local_expert_N, minlength=El)
         num_dropped = 0
         if limited and N and int(counts_El.max()) > capacity:
-            expert_sorted_N = local_expert_N[sort_N]
-            starts_El = counts_El.cumsum(0) - counts_El
-            keep_N = torch.arange(N, device=x_TD.device) - starts_El[expert_sorted_N] < capacity
+            keep_N, counts_El, num_dropped = keep_within_capacity(
+                local_expert_N[sort_N], counts_El, capacity
+            )
             sort_N = sort_N[keep_N]
-            kept_El = counts_El.clamp(max=capacity)
-            num_dropped = int((counts_El - kept_El).sum())
-            counts_El = kept_El
         rows = recv_ND1.index_select(0, sort_N)
         out_KD = experts(rows[:, :D], counts_El.tolist(), impl, scale_A=rows[:, D])
         back_ND = out_KD.new_zeros(N, D).index_copy(0, sort_N, out_KD)  # dropped rows stay zero
@@ -181,14 +182,18 @@ class AllToAllDispatcher:
         y_TD = self.local.combine(out_SD, plan)
         counts_E = torch.zeros(E, dtype=counts_El.dtype, device=x_TD.device)
         counts_E[ep.first_expert : ep.first_expert + El] = counts_El
-        return y_TD, ParallelPlan(counts_E, num_dropped, A, token_S)
+        return y_TD, Routed(counts_E, num_dropped, token_S)
 
 
 # --- set-up -----------------------------------------------------------------------------------
 def _moe_layers(module: nn.Module):
-    from mixkit.moe.layer import MoE
-
     return [(name, m) for name, m in module.named_modules() if isinstance(m, MoE)]
+
+
+def expert_parallel_of(layer: nn.Module) -> ExpertParallel | None:
+    """Where this MoE layer's experts are split, or None when they all live in this process."""
+    dispatcher = getattr(layer, "dispatcher", None)
+    return dispatcher.ep if isinstance(dispatcher, AllToAllDispatcher) else None
 
 
 def shard_experts(module: nn.Module, group=None) -> nn.Module:
@@ -204,8 +209,6 @@ def shard_experts(module: nn.Module, group=None) -> nn.Module:
             "torch.distributed.init_process_group first"
         )
     R, r = dist.get_world_size(group), dist.get_rank(group)
-    from mixkit.moe.layer import HierarchicalMoE
-
     if any(isinstance(m, HierarchicalMoE) for m in module.modules()):
         # its groups run only on ranks that routed tokens to them, so collectives would not match
         raise ConfigError(
@@ -225,14 +228,11 @@ def shard_experts(module: nn.Module, group=None) -> nn.Module:
                 f"{name or 'moe'}.num_experts ({E}) is not divisible by the expert-parallel size ({R}); "
                 f"choose a size that divides {E}"
             )
-        if layer.ep is not None:
+        if expert_parallel_of(layer) is not None:
             raise ConfigError(f"{name or 'moe'} is already expert-parallel")
         ep = ExpertParallel(group, r, R, E)
         _slice_experts(layer.experts, ep.first_expert, ep.local_experts)
-        layer.ep = ep
         layer.dispatcher = AllToAllDispatcher(ep)
-        if hasattr(layer.router, "sync_group"):
-            layer.router.sync_group = group
     return module
 
 
@@ -247,7 +247,7 @@ def expert_parameter_names(module: nn.Module) -> set[str]:
     """Names (as in module.named_parameters()) of the expert-parallel (sharded) parameters."""
     names = set()
     for lname, layer in _moe_layers(module):
-        if layer.ep is None:
+        if expert_parallel_of(layer) is None:
             continue
         for pname, _ in layer.experts.named_parameters():
             names.add(f"{lname}.experts.{pname}" if lname else f"experts.{pname}")
@@ -264,10 +264,11 @@ def _gather_dim0(shard: torch.Tensor, ep: ExpertParallel) -> torch.Tensor:
 def _sharded_tensors(module: nn.Module):
     """(full name, parameter, ExpertParallel) for every sharded parameter."""
     for lname, layer in _moe_layers(module):
-        if layer.ep is None:
+        ep = expert_parallel_of(layer)
+        if ep is None:
             continue
         for pname, p in layer.experts.named_parameters():
-            yield (f"{lname}.experts.{pname}" if lname else f"experts.{pname}"), p, layer.ep
+            yield (f"{lname}.experts.{pname}" if lname else f"experts.{pname}"), p, ep
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from mixkit import distributed as mdist
 from mixkit.moe.config import MoEConfig
 
 _SQRT2 = math.sqrt(2.0)
@@ -331,11 +332,15 @@ class SigmoidBiasRouter(Router):
         )
 
     @torch.no_grad()
-    def update_bias(self) -> None:
-        from mixkit import distributed as mdist
+    def update_bias(self, group=None) -> None:
+        """Nudge the bias by the loads accumulated since the last call, then reset them.
 
-        if mdist.is_initialized():  # data/expert parallel: every rank applies the global load
-            mdist.all_reduce_(self.load_accum)
+        group: a torch.distributed process group whose ranks' loads are summed first, so that
+        every rank applies the same (global) update; every rank of it must call this. None: this
+        process's loads only, no collective.
+        """
+        if group is not None:
+            mdist.all_reduce_(self.load_accum, group)
         if self.load_accum.sum() == 0:
             return
         self.bias += self.cfg.bias_update_rate * torch.sign(
@@ -357,8 +362,12 @@ def build_router(cfg: MoEConfig) -> Router:
     return ROUTER_CLASSES[cfg.router](cfg)
 
 
-def update_router_biases(model: nn.Module) -> None:
-    """Training hook for aux-loss-free balancing: call after optimizer.step(). No-op for others."""
+def update_router_biases(model: nn.Module, group=None) -> None:
+    """Training hook for aux-loss-free balancing: call after optimizer.step(). No-op for others.
+
+    group: under data or expert parallelism, the process group (e.g. torch.distributed.group.WORLD)
+    whose loads are summed before the update; None for one process.
+    """
     for module in model.modules():
         if isinstance(module, SigmoidBiasRouter):
-            module.update_bias()
+            module.update_bias(group)

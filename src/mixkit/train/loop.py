@@ -216,7 +216,8 @@ class Trainer:
         if self.cfg.optim.grad_clip > 0:
             tdist.clip_grad_norm(model, self.cfg.optim.grad_clip, par)
         self.optimizer.step()
-        update_router_biases(model)  # aux-loss-free balancing lives outside forward
+        # aux-loss-free balancing lives outside forward; its loads are summed over every rank
+        update_router_biases(model, torch.distributed.group.WORLD if par.distributed else None)
         loss_value, aux_value = tdist.mean_over_ranks([loss.item(), aux.detach().item()], par)
         elapsed = time.perf_counter() - t0
         self._w_time += elapsed
