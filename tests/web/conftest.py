@@ -14,7 +14,7 @@ import pytest
 
 from mixkit.testing import FakeBackend
 from tests.serve.helpers import ServerProcess, wait_for
-from tests.web.harness import Browser, Page, missing_reason, write_mixtures
+from tests.web.harness import Browser, Page, missing_reason, mixture_toml, write_mixtures
 
 KEY = "web-test-key-0123"
 
@@ -80,6 +80,9 @@ def serve(web_home, fake):
     early = gated_toml(fake.url, "gated-early", "[early_exit]\nmin_agree = 2\n")
     (web_home / "gated-early.toml").write_text(early)
     configs += [web_home / "gated-fake.toml", web_home / "gated-early.toml"]
+    stairs = mixture_toml("stairs", fake.url, ["ok", "ok"], "ok") + "[staircase]\n"
+    (web_home / "stairs.toml").write_text(stairs)
+    configs.append(web_home / "stairs.toml")
     with ServerProcess(web_home, configs) as server:
         yield server
 

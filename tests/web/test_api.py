@@ -101,3 +101,20 @@ def test_search_is_literal_and_paging_returns_older_runs(serve, web_home):
     assert [r["id"] for r in older] == [ids[0]]
     assert page[0]["calls"] == page[0]["calls_ok"] == 3
     assert httpx.get(f"{serve.base}/api/runs/{'0' * 32}", timeout=10).status_code == 404
+
+
+def test_a_calls_prompt_says_when_the_engine_built_it_differently(serve, web_home):
+    def notes(mixture: str) -> dict[str, str | None]:
+        run_id = chat(serve.base, mixture, "prompt note").headers["x-mixkit-run-id"]
+        _, calls = logged_run(web_home, run_id)
+        out = {}
+        for call in calls:
+            url = f"{serve.base}/api/runs/{run_id}/calls/{call['id']}"
+            body = httpx.get(url, timeout=10).json()
+            assert body["prompt"][-1] == {"role": "user", "content": "prompt note"}
+            out[call["agent"]] = body["prompt_note"]
+        return out
+
+    assert notes("quick") == {"p1": None, "p2": None, "agg": None}
+    stairs = notes("stairs")  # the aggregator started on the proposals' first chunks
+    assert stairs["p1"] is None and "staircase" in stairs["agg@1"]  # the staircase's step 1

@@ -114,9 +114,8 @@ def api_router(app: FastAPI) -> APIRouter:
             raise APIError(404, f"run '{run_id[:64]}' has no call {call_id}", code="call_not_found")
         cfg = mixtures.configs.get(found["run"]["preset"])
         prompt = browse.call_prompt(found["run"], found["calls"], call, cfg)
-        return _data(
-            {"call": call, "prompt": prompt, "prompt_rebuilt_with_config": cfg is not None}
-        )
+        note = browse.prompt_note(cfg, call)
+        return _data({"call": call, "prompt": prompt, "prompt_note": note})
 
     api.add_api_route("/runs", live_run, methods=["POST"])
     return api

@@ -9,6 +9,7 @@ request: the server's log thread is its only writer. Columns added by later migr
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -133,13 +134,29 @@ def call_prompt(run: dict, calls: list[dict], call: dict, cfg: MoAConfig | None)
     ]
     chars = cfg.reference_chars if cfg else MoAConfig.model_fields["reference_chars"].default
     messages = synthesis_messages(conversation, previous, chars) if previous else conversation
-    agent = cfg.agents.get(call["agent"].split("#")[0]) if cfg else None
+    name = re.split(r"[#@]", call["agent"])[0]  # "qwen#2": a repeated slot; "agg@1": a step
+    agent = cfg.agents.get(name) if cfg else None
     if agent is None or not agent.system:
         return messages
     if messages and messages[0]["role"] == "system":
         merged = f"{agent.system}\n\n{messages[0]['content']}"
         return [{"role": "system", "content": merged}, *messages[1:]]
     return [{"role": "system", "content": agent.system}, *messages]
+
+
+def prompt_note(cfg: MoAConfig | None, call: dict) -> str | None:
+    """Why `call_prompt` may differ from what the call was really sent, or None."""
+    if cfg is None:
+        return "rebuilt without the mixture's config (this server does not serve it)"
+    if call["layer"] <= 1:
+        return None
+    if cfg.staircase is not None:
+        return (
+            "staircase streaming: the call started on the proposals' first chunks, not all of them"
+        )
+    if cfg.gate is not None and cfg.gate.combine == "synthesize" and cfg.gate.min_weight > 0:
+        return "the gate may have dropped proposals weighted below its min_weight; all are shown"
+    return None
 
 
 def with_db(path: Path | None, read: Callable[[sqlite3.Connection], T], default: T) -> T:

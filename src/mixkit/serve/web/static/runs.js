@@ -236,7 +236,8 @@ async function showCall(runId, callId) {
     el("h3", {}, c.agent),
     el("dl.facts", {}, ...facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
     c.error ? el("p.error", {}, c.error) : null,
-    el("h4", {}, "prompt", body.prompt_rebuilt_with_config ? "" : " (rebuilt without the mixture's config)"),
+    el("h4", {}, "prompt (rebuilt from the log)"),
+    body.prompt_note ? el("p.muted.small.prompt-note", {}, body.prompt_note) : null,
     ...body.prompt.map((m) => el("div.msg", {}, el("div.role", {}, m.role), el("pre", {}, m.content))),
     el("h4", {}, "answer"),
     el("pre.answer-text", {}, c.response || "(nothing)")));
