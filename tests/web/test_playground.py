@@ -127,6 +127,16 @@ def test_an_early_exit_is_shown_on_its_layer_and_in_the_timeline(page, serve):
     assert "aggregator" not in page.text(".gantt").lower()  # the last layer ran was layer 1
 
 
+def test_a_staircase_aggregators_steps_all_feed_the_one_answer_card(page, serve):
+    page.open("#/")
+    page.ask("stairs", "Why is the sea salty?")
+    page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
+    assert page.attrs("#live .card.final", "data-agent") == ["agg"]  # no card per step
+    assert page.text("#live .card.final .badge") == "ok"
+    assert page.text("#live .card.final .foot").startswith("agg@")  # the last step's figures
+    assert page.text("#live .card.final .body") == page.text("#conversation .assistant")
+
+
 def _run_id_from_url(page) -> str:
     return page.driver.current_url.rsplit("/", 1)[-1]
 

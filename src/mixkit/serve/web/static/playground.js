@@ -188,6 +188,9 @@ function setStatus(c, outcome) {
 
 function handle(run, type, ev) {
   const d = ev.data || {};
+  // The final layer's calls (the aggregator, or its steps "agg@1", "agg@2" ... when the mixture
+  // streams in a staircase) all feed the one answer card.
+  const agent = ev.layer === run.finalLayer ? run.aggregator : ev.agent;
   if (type === "run_start") {
     run.runId = ev.run_id;
     run.finalLayer = d.layers.length + 1;
@@ -195,20 +198,21 @@ function handle(run, type, ev) {
     d.layers.forEach((labels, i) => labels.forEach((a) => card(run, i + 1, a)));
     card(run, run.finalLayer, d.aggregator);
   } else if (type === "call_start") {
-    const c = card(run, ev.layer, ev.agent);
+    const c = card(run, ev.layer, agent);
     setStatus(c, "running");
-    c.foot.textContent = d.model || "";
+    c.foot.textContent = agent === ev.agent ? d.model || "" : `${ev.agent} · ${d.model || ""}`;
   } else if (type === "call_token") {
     if (ev.layer !== run.finalLayer) append(card(run, ev.layer, ev.agent), ev.text);
   } else if (type === "call_retry") {
-    const c = card(run, ev.layer, ev.agent);
-    c.text.data = "";
+    const c = card(run, ev.layer, agent);
+    if (ev.layer !== run.finalLayer) c.text.data = ""; // the answer's own text is never taken back
     c.foot.textContent = `retry ${d.attempt}: ${d.error}`;
   } else if (type === "call_end") {
-    const c = card(run, ev.layer, ev.agent);
+    const c = card(run, ev.layer, agent);
     setStatus(c, d.outcome);
     const tokens = `${d.prompt_tokens ?? "?"} → ${d.completion_tokens ?? "?"} tok`;
-    c.foot.textContent = `${d.model} · ${fmt.s(d.latency_s)} s · TTFT ${fmt.s(d.ttft_s)} s · ${tokens}`;
+    const who = agent === ev.agent ? d.model : `${ev.agent} · ${d.model}`;
+    c.foot.textContent = `${who} · ${fmt.s(d.latency_s)} s · TTFT ${fmt.s(d.ttft_s)} s · ${tokens}`;
     if (d.error) c.foot.append(el("div.error", {}, d.error));
   } else if (type === "layer_end") {
     layerRow(run, ev.layer, `layer ${ev.layer}`).note.textContent = `${d.ok}/${d.calls} answered`;
