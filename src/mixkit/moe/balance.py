@@ -40,7 +40,10 @@ def load_E(decision: RoutingDecision, num_experts: int) -> torch.Tensor:
 
 
 def switch_loss_of_sums(
-    counts_E: torch.Tensor, probsum_E: torch.Tensor, tokens, assignments
+    counts_E: torch.Tensor,
+    probsum_E: torch.Tensor,
+    tokens: torch.Tensor | int,
+    assignments: torch.Tensor | int,
 ) -> torch.Tensor:
     """E * sum_i f_i * P_i from the assignment counts and the summed routing probabilities."""
     return counts_E.numel() * ((counts_E / assignments) * (probsum_E / tokens)).sum()

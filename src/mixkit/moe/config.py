@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from mixkit.errors import ConfigError
 
@@ -27,7 +28,7 @@ DEFAULT_LOSS_WEIGHTS = {
 }
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -70,7 +71,9 @@ class MoEConfig:
         self.validate()
 
     @classmethod
-    def from_options(cls, d_model: int, d_hidden: int, num_experts: int, **options) -> MoEConfig:
+    def from_options(
+        cls, d_model: int, d_hidden: int, num_experts: int, **options: Any
+    ) -> MoEConfig:
         """MoEConfig(...) whose unknown keywords are a ConfigError naming them and the options."""
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(options) - set(known))

@@ -35,11 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
-from mixkit.moe.routing import RoutingDecision
+from mixkit.moe.experts import Experts
+from mixkit.moe.routing import Router, RoutingDecision
 
 
 @dataclass
@@ -64,10 +65,10 @@ class Routed:
 class Dispatcher(Protocol):
     reduce_stats: Callable[[torch.Tensor], torch.Tensor] | None
 
-    def route(self, router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route: ...
+    def route(self, router: Router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route: ...
 
     def run(
-        self, x_TD: torch.Tensor, route: Route, experts, impl: str
+        self, x_TD: torch.Tensor, route: Route, experts: Experts, impl: str
     ) -> tuple[torch.Tensor, Routed]: ...
 
 
@@ -113,13 +114,15 @@ class _GatherToExperts(torch.autograd.Function):
     """x_SD = x_TD[token_S]; backward sums each token's k slots by gathers."""
 
     @staticmethod
-    def forward(ctx, x_TD, token_S, row_A, k):
+    def forward(
+        ctx: Any, x_TD: torch.Tensor, token_S: torch.Tensor, row_A: torch.Tensor, k: int
+    ) -> torch.Tensor:
         ctx.save_for_backward(row_A)
         ctx.k, ctx.T = k, x_TD.shape[0]
         return x_TD.index_select(0, token_S)
 
     @staticmethod
-    def backward(ctx, g_SD):
+    def backward(ctx: Any, g_SD: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (row_A,) = ctx.saved_tensors
         return _sum_slots(g_SD.contiguous(), row_A, ctx.k, ctx.T), None, None, None
 
@@ -128,12 +131,14 @@ class _CombineSlots(torch.autograd.Function):
     """y_TD = sum over the k slots of out_SD[row_A]; backward gathers g_TD[token_S]."""
 
     @staticmethod
-    def forward(ctx, out_SD, token_S, row_A, k, T):
+    def forward(
+        ctx: Any, out_SD: torch.Tensor, token_S: torch.Tensor, row_A: torch.Tensor, k: int, T: int
+    ) -> torch.Tensor:
         ctx.save_for_backward(token_S)
         return _sum_slots(out_SD, row_A, k, T)
 
     @staticmethod
-    def backward(ctx, g_TD):
+    def backward(ctx: Any, g_TD: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         (token_S,) = ctx.saved_tensors
         return g_TD.contiguous().index_select(0, token_S), None, None, None, None
 
@@ -141,16 +146,19 @@ class _CombineSlots(torch.autograd.Function):
 class LocalDispatcher:
     """Every expert in this process."""
 
-    reduce_stats = None  # the batch is this process's: nothing to sum over
+    # the batch is this process's: nothing to sum over
+    reduce_stats: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def __init__(self, num_experts: int):
+    def __init__(self, num_experts: int) -> None:
         self.num_experts = num_experts
 
-    def route(self, router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route:
+    def route(self, router: Router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route:
         T = x_TD.shape[0]
         return Route(router(x_TD, noise_TE), router.cfg.capacity(T), 0, T)
 
-    def run(self, x_TD: torch.Tensor, route: Route, experts, impl: str):
+    def run(
+        self, x_TD: torch.Tensor, route: Route, experts: Experts, impl: str
+    ) -> tuple[torch.Tensor, Routed]:
         x_SD, counts, plan = self.dispatch(x_TD, route.decision, route.capacity)
         # source: the experts keep x_TD for backward rather than the k-times-larger x_SD
         out_SD = experts(x_SD, counts, impl, plan.weight_S, source=(x_TD, plan.token_idx_S))
@@ -187,7 +195,7 @@ class LocalDispatcher:
         # token choice: where did each assignment land among the kept rows?
         S = token_S.shape[0]
         row_A = torch.full((A,), S, dtype=torch.long, device=x_TD.device)
-        kept_order = order_A if num_dropped == 0 else order_A[keep_A]
+        kept_order = order_A if num_dropped == 0 else cast(torch.Tensor, order_A)[keep_A]
         row_A[kept_order] = torch.arange(S, device=x_TD.device)
         k = A // T
         x_SD = _GatherToExperts.apply(x_TD, token_S, row_A, k)

@@ -27,7 +27,7 @@ from mixkit.moe.grouped import GroupedReluFFN, GroupedSwiGLUFFN
 
 
 class Experts(nn.Module):
-    def __init__(self, num_experts: int, d_model: int, d_hidden: int, kind: str = "relu"):
+    def __init__(self, num_experts: int, d_model: int, d_hidden: int, kind: str = "relu") -> None:
         super().__init__()
         self.num_experts, self.d_model, self.d_hidden, self.kind = (
             num_experts,
@@ -83,7 +83,7 @@ class Experts(nn.Module):
             h = F.relu(h)
         return h @ self.w_out[expert]
 
-    def _forward_loop(self, x_AD, counts):
+    def _forward_loop(self, x_AD: torch.Tensor, counts: list[int]) -> torch.Tensor:
         xs = x_AD.split(counts, dim=0)
         w_in, w_out = self.w_in.unbind(0), self.w_out.unbind(0)
         w_gate = self.w_gate.unbind(0) if self.w_gate is not None else None
@@ -98,7 +98,7 @@ class Experts(nn.Module):
             return x_AD.new_zeros(x_AD.shape) + 0.0 * self.w_out.sum()
         return torch.cat(outs, dim=0)
 
-    def _forward_grouped_mm(self, x_AD, counts):
+    def _forward_grouped_mm(self, x_AD: torch.Tensor, counts: list[int]) -> torch.Tensor:
         offs = torch.tensor(counts, device=x_AD.device).cumsum(0).to(torch.int32)
         h = torch._grouped_mm(x_AD, self.w_in, offs=offs)
         if self.w_gate is not None:

@@ -23,7 +23,9 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +78,7 @@ def fresh(*shape: int, like: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _spans(counts: list[int]):
+def _spans(counts: list[int]) -> Iterator[tuple[int, int, int]]:
     start = 0
     for e, n in enumerate(counts):
         if n:
@@ -112,7 +114,9 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _each_expert(counts: list[int], fn, weight: torch.Tensor) -> None:
+def _each_expert(
+    counts: list[int], fn: Callable[[int, int, int], None], weight: torch.Tensor
+) -> None:
     """fn(e, start, stop) for every expert with rows; small experts side by side (see above).
 
     `weight` is one of the stacked (E, ., .) matrices the calls multiply by."""
@@ -129,7 +133,10 @@ def _each_expert(counts: list[int], fn, weight: torch.Tensor) -> None:
         for e, s, t in spans:
             fn(e, s, t)
         return
-    blocks, block, filled = [], [], 0  # contiguous blocks of about rows/threads rows each
+    # contiguous blocks of about rows/threads rows each
+    blocks: list[list[tuple[int, int, int]]] = []
+    block: list[tuple[int, int, int]] = []
+    filled = 0
     for span in spans:
         block.append(span)
         filled += span[2] - span[1]
@@ -142,7 +149,7 @@ def _each_expert(counts: list[int], fn, weight: torch.Tensor) -> None:
     # inference_mode is allowed only inside inference_mode
     mode = torch.inference_mode if torch.is_inference_mode_enabled() else torch.no_grad
 
-    def work(block):
+    def work(block: list[tuple[int, int, int]]) -> None:
         with mode():
             for e, s, t in block:
                 fn(e, s, t)
@@ -151,7 +158,12 @@ def _each_expert(counts: list[int], fn, weight: torch.Tensor) -> None:
         future.result()
 
 
-def _save_input(ctx, x_AD: torch.Tensor, source, *others) -> None:
+def _save_input(
+    ctx: Any,
+    x_AD: torch.Tensor,
+    source: tuple[torch.Tensor, torch.Tensor] | None,
+    *others: torch.Tensor,
+) -> None:
     """Save for backward what it needs to get x_AD back, and `others`. `source` = (x_TD,
     token_A) when x_AD is x_TD's rows gathered by token: then the (A, D) copy, k times the
     input's size, is not kept; x_TD is (the router keeps it anyway) and backward gathers again."""
@@ -159,7 +171,7 @@ def _save_input(ctx, x_AD: torch.Tensor, source, *others) -> None:
     ctx.save_for_backward(*(source if source is not None else (x_AD,)), *others)
 
 
-def _saved(ctx) -> tuple[torch.Tensor, ...]:
+def _saved(ctx: Any) -> tuple[torch.Tensor, ...]:
     if not ctx.regather:
         return ctx.saved_tensors
     x_TD, token_A, *others = ctx.saved_tensors
@@ -174,17 +186,25 @@ class GroupedReluFFN(torch.autograd.Function):
     (A, D) unscaled output just for that."""
 
     @staticmethod
-    def forward(ctx, x_AD, scale_A, w_in_EDH, w_out_EHD, counts, source=None):
+    def forward(
+        ctx: Any,
+        x_AD: torch.Tensor,
+        scale_A: torch.Tensor,
+        w_in_EDH: torch.Tensor,
+        w_out_EHD: torch.Tensor,
+        counts: list[int],
+        source: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
         h_AH, out_AD = fresh(A, H, like=x_AD), fresh(A, D, like=x_AD)
 
-        def up(e, s, t):
+        def up(e: int, s: int, t: int) -> None:
             torch.mm(x_AD[s:t], w_in_EDH[e], out=h_AH[s:t])
 
         _each_expert(counts, up, w_in_EDH)
         h_AH.relu_()
 
-        def down(e, s, t):
+        def down(e: int, s: int, t: int) -> None:
             torch.mm(h_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
 
         _each_expert(counts, down, w_out_EHD)
@@ -195,13 +215,13 @@ class GroupedReluFFN(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_out_AD):
+    def backward(ctx: Any, g_out_AD: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_AD, scale_A, h_AH, w_in, w_out = _saved(ctx)
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
         t_AH = fresh(*h_AH.shape, like=h_AH)  # g_out @ w_out^T, before the gate weight
 
-        def down_t(e, s, t):
+        def down_t(e: int, s: int, t: int) -> None:
             torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
 
         _each_expert(counts, down_t, w_out)
@@ -212,7 +232,8 @@ class GroupedReluFFN(torch.autograd.Function):
         g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
         weight_grads = _WeightGrads(counts, (w_in, w_out), needs[2] or needs[3])
 
-        def up_t(e, s, t):  # one expert's input and weight gradients while its rows are in cache
+        # one expert's input and weight gradients while its rows are in cache
+        def up_t(e: int, s: int, t: int) -> None:
             if g_x_AD is not None:
                 torch.mm(g_h_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
             weight_grads.write(e, (x_AD[s:t], g_h_AH[s:t]), (h_AH[s:t], g_scaled_AD[s:t]))
@@ -226,19 +247,28 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
     """out_AD = scale_A * ((silu(x_e @ w_gate[e]) * (x_e @ w_in[e])) @ w_out[e]) per expert."""
 
     @staticmethod
-    def forward(ctx, x_AD, scale_A, w_gate_EDH, w_in_EDH, w_out_EHD, counts, source=None):
+    def forward(
+        ctx: Any,
+        x_AD: torch.Tensor,
+        scale_A: torch.Tensor,
+        w_gate_EDH: torch.Tensor,
+        w_in_EDH: torch.Tensor,
+        w_out_EHD: torch.Tensor,
+        counts: list[int],
+        source: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
         g_AH, u_AH = fresh(A, H, like=x_AD), fresh(A, H, like=x_AD)
         out_AD = fresh(A, D, like=x_AD)
 
-        def up(e, s, t):
+        def up(e: int, s: int, t: int) -> None:
             torch.mm(x_AD[s:t], w_gate_EDH[e], out=g_AH[s:t])
             torch.mm(x_AD[s:t], w_in_EDH[e], out=u_AH[s:t])
 
         _each_expert(counts, up, w_in_EDH)
         a_AH = F.silu(g_AH).mul_(u_AH)
 
-        def down(e, s, t):
+        def down(e: int, s: int, t: int) -> None:
             torch.mm(a_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
 
         _each_expert(counts, down, w_out_EHD)
@@ -250,13 +280,13 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_out_AD):
+    def backward(ctx: Any, g_out_AD: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x_AD, scale_A, g_AH, u_AH, a_AH, w_gate, w_in, w_out = _saved(ctx)
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
         t_AH = fresh(*u_AH.shape, like=u_AH)
 
-        def down_t(e, s, t):
+        def down_t(e: int, s: int, t: int) -> None:
             torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
 
         _each_expert(counts, down_t, w_out)
@@ -269,7 +299,8 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
         weight_grads = _WeightGrads(counts, (w_gate, w_in, w_out), any(needs[2:5]))
 
-        def up_t(e, s, t):  # one expert's input and weight gradients while its rows are in cache
+        # one expert's input and weight gradients while its rows are in cache
+        def up_t(e: int, s: int, t: int) -> None:
             if g_x_AD is not None:
                 torch.mm(g_u_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
                 g_x_AD[s:t].addmm_(g_g_AH[s:t], w_gate[e].t())
@@ -286,19 +317,19 @@ class _WeightGrads:
     step sees a few (E, ., .) tensors and backward allocates each once. write(e, *(input, grad))
     takes one pair per weight, in the weights' order: grad_w[e] = input^T @ grad."""
 
-    def __init__(self, counts: list[int], weights, needed: bool):
+    def __init__(self, counts: list[int], weights: tuple[torch.Tensor, ...], needed: bool) -> None:
         self.counts, self.count = counts, len(weights)
         self.grads = [fresh(*w.shape, like=w) for w in weights] if needed else None
         self.seen = [False] * len(counts)
 
-    def write(self, e: int, *pairs) -> None:
+    def write(self, e: int, *pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
         if self.grads is None:
             return
         self.seen[e] = True
         for (inp, grad), buf in zip(pairs, self.grads, strict=True):
             torch.mm(inp.t(), grad, out=buf[e])
 
-    def finish(self):
+    def finish(self) -> Sequence[torch.Tensor | None]:
         if self.grads is None:
             return [None] * self.count
         for e, hit in enumerate(self.seen):

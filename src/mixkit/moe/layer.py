@@ -10,6 +10,9 @@ Legend: T tokens, D d_model, H d_hidden, E experts, A assignments, S kept assign
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -33,7 +36,7 @@ class MoE(nn.Module):
             the router options. A bad value or an unknown option is a ConfigError naming it.
     """
 
-    def __init__(self, d_model: int, d_hidden: int, num_experts: int, **options):
+    def __init__(self, d_model: int, d_hidden: int, num_experts: int, **options: Any) -> None:
         super().__init__()
         cfg = MoEConfig.from_options(d_model, d_hidden, num_experts, **options)
         expert = cfg.expert
@@ -56,7 +59,7 @@ class MoE(nn.Module):
         self.last_stats: MoEStats | None = None
         self.last_decision: RoutingDecision | None = None
 
-    def set_stats_group(self, group=None) -> None:
+    def set_stats_group(self, group: object | None = None) -> None:
         """Sum routing statistics over `group` (None: the default group) before taking the losses.
 
         Data-parallel training calls this so that importance and load cover the whole global
@@ -65,7 +68,7 @@ class MoE(nn.Module):
         """
         self.stats_group, self.sync_stats = group, True
 
-    def _stats_reducer(self):
+    def _stats_reducer(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """None when the batch is this process's alone; else the differentiable sum over a group."""
         if self.sync_stats:
             return lambda t: mdist.all_reduce_sum(t, self.stats_group)
@@ -94,7 +97,9 @@ class MoE(nn.Module):
                 y_TD = y_TD + self.shared_experts.forward_dense(x_TD, e)
         return y_TD
 
-    def _finish(self, x, decision: RoutingDecision, routed: Routed, y_TD):
+    def _finish(
+        self, x: torch.Tensor, decision: RoutingDecision, routed: Routed, y_TD: torch.Tensor
+    ) -> torch.Tensor:
         """Losses and stats from the routing statistics, summed over a group first when the
         batch spans processes (see _stats_reducer)."""
         counts_E, num_dropped, token_idx_S = routed.counts_E, routed.num_dropped, routed.token_idx_S
@@ -160,8 +165,8 @@ class HierarchicalMoE(nn.Module):
         w_importance: float = 0.1,
         w_load: float = 0.1,
         w_zloss: float = 0.0,
-        **router_options,
-    ):
+        **router_options: Any,
+    ) -> None:
         super().__init__()
         if router == "expert_choice":
             raise ValueError(
@@ -212,7 +217,9 @@ class HierarchicalMoE(nn.Module):
         starts = [0]
         for c in counts:
             starts.append(starts[-1] + c)
-        for g, (group, piece) in enumerate(zip(self.groups, pieces, strict=True)):
+        for g, (group, piece) in enumerate(
+            zip(cast("list[MoE]", self.groups), pieces, strict=True)
+        ):
             E2 = group.cfg.num_experts
             if piece.shape[0] == 0:
                 importance_rows.append(x.new_zeros(E2))
@@ -220,7 +227,7 @@ class HierarchicalMoE(nn.Module):
                 tokens.append(x.new_zeros(E2))
                 continue
             outs.append(group(piece) * plan.weight_S[starts[g] : starts[g + 1]].unsqueeze(-1))
-            d2 = group.last_decision
+            d2 = cast(RoutingDecision, group.last_decision)  # set by group(piece) above
             w_primary_S = plan.weight_S[starts[g] : starts[g + 1]]  # this group's tokens, in order
             importance_rows.append(
                 x.new_zeros(E2).index_add(
@@ -228,7 +235,7 @@ class HierarchicalMoE(nn.Module):
                 )
             )
             load_rows.append(balance.load_E(d2, E2) / piece.shape[0])
-            tokens.append(group.last_stats.tokens_per_expert)
+            tokens.append(cast(MoEStats, group.last_stats).tokens_per_expert)
             zs.append(balance.z_loss(d2))
         out_SD = torch.cat(outs) if outs else x_SD * 0.0
         y_TD = self.dispatcher.combine(out_SD, plan)
@@ -256,8 +263,12 @@ class HierarchicalMoE(nn.Module):
 
     def _dropped_fraction(self, counts: list[int]) -> torch.Tensor:
         """Dropped assignments of every group over all their assignments."""
-        pairs = list(zip(self.groups, counts, strict=True))
-        dropped = sum(float(g.last_stats.dropped_fraction) * c * g.cfg.k for g, c in pairs if c)
+        pairs = list(zip(cast("list[MoE]", self.groups), counts, strict=True))
+        dropped = sum(
+            float(cast(MoEStats, g.last_stats).dropped_fraction) * c * g.cfg.k
+            for g, c in pairs
+            if c
+        )
         total = sum(c * g.cfg.k for g, c in pairs)
         return torch.tensor(dropped / max(total, 1))
 
@@ -266,4 +277,7 @@ class HierarchicalMoE(nn.Module):
 
     def active_macs_per_token(self) -> int:
         cfg = self.primary_cfg
-        return cfg.d_model * cfg.num_experts + cfg.k * self.groups[0].active_macs_per_token()
+        return (
+            cfg.d_model * cfg.num_experts
+            + cfg.k * cast("list[MoE]", self.groups)[0].active_macs_per_token()
+        )

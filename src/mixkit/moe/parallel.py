@@ -31,8 +31,9 @@ experts, the rest of the model) need the usual data-parallel all_reduce. See
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -41,8 +42,9 @@ from torch import nn
 from mixkit import distributed as mdist
 from mixkit.errors import ConfigError
 from mixkit.moe.dispatch import LocalDispatcher, Route, Routed, keep_within_capacity
+from mixkit.moe.experts import Experts
 from mixkit.moe.layer import HierarchicalMoE, MoE
-from mixkit.moe.routing import RoutingDecision
+from mixkit.moe.routing import Router, RoutingDecision
 
 
 @dataclass
@@ -62,7 +64,7 @@ class ExpertParallel:
     def first_expert(self) -> int:
         return self.rank * self.local_experts
 
-    def token_layout(self, num_tokens: int, device) -> tuple[int, int, list[int]]:
+    def token_layout(self, num_tokens: int, device: torch.device) -> tuple[int, int, list[int]]:
         """(offset of this rank's tokens in the group batch, group batch size, all ranks' T)."""
         t = torch.tensor([num_tokens], dtype=torch.int64, device=device)
         out = [torch.zeros_like(t) for _ in range(self.size)]
@@ -76,7 +78,7 @@ class ExpertParallel:
 
 
 def expert_choice_decision(
-    router, x_TD: torch.Tensor, ep: ExpertParallel, offset: int, sizes: list[int]
+    router: Router, x_TD: torch.Tensor, ep: ExpertParallel, offset: int, sizes: list[int]
 ) -> RoutingDecision:
     """Expert choice over the whole group's batch: expert e takes its top C of Tg tokens."""
     T, E = x_TD.shape[0], router.cfg.num_experts
@@ -94,7 +96,7 @@ def expert_choice_decision(
         ):
             dist.all_gather(parts, padded, group=ep.group)
         probs_all = torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])  # (Tg, E)
-        C = router.cfg.capacity(Tg)
+        C = cast(int, router.cfg.capacity(Tg))  # expert choice always has one
         token_EC = probs_all.t().topk(C, dim=-1).indices  # (E, C), as one process would pick
         expert_EC = torch.arange(E, device=x_TD.device).unsqueeze(1).expand(E, C)
         mine = (token_EC >= offset) & (token_EC < offset + T)
@@ -113,14 +115,16 @@ class AllToAllDispatcher:
     experts because capacity is applied on the receiving rank, between the two exchanges.
     """
 
-    def __init__(self, ep: ExpertParallel):
+    def __init__(self, ep: ExpertParallel) -> None:
         self.ep = ep
         # The sending side is the local dispatcher, dropless: sort by expert (which also groups the
         # rows by destination rank), gather, and later combine what comes back.
         self.local = LocalDispatcher(ep.num_experts)
-        self.reduce_stats = ep.all_reduce_sum  # the losses cover the whole group's batch
+        self.reduce_stats: Callable[[torch.Tensor], torch.Tensor] | None = (
+            ep.all_reduce_sum
+        )  # the losses cover the whole group's batch
 
-    def route(self, router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route:
+    def route(self, router: Router, x_TD: torch.Tensor, noise_TE: torch.Tensor | None) -> Route:
         """The local router on this rank's tokens; expert choice and capacity look at the group."""
         cfg, T = router.cfg, x_TD.shape[0]
         if cfg.router == "expert_choice" or cfg.capacity_factor is not None:
@@ -133,7 +137,9 @@ class AllToAllDispatcher:
             decision = router(x_TD, noise_TE)
         return Route(decision, cfg.capacity(group_tokens), offset, group_tokens)
 
-    def run(self, x_TD: torch.Tensor, route: Route, experts, impl: str):
+    def run(
+        self, x_TD: torch.Tensor, route: Route, experts: Experts, impl: str
+    ) -> tuple[torch.Tensor, Routed]:
         decision, capacity = route.decision, route.capacity
         offset, group_tokens = route.token_offset, route.batch_tokens
         ep = self.ep
@@ -170,9 +176,9 @@ class AllToAllDispatcher:
             sort_N = torch.argsort(local_expert_N, stable=True)
         counts_El = torch.bincount(local_expert_N, minlength=El)
         num_dropped = 0
-        if limited and N and int(counts_El.max()) > capacity:
+        if limited and N and int(counts_El.max()) > cast(int, capacity):  # limited: not None
             keep_N, counts_El, num_dropped = keep_within_capacity(
-                local_expert_N[sort_N], counts_El, capacity
+                local_expert_N[sort_N], counts_El, cast(int, capacity)
             )
             sort_N = sort_N[keep_N]
         rows = recv_ND1.index_select(0, sort_N)
@@ -186,7 +192,7 @@ class AllToAllDispatcher:
 
 
 # --- set-up -----------------------------------------------------------------------------------
-def _moe_layers(module: nn.Module):
+def _moe_layers(module: nn.Module) -> list[tuple[str, MoE]]:
     return [(name, m) for name, m in module.named_modules() if isinstance(m, MoE)]
 
 
@@ -196,7 +202,7 @@ def expert_parallel_of(layer: nn.Module) -> ExpertParallel | None:
     return dispatcher.ep if isinstance(dispatcher, AllToAllDispatcher) else None
 
 
-def shard_experts(module: nn.Module, group=None) -> nn.Module:
+def shard_experts(module: nn.Module, group: dist.ProcessGroup | None = None) -> nn.Module:
     """Make every MoE in `module` expert-parallel over `group` (default: the whole world), in place.
 
     Call it on identically initialised modules on every rank (same seed, same config): each rank
@@ -236,7 +242,7 @@ def shard_experts(module: nn.Module, group=None) -> nn.Module:
     return module
 
 
-def _slice_experts(experts: nn.Module, first: int, count: int) -> None:
+def _slice_experts(experts: Experts, first: int, count: int) -> None:
     for pname, p in list(experts.named_parameters(recurse=False)):
         new = nn.Parameter(p.detach()[first : first + count].clone(), requires_grad=p.requires_grad)
         setattr(experts, pname, new)
@@ -261,7 +267,7 @@ def _gather_dim0(shard: torch.Tensor, ep: ExpertParallel) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _sharded_tensors(module: nn.Module):
+def _sharded_tensors(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, ExpertParallel]]:
     """(full name, parameter, ExpertParallel) for every sharded parameter."""
     for lname, layer in _moe_layers(module):
         ep = expert_parallel_of(layer)
@@ -298,7 +304,7 @@ def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) ->
 def shard_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, sd: dict) -> dict:
     """The inverse of full_optimizer_state: keep this rank's experts of a full state dict."""
 
-    def keep_mine(value, p, ep):
+    def keep_mine(value: torch.Tensor, p: nn.Parameter, ep: ExpertParallel) -> torch.Tensor:
         if value.shape[0] != ep.num_experts:
             return value
         return value[ep.first_expert : ep.first_expert + ep.local_experts].clone()
@@ -306,7 +312,12 @@ def shard_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, s
     return _map_expert_state(module, optimizer, sd, keep_mine)
 
 
-def _map_expert_state(module, optimizer, sd: dict, fn) -> dict:
+def _map_expert_state(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    sd: dict,
+    fn: Callable[[torch.Tensor, nn.Parameter, ExpertParallel], torch.Tensor],
+) -> dict:
     """Apply fn(value, param, ep) to every per-expert tensor (exp_avg, ...) of sharded params."""
     index = _param_index(optimizer)
     for _, p, ep in _sharded_tensors(module):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,8 @@ class RoutingDecision:
         p = self.probs_TE
         stale = p is not None and self.probs_fn is not None and not p.requires_grad
         if p is None or (stale and torch.is_grad_enabled() and self.logits_TE.requires_grad):
-            p = self.probs_TE = self.probs_fn()  # made once, again only to add its gradient
+            make = cast(Callable[[], torch.Tensor], self.probs_fn)  # set when probs_TE is None
+            p = self.probs_TE = make()  # made once, again only to add its gradient
         return p
 
 
@@ -58,27 +60,32 @@ def normal_cdf(z: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(z / _SQRT2))
 
 
-def _slot_major(ids_TK: torch.Tensor, weights_TK: torch.Tensor):
+def _slot_major(
+    ids_TK: torch.Tensor, weights_TK: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flat assignments, slot-major (every token's first choice, then every second choice ...)."""
     T, k = ids_TK.shape
     token_idx_A = torch.arange(T, device=ids_TK.device).repeat(k)
     return token_idx_A, ids_TK.t().reshape(-1), weights_TK.t().reshape(-1)
 
 
-def _softmax_weights(top_TK: torch.Tensor, logits_TE: torch.Tensor, renormalize: bool):
+def _softmax_weights(
+    top_TK: torch.Tensor, logits_TE: torch.Tensor | None, renormalize: bool
+) -> torch.Tensor:
     """Gate weights of the kept k from their logits: the softmax over all E renormalised over the
     kept k is the softmax over the kept k, so only (T, k) values are needed. Without
     renormalising (and always for k=1, where it would make the gate identically 1) the weight is
     the probability under the softmax over all E: exp(logit - logsumexp)."""
     if renormalize and top_TK.shape[1] > 1:
         return top_TK.softmax(dim=-1)
-    return (top_TK - torch.logsumexp(logits_TE, dim=-1, keepdim=True)).exp()
+    all_TE = cast(torch.Tensor, logits_TE)  # None only when renormalising k > 1
+    return (top_TK - torch.logsumexp(all_TE, dim=-1, keepdim=True)).exp()
 
 
 class Router(nn.Module):
     """Base router: a linear gate W_g (D, E). Subclasses decide selection and weights."""
 
-    def __init__(self, cfg: MoEConfig, zero_init: bool = False):
+    def __init__(self, cfg: MoEConfig, zero_init: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.w_gate = nn.Parameter(torch.empty(cfg.d_model, cfg.num_experts))
@@ -100,11 +107,11 @@ class NoisyTopKRouter(Router):
     noise_std_i), as one autograd Function (SmoothLoad) that keeps no (T, E) intermediates.
     """
 
-    def __init__(self, cfg: MoEConfig):
+    def __init__(self, cfg: MoEConfig) -> None:
         super().__init__(cfg, zero_init=True)
         self.w_noise = nn.Parameter(torch.zeros(cfg.d_model, cfg.num_experts))
 
-    def forward(self, x_TD, noise_TE=None):
+    def forward(self, x_TD: torch.Tensor, noise_TE: torch.Tensor | None = None) -> RoutingDecision:
         k, E, eps = self.cfg.k, self.cfg.num_experts, self.cfg.noise_eps
         clean_TE = x_TD @ self.w_gate
         if not self.training:
@@ -120,6 +127,7 @@ class NoisyTopKRouter(Router):
                 probs_fn=lambda: clean_TE.softmax(-1),
             )
         raw_noise_TE = x_TD @ self.w_noise
+        noise: torch.Tensor | Callable[[], torch.Tensor]
         if noise_TE is not None:
             noise = noise_TE  # the caller's: kept, as it stays alive anyway
         else:
@@ -143,7 +151,7 @@ class NoisyTopKRouter(Router):
         else:  # every expert is always selected
             load_E = clean_TE.new_full((E,), float(x_TD.shape[0]))
 
-        def probs_TE():
+        def probs_TE() -> torch.Tensor:
             n = noise if torch.is_tensor(noise) else noise()
             return _noisy(clean_TE, raw_noise_TE, n, eps).softmax(-1)
 
@@ -178,7 +186,13 @@ def _redrawable_noise(like_TE: torch.Tensor) -> tuple[torch.Tensor, Callable[[],
     return noise_TE, redraw
 
 
-def _noisy(clean_TE, raw_TE, noise_TE, eps: float, ids_TK=None) -> torch.Tensor:
+def _noisy(
+    clean_TE: torch.Tensor,
+    raw_TE: torch.Tensor,
+    noise_TE: torch.Tensor,
+    eps: float,
+    ids_TK: torch.Tensor | None = None,
+) -> torch.Tensor:
     """H = clean + noise * (softplus(raw) + eps), everywhere or at the given (T, k) ids."""
     if ids_TK is not None:
         clean_TE, raw_TE, noise_TE = (t.gather(1, ids_TK) for t in (clean_TE, raw_TE, noise_TE))
@@ -196,7 +210,17 @@ class SmoothLoad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, clean_TE, raw_TE, top_ids_Tk1, std_TE, noisy_TE, k, eps, noise):
+    def forward(
+        ctx: Any,
+        clean_TE: torch.Tensor,
+        raw_TE: torch.Tensor,
+        top_ids_Tk1: torch.Tensor,
+        std_TE: torch.Tensor,
+        noisy_TE: torch.Tensor,
+        k: int,
+        eps: float,
+        noise: torch.Tensor | Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
         """noise: the (T, E) noise, or a function that draws it again (see _redrawable_noise)."""
         saved = (noise,) if torch.is_tensor(noise) else ()
         ctx.save_for_backward(clean_TE, raw_TE, top_ids_Tk1, *saved)
@@ -205,7 +229,7 @@ class SmoothLoad(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_E):
+    def backward(ctx: Any, g_E: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         clean_TE, raw_TE, top_ids_Tk1, *saved = ctx.saved_tensors
         noise_TE = saved[0] if saved else ctx.redraw()
         k = ctx.k
@@ -255,7 +279,7 @@ def smooth_load(
 class TopKRouter(Router):
     """softmax over all experts, then top-k, optionally renormalised over the kept k (Mixtral)."""
 
-    def forward(self, x_TD, noise_TE=None):
+    def forward(self, x_TD: torch.Tensor, noise_TE: torch.Tensor | None = None) -> RoutingDecision:
         logits_TE = x_TD @ self.w_gate
         top = logits_TE.topk(self.cfg.k, dim=-1)
         w_TK = _softmax_weights(top.values, logits_TE, self.cfg.renormalize)
@@ -277,11 +301,11 @@ class ExpertChoiceRouter(Router):
     so it is not causal: mind this in autoregressive decoding.
     """
 
-    def forward(self, x_TD, noise_TE=None):
+    def forward(self, x_TD: torch.Tensor, noise_TE: torch.Tensor | None = None) -> RoutingDecision:
         T, E = x_TD.shape[0], self.cfg.num_experts
         logits_TE = x_TD @ self.w_gate
         probs_TE = logits_TE.softmax(dim=-1)
-        C = self.cfg.capacity(T)
+        C = cast(int, self.cfg.capacity(T))  # expert choice always has one
         weights_EC, token_idx_EC = probs_TE.t().topk(C, dim=-1)
         expert_idx_A = torch.arange(E, device=x_TD.device).repeat_interleave(C)
         return RoutingDecision(
@@ -304,12 +328,15 @@ class SigmoidBiasRouter(Router):
     experts, normalised over the k (for k > 1) and multiplied by route_scale.
     """
 
-    def __init__(self, cfg: MoEConfig):
+    bias: torch.Tensor  # buffers (nn.Module's __getattr__ is typed Tensor | Module)
+    load_accum: torch.Tensor
+
+    def __init__(self, cfg: MoEConfig) -> None:
         super().__init__(cfg)
         self.register_buffer("bias", torch.zeros(cfg.num_experts))
         self.register_buffer("load_accum", torch.zeros(cfg.num_experts), persistent=False)
 
-    def forward(self, x_TD, noise_TE=None):
+    def forward(self, x_TD: torch.Tensor, noise_TE: torch.Tensor | None = None) -> RoutingDecision:
         logits_TE = x_TD @ self.w_gate
         scores_TE = logits_TE.sigmoid()
         with torch.no_grad():
@@ -332,7 +359,7 @@ class SigmoidBiasRouter(Router):
         )
 
     @torch.no_grad()
-    def update_bias(self, group=None) -> None:
+    def update_bias(self, group: object | None = None) -> None:
         """Nudge the bias by the loads accumulated since the last call, then reset them.
 
         group: a torch.distributed process group whose ranks' loads are summed first, so that
@@ -362,7 +389,7 @@ def build_router(cfg: MoEConfig) -> Router:
     return ROUTER_CLASSES[cfg.router](cfg)
 
 
-def update_router_biases(model: nn.Module, group=None) -> None:
+def update_router_biases(model: nn.Module, group: object | None = None) -> None:
     """Training hook for aux-loss-free balancing: call after optimizer.step(). No-op for others.
 
     group: under data or expert parallelism, the process group (e.g. torch.distributed.group.WORLD)

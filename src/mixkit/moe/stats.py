@@ -10,7 +10,8 @@ losses are needed during the forward; the rest are statistics, computed when fir
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import torch
 
@@ -36,7 +37,7 @@ class MoEStats:
         router_entropy: torch.Tensor | None = None,
         losses: dict[str, torch.Tensor] | None = None,
         compute: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
-    ):
+    ) -> None:
         self.tokens_per_expert = tokens_per_expert
         self.dropped_fraction = dropped_fraction
         self._entropy, self._losses, self._compute = router_entropy, losses, compute
@@ -49,14 +50,14 @@ class MoEStats:
     @property
     def router_entropy(self) -> torch.Tensor:
         self._resolve()
-        return self._entropy
+        return cast(torch.Tensor, self._entropy)  # given, or set by compute
 
     @property
     def losses(self) -> dict[str, torch.Tensor]:
         self._resolve()
         return self._losses if self._losses is not None else {}
 
-    def __getitem__(self, key: str):
+    def __getitem__(self, key: str) -> Any:
         if key in self.losses:
             return self.losses[key]
         return getattr(self, key)
@@ -86,7 +87,9 @@ _SUMS_OF_LOSS = {
 }
 
 
-def _routing_sums(decision: RoutingDecision, E: int, names, dtype) -> dict[str, torch.Tensor]:
+def _routing_sums(
+    decision: RoutingDecision, E: int, names: Iterable[str], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """The sums over tokens that the losses and the entropy are functions of, each 1-D."""
     fns = {
         "importance": lambda: balance.importance_E(decision, E),
@@ -99,7 +102,9 @@ def _routing_sums(decision: RoutingDecision, E: int, names, dtype) -> dict[str, 
     return {name: fns[name]().to(dtype) for name in names}
 
 
-def _losses_of_sums(sums: dict[str, torch.Tensor], tokens, assignments) -> dict:
+def _losses_of_sums(
+    sums: dict[str, torch.Tensor], tokens: torch.Tensor, assignments: torch.Tensor
+) -> dict[str, torch.Tensor]:
     out = {}
     if "importance" in sums:
         out["importance_loss"] = balance.cv_squared(sums["importance"])
@@ -114,7 +119,12 @@ def _losses_of_sums(sums: dict[str, torch.Tensor], tokens, assignments) -> dict:
     return out
 
 
-def group_losses(decision, cfg: MoEConfig, extra: torch.Tensor, reduce=None):
+def group_losses(
+    decision: RoutingDecision,
+    cfg: MoEConfig,
+    extra: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]]:
     """The weighted sum of the trained losses, the summed extras, and the statistics.
 
     Every loss is a function of a few sums over tokens (importance, load, routing probability,
@@ -150,7 +160,7 @@ def group_losses(decision, cfg: MoEConfig, extra: torch.Tensor, reduce=None):
         total = total + getattr(cfg, LOSS_WEIGHTS[name]) * values[name]
     done = {n: v.detach() for n, v in sums.items()}
 
-    def stats():
+    def stats() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
             rest = _routing_sums(decision, E, [s for s in every if s not in done], dtype)
             all_sums = {**done, **rest}
