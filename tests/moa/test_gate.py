@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import random
-import time
 
 import numpy as np
 import pytest
 
 from mixkit.errors import ConfigError
 from mixkit.moa import gate as g
+from mixkit.moa.answers import agreement
 from mixkit.moa.config import EarlyExitConfig, parse_config
 from mixkit.moa.features import text_features
-from mixkit.moa.gated import agreement, pick_by_vote, plan_run
+from mixkit.moa.gated import pick_by_vote, plan_run
 
 WORDS = [
     "apple",
@@ -64,15 +64,12 @@ def traces(items) -> list[g.ScoredCall]:
     return calls
 
 
-def test_text_features_are_deterministic_normalised_and_cheap():
+def test_text_features_are_deterministic_and_normalised():
     prompts = [p for _, p, _ in planted(50, 0)]
     x = text_features(prompts)
     assert x.shape == (50, 1024 + 8) and x.dtype == np.float32
     assert np.allclose(np.linalg.norm(x[:, :1024], axis=1), 1.0, atol=1e-5)
-    assert np.array_equal(x, text_features(prompts))
-    start = time.perf_counter()
-    text_features(prompts[:10])
-    assert (time.perf_counter() - start) / 10 < 0.02  # the budget per prompt, very loose
+    assert np.array_equal(x, text_features(prompts))  # cost per prompt: bench/gate_features.py
 
 
 def test_fit_logistic_matches_a_separable_rule():

@@ -166,8 +166,8 @@ def test_early_exit_fires_when_proposals_agree_and_skips_the_rest(server, tmp_pa
     assert answer.answer == "so Answer: 42"
     assert answer.early_exit == {"layer": 1, "agreed": "42", "answers": 2, "skipped_layers": 1}
     outcomes = {c.agent: c.outcome for c in answer.calls}
-    assert outcomes == {"a": "ok", "b": "ok", "slow": "cancelled"}  # no layer 2, no aggregator
-    assert answer.wall_s < 10  # did not wait for the hanging proposer's deadline
+    # no layer 2, no aggregator, and the hanging proposer was cancelled, not waited for
+    assert outcomes == {"a": "ok", "b": "ok", "slow": "cancelled"}
 
 
 def test_early_exit_does_not_fire_on_disagreeing_proposals(server, tmp_path):

@@ -79,7 +79,9 @@ def train(
     """Learn which agents answer which prompts well, from eval results and/or scored calls."""
 
     records = _records(db, jsonl, task, exclude_task)
-    sources = [str(p) for p in jsonl] + ([str(db)] if db else [] if jsonl else ["logs.db"])
+    sources = [str(p) for p in jsonl]
+    if db is not None or not jsonl:  # the log database was read too (see _records)
+        sources.append(str(db or tr.default_db_path()))
     gate = g.train(records, features=features, mix_k=mix_k, source=", ".join(sources))
     gate.save(out)
     prompts = len({r.prompt for r in records})

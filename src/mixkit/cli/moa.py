@@ -18,7 +18,7 @@ from rich.table import Table
 
 from mixkit.cli.app import app
 from mixkit.cli.gate import gate_line
-from mixkit.moa import CallRecord, MoA, resolve
+from mixkit.moa import Answer, CallRecord, MoA, MoAConfig, resolve
 from mixkit.moa import logs as run_log  # `logs` is the command below
 
 console = Console()
@@ -103,11 +103,7 @@ def ask(
             )
 
     if not as_json:
-        if cfg.gate is not None:
-            slots = len(cfg.layers[0].agents)
-            err.print(f"[dim]{cfg.name}: a gate picks among {slots} slots (up to {cfg.gate.k})[/]")
-        else:
-            err.print(f"[dim]{cfg.name}: {cfg.num_layers} layers, aggregator {cfg.aggregator}[/]")
+        err.print(f"[dim]{_shape(cfg)}[/]")
     stream = moa.stream(
         question,
         messages=messages,
@@ -130,7 +126,21 @@ def ask(
         console.print_json(json.dumps(answer.to_dict()))
         return
     sys.stdout.write("\n")
-    err.print(_layer_table(answer.calls, f"run {answer.run_id[:12]} ({cfg.name})"))
+    _summary(answer, cfg.name)
+
+
+def _shape(cfg: MoAConfig) -> str:
+    """One line on what a mixture will do, shown before its answer streams."""
+    if cfg.gate is not None:
+        return (
+            f"{cfg.name}: a gate picks among {len(cfg.layers[0].agents)} slots (up to {cfg.gate.k})"
+        )
+    return f"{cfg.name}: {cfg.num_layers} layers, aggregator {cfg.aggregator}"
+
+
+def _summary(answer: Answer, name: str) -> None:
+    """After the answer (on stderr): the per-layer table, failures, the gate, times and tokens."""
+    err.print(_layer_table(answer.calls, f"run {answer.run_id[:12]} ({name})"))
     for line in _failures(answer.calls):
         err.print(f"[yellow]{escape(line)}[/]")
     gate = gate_line(answer.gate, answer.early_exit)

@@ -127,8 +127,8 @@ async def run_item(
         prompt_tokens=sum(c.prompt_tokens or 0 for c in calls),
         completion_tokens=sum(c.completion_tokens or 0 for c in calls),
         cost_usd=sum(costs) if costs else None,
-        early_exit=bool(getattr(answer, "early_exit", None)),
-        gate=getattr(answer, "gate", None),
+        early_exit=answer is not None and answer.early_exit is not None,
+        gate=answer.gate if answer is not None else None,
         started_at=started_at,
     )
 

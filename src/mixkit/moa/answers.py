@@ -1,4 +1,5 @@
-"""Final answers in free text: extract them, normalise them, and tell whether answers agree.
+"""Final answers in free text: extract them, normalise them, and tell whether answers agree
+(`agreement`, which early exit uses).
 
 Used where the engine must compare proposals without an LLM: majority votes (the gate's `vote`
 combiner) and early exit on agreement. Evals score the same extracted answers.
@@ -7,6 +8,8 @@ combiner) and early exit on agreement. Evals score the same extracted answers.
 from __future__ import annotations
 
 import re
+
+from mixkit.moa.config import EarlyExitConfig
 
 _ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:=]\s*(.+)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -57,3 +60,20 @@ def similarity(a: str, b: str) -> float:
     if not wa and not wb:
         return 1.0
     return len(wa & wb) / len(wa | wb)
+
+
+def agreement(answers: list[str], rule: EarlyExitConfig) -> int | None:
+    """Index of the first proposal that at least `rule.min_agree` proposals (itself included)
+    agree with: the same final answer where one can be extracted, else similar text."""
+    keys = [final_answer(a) for a in answers]
+    for i, a in enumerate(answers):
+        if keys[i] is not None:
+            agree = sum(k == keys[i] for k in keys)
+        else:
+            agree = sum(
+                keys[j] is None and similarity(a, b) >= rule.similarity
+                for j, b in enumerate(answers)
+            )
+        if agree >= rule.min_agree:
+            return i
+    return None

@@ -1,11 +1,11 @@
-"""What the engine does with a gate and with early exit: plan a run, find agreement, pick a vote.
+"""What the engine does with a gate: plan a run, and pick the answer of a vote.
 
     plan_run(config, gate, prompt)  -> Plan: answer alone with one agent, or run the first layer
                                        with only the top-k slots (and combine by vote/synthesis)
-    agreement(answers, rule)        -> the index of a proposal that enough others agree with
     pick_by_vote(answers, weights)  -> the proposal carrying the weighted-majority final answer
 
-Pure functions over configs and strings; the pipeline calls them (pipeline.py).
+Pure functions over configs and strings; the pipeline calls them (pipeline.py). Agreement
+between proposals (early exit) is `answers.agreement`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mixkit.moa.answers import final_answer, similarity
-from mixkit.moa.config import EarlyExitConfig, LayerConfig, MoAConfig
+from mixkit.moa.config import LayerConfig, MoAConfig
 from mixkit.moa.gate import Gate, GateDecision, relative_costs, vote
+from mixkit.moa.layers import labels
 
 
 @dataclass
@@ -26,17 +27,6 @@ class Plan:
     combine: str = "synthesize"  # "synthesize" (aggregator) | "vote" (no aggregator call)
     weights: list[float] = field(default_factory=list)  # gate weights of layer 1's slots
     decision: GateDecision | None = None
-
-
-def slot_labels(names: list[str]) -> list[str]:
-    """Agent names, with '#1', '#2' ... where a layer repeats an agent (Self-MoA)."""
-    totals = {n: names.count(n) for n in names}
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(f"{name}#{seen[name]}" if totals[name] > 1 else name)
-    return out
 
 
 def agent_costs(config: MoAConfig, gate: Gate) -> tuple[dict[str, float], float]:
@@ -74,11 +64,11 @@ def plan_run(
     if config.gate is None or gate is None:
         return Plan(layers=list(config.layers))
     first = config.layers[0]
-    labels = slot_labels(first.agents)
+    names = labels(first.agents)
     costs, combiner = agent_costs(config, gate)
     decision = gate.decide(
         prompt,
-        list(zip(labels, first.agents, strict=True)),
+        list(zip(names, first.agents, strict=True)),
         k=config.gate.k,
         cost_weight=config.gate.cost_weight,
         costs=costs,
@@ -87,9 +77,9 @@ def plan_run(
         noise=config.gate.noise if noise is None else noise,
     )
     if decision.strategy == "alone":
-        agent = first.agents[labels.index(decision.chosen[0])]
+        agent = first.agents[names.index(decision.chosen[0])]
         return Plan(layers=[], alone=agent, decision=decision)
-    chosen = [first.agents[labels.index(label)] for label in decision.chosen]
+    chosen = [first.agents[names.index(label)] for label in decision.chosen]
     quorum = min(first.quorum, len(chosen)) if first.quorum else None
     layer = LayerConfig(
         agents=chosen, quorum=quorum, min_answers=min(first.min_answers, len(chosen))
@@ -100,23 +90,6 @@ def plan_run(
         weights=decision.weights,
         decision=decision,
     )
-
-
-def agreement(answers: list[str], rule: EarlyExitConfig) -> int | None:
-    """Index of the first proposal that at least `rule.min_agree` proposals (itself included)
-    agree with: the same final answer where one can be extracted, else similar text."""
-    keys = [final_answer(a) for a in answers]
-    for i, a in enumerate(answers):
-        if keys[i] is not None:
-            agree = sum(k == keys[i] for k in keys)
-        else:
-            agree = sum(
-                keys[j] is None and similarity(a, b) >= rule.similarity
-                for j, b in enumerate(answers)
-            )
-        if agree >= rule.min_agree:
-            return i
-    return None
 
 
 def pick_by_vote(answers: list[str], weights: list[float]) -> int:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
 from mixkit.moa.agents import Agent, CallRecord
+from mixkit.moa.answers import agreement
 from mixkit.moa.config import EarlyExitConfig, LayerConfig
 from mixkit.moa.events import Emitter
-from mixkit.moa.gated import agreement
 from mixkit.moa.providers.base import Message, Sampling
 
 GRACE_S = 2.0  # agents enforce the deadline themselves; this only guards against a stuck task

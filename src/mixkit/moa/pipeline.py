@@ -60,6 +60,18 @@ class RunOptions(TypedDict, total=False):
     on_event: EventHandler | None  # every RunEvent of the run (events.py)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What the steps of one run share."""
+
+    answer: Answer
+    max_tokens: int | None
+    deadline_s: float
+    emit: Emitter
+    on_layer: LayerCallback | None
+    final: FinalCall  # how the final answer's call is made
+
+
 class _AnswerSampling(NamedTuple):
     """A run's overrides of the final aggregator's sampling (None: the agent's own)."""
 
@@ -149,8 +161,8 @@ class MoA:
         answer_sampling: _AnswerSampling,
         done: Callable[[], None],
     ) -> AsyncGenerator[str, None]:
-        """The run: proposer layers, then the aggregator's pieces; fills in `answer` as it goes."""
-        cfg, calls = self.config, answer.calls
+        """The run: proposer layers, then the final answer's pieces; fills in `answer`."""
+        cfg = self.config
         answer.started_at, emit.start = time.time(), time.monotonic()
         layers = [labels(layer.agents) for layer in cfg.layers]
         emit(
@@ -162,35 +174,14 @@ class MoA:
                 "deadline_s": deadline_s,
             },
         )
+        final_call = FinalCall(
+            answer.calls, max_tokens, cfg.retries, emit, self._threads_per_call, *answer_sampling
+        )
+        run = _Run(answer, max_tokens, deadline_s, emit, on_layer, final_call)
         pieces: list[str] = []
         final: AsyncGenerator[str, None] | None = None
-        final_call = FinalCall(
-            calls, max_tokens, cfg.retries, emit, self._threads_per_call, *answer_sampling
-        )
         try:
-            plan = self._plan(answer, emit)
-            deadline = time.monotonic() + deadline_s
-            if plan.alone is not None:
-                assert plan.decision is not None
-                slots = dict(zip(labels(cfg.layers[0].agents), cfg.layers[0].agents, strict=True))
-                final = answer_alone(
-                    self.agents, slots, plan.decision, answer.messages, deadline, final_call
-                )
-            elif cfg.staircase is not None and plan.layers and plan.combine != "vote":
-                final = self._staircase(
-                    plan, answer, max_tokens, deadline_s, emit, on_layer, final_call
-                )
-            else:
-                text, prompt = await self._proposals(
-                    plan, answer, max_tokens, deadline_s, emit, on_layer
-                )
-                if text is not None:  # early exit, or the gate's vote: no aggregator call
-                    final = _once(text)
-                else:
-                    final = stream_final(
-                        self.agents[cfg.aggregator], prompt, time.monotonic() + deadline_s,
-                        final_call, layer=len(plan.layers) + 1, label=cfg.aggregator,
-                    )  # fmt: skip
+            final = self._final_answer(run, self._plan(answer, emit))
             async for piece in final:
                 if answer.ttft_s is None:
                     answer.ttft_s = time.monotonic() - emit.start
@@ -210,31 +201,50 @@ class MoA:
             self._finish(answer, pieces, emit)
             done()
 
-    async def _staircase(
-        self,
-        plan: Plan,
-        answer: Answer,
-        max_tokens: int | None,
-        deadline_s: float,
-        emit: Emitter,
-        on_layer: LayerCallback | None,
-        final_call: FinalCall,
-    ) -> AsyncGenerator[str, None]:
+    async def _final_answer(self, run: _Run, plan: Plan) -> AsyncGenerator[str, None]:
+        """The final answer's pieces: one agent alone (gated), a staircase, or the proposer
+        layers and then an early exit, the gate's vote or the aggregator."""
+        cfg = self.config
+        if plan.alone is not None:
+            assert plan.decision is not None
+            slots = dict(zip(labels(cfg.layers[0].agents), cfg.layers[0].agents, strict=True))
+            deadline = time.monotonic() + run.deadline_s
+            pieces = answer_alone(
+                self.agents, slots, plan.decision, run.answer.messages, deadline, run.final
+            )
+        elif cfg.staircase is not None and plan.layers and plan.combine != "vote":
+            pieces = self._staircase(run, plan)
+        else:
+            text, prompt = await self._proposals(run, plan)
+            if text is not None:  # early exit, or the gate's vote: no aggregator call
+                pieces = _once(text)
+            else:
+                pieces = stream_final(
+                    self.agents[cfg.aggregator], prompt, time.monotonic() + run.deadline_s,
+                    run.final, layer=len(plan.layers) + 1, label=cfg.aggregator,
+                )  # fmt: skip
+        try:
+            async for piece in pieces:
+                yield piece
+        finally:
+            await pieces.aclose()
+
+    async def _staircase(self, run: _Run, plan: Plan) -> AsyncGenerator[str, None]:
         """The plan's layers but the last as usual; the last one and the aggregator as a
         staircase (staircase.py), sharing the cores between them."""
         cfg = self.config
         assert cfg.staircase is not None
         head = dataclasses.replace(plan, layers=plan.layers[:-1], combine="synthesize")
-        text, prompt = await self._proposals(head, answer, max_tokens, deadline_s, emit, on_layer)
+        text, prompt = await self._proposals(run, head)
         if text is not None:  # an earlier layer agreed: early exit
             yield text
             return
         layer = plan.layers[-1]
         threads = self._threads_per_call([*layer.agents, cfg.aggregator])
-        run = LayerRun(prompt, max_tokens, deadline_s, cfg.retries, threads, emit)
-        steps = dataclasses.replace(final_call, threads=lambda _names: threads)
+        layer_run = LayerRun(prompt, run.max_tokens, run.deadline_s, cfg.retries, threads, run.emit)
+        steps = dataclasses.replace(run.final, threads=lambda _names: threads)
         pieces = staircase(
-            self.agents, len(plan.layers), layer, answer.messages, run,
+            self.agents, len(plan.layers), layer, run.answer.messages, layer_run,
             self.agents[cfg.aggregator], steps, cfg.staircase, cfg.reference_chars,
         )  # fmt: skip
         try:
@@ -251,27 +261,22 @@ class MoA:
             emit("gate", data=answer.gate)
         return plan
 
-    async def _proposals(
-        self,
-        plan: Plan,
-        answer: Answer,
-        max_tokens: int | None,
-        deadline_s: float,
-        emit: Emitter,
-        on_layer: LayerCallback | None,
-    ) -> tuple[str | None, list[Message]]:
+    async def _proposals(self, run: _Run, plan: Plan) -> tuple[str | None, list[Message]]:
         """Run the plan's proposer layers. Return the final text when no aggregator is needed
         (early exit on agreement, or the gate's vote), else None and the aggregator's prompt."""
-        cfg, calls, prompt = self.config, answer.calls, list(answer.messages)
+        cfg, answer = self.config, run.answer
+        calls, prompt = answer.calls, list(answer.messages)
         for i, layer in enumerate(plan.layers, 1):
             threads = self._threads_per_call(layer.agents)
-            run = LayerRun(prompt, max_tokens, deadline_s, cfg.retries, threads, emit)
+            layer_run = LayerRun(
+                prompt, run.max_tokens, run.deadline_s, cfg.retries, threads, run.emit
+            )
             chosen = plan.decision.chosen if (plan.decision and i == 1) else None
             answers, agreed = await run_layer(
-                self.agents, i, layer, calls, run, chosen, cfg.early_exit
+                self.agents, i, layer, calls, layer_run, chosen, cfg.early_exit
             )
-            if on_layer:
-                on_layer(i, [c for c in calls if c.layer == i])
+            if run.on_layer:
+                run.on_layer(i, [c for c in calls if c.layer == i])
             if agreed is not None:
                 answer.early_exit = {
                     "layer": i,
@@ -279,7 +284,7 @@ class MoA:
                     "answers": len(answers),
                     "skipped_layers": len(plan.layers) - i,
                 }
-                emit("early_exit", layer=i, data=answer.early_exit)
+                run.emit("early_exit", layer=i, data=answer.early_exit)
                 return answers[agreed], prompt
             if i == 1 and plan.combine == "vote" and plan.decision is not None:
                 ok = {c.agent for c in calls if c.layer == 1 and c.outcome == "ok"}

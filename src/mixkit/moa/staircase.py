@@ -89,6 +89,19 @@ def _more(props: list[_Proposal], sent: list[int], max_chars: int) -> str:
     return CONTINUE + "\n\n" + "\n\n".join(blocks)
 
 
+def _first_references(props: list[_Proposal], min_answers: int, records: list[CallRecord],
+                      layer_no: int, deadline: float) -> list[str]:  # fmt: skip
+    """The first step's references (partial ones marked); LayerFailed if too few proposers
+    wrote anything and all have ended."""
+    if sum(bool(p.text.strip()) for p in props) < min_answers and all(p.ended for p in props):
+        raise LayerFailed(
+            f"layer {layer_no}: no proposer answered ({describe_failures(records)})",
+            layer=layer_no, calls=[r for r in records if r.outcome != "ok"],
+            deadline_expired=time.monotonic() >= deadline,
+        )  # fmt: skip
+    return [p.text + ("" if p.ended else STILL_WRITING) for p in props if p.text.strip()]
+
+
 async def staircase(
     agents: dict[str, Agent],
     layer_no: int,
@@ -121,15 +134,7 @@ async def staircase(
             step += 1
             last = all(p.ended for p in props)
             if step == 1:
-                if sum(bool(p.text.strip()) for p in props) < layer.min_answers and last:
-                    raise LayerFailed(
-                        f"layer {layer_no}: no proposer answered ({describe_failures(records)})",
-                        layer=layer_no, calls=[r for r in records if r.outcome != "ok"],
-                        deadline_expired=time.monotonic() >= deadline,
-                    )  # fmt: skip
-                refs = [
-                    p.text + ("" if p.ended else STILL_WRITING) for p in props if p.text.strip()
-                ]
+                refs = _first_references(props, layer.min_answers, records, layer_no, deadline)
                 messages = synthesis_messages(conversation, refs, reference_chars)
             else:
                 messages.append({"role": "user", "content": _more(props, sent, reference_chars)})
