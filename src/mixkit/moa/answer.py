@@ -10,8 +10,28 @@ from mixkit.moa.agents import CallRecord
 from mixkit.moa.providers.base import Message
 
 
+class CallTotals:
+    """Sums over a run's calls, for a run being made (Answer) or read back (logs.LoggedRun)."""
+
+    calls: list[CallRecord]
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The run's cost from the agents' declared prices; None if no call was priced."""
+        costs = [c.cost_usd for c in self.calls if c.cost_usd is not None]
+        return sum(costs) if costs else None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(c.prompt_tokens or 0 for c in self.calls)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens or 0 for c in self.calls)
+
+
 @dataclass
-class Answer:
+class Answer(CallTotals):
     """The result of one run: the answer and the trace of every call."""
 
     answer: str
@@ -28,20 +48,6 @@ class Answer:
     error: str | None = None  # why it failed, when it did
     gate: dict[str, Any] | None = None  # the gate's decision (GateDecision.to_dict()), if gated
     early_exit: dict[str, Any] | None = None  # {"layer", "agreed", "answers", "skipped_layers"}
-
-    @property
-    def cost_usd(self) -> float | None:
-        """The run's cost from the agents' declared prices; None if no call was priced."""
-        costs = [c.cost_usd for c in self.calls if c.cost_usd is not None]
-        return sum(costs) if costs else None
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(c.prompt_tokens or 0 for c in self.calls)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(c.completion_tokens or 0 for c in self.calls)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `mixkit ask --json`."""

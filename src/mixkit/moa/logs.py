@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from mixkit.moa import trace
 from mixkit.moa.agents import CallRecord
-from mixkit.moa.answer import Answer
+from mixkit.moa.answer import Answer, CallTotals
 from mixkit.moa.providers.base import Message
 
 default_db_path = trace.default_db_path
@@ -52,7 +52,7 @@ _CALL_FIELDS = {f.name for f in fields(CallRecord)}
 
 
 @dataclass
-class LoggedRun:
+class LoggedRun(CallTotals):
     """One logged run and its calls, as read back from the log."""
 
     id: str
@@ -71,15 +71,6 @@ class LoggedRun:
     extra: dict[str, Any] = field(default_factory=dict)  # columns added by later migrations
     gate: dict[str, Any] | None = None  # the gate's decision, for gated runs
     early_exit: dict[str, Any] | None = None
-    cost_usd: float | None = None
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(c.prompt_tokens or 0 for c in self.calls)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(c.completion_tokens or 0 for c in self.calls)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `mixkit logs --json` (one element)."""

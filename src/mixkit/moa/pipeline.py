@@ -213,7 +213,7 @@ class MoA:
                 self.agents, slots, plan.decision, run.answer.messages, deadline, run.final
             )
         elif cfg.staircase is not None and plan.layers and plan.combine != "vote":
-            pieces = self._staircase(run, plan)
+            pieces = await self._staircase(run, plan)
         else:
             text, prompt = await self._proposals(run, plan)
             if text is not None:  # early exit, or the gate's vote: no aggregator call
@@ -230,28 +230,22 @@ class MoA:
             await pieces.aclose()
 
     async def _staircase(self, run: _Run, plan: Plan) -> AsyncGenerator[str, None]:
-        """The plan's layers but the last as usual; the last one and the aggregator as a
-        staircase (staircase.py), sharing the cores between them."""
+        """Run the plan's layers but the last as usual; return the pieces of the last one and
+        the aggregator as a staircase (staircase.py), sharing the cores between them."""
         cfg = self.config
         assert cfg.staircase is not None
         head = dataclasses.replace(plan, layers=plan.layers[:-1], combine="synthesize")
         text, prompt = await self._proposals(run, head)
         if text is not None:  # an earlier layer agreed: early exit
-            yield text
-            return
+            return _once(text)
         layer = plan.layers[-1]
         threads = self._threads_per_call([*layer.agents, cfg.aggregator])
         layer_run = LayerRun(prompt, run.max_tokens, run.deadline_s, cfg.retries, threads, run.emit)
         steps = dataclasses.replace(run.final, threads=lambda _names: threads)
-        pieces = staircase(
+        return staircase(
             self.agents, len(plan.layers), layer, run.answer.messages, layer_run,
             self.agents[cfg.aggregator], steps, cfg.staircase, cfg.reference_chars,
         )  # fmt: skip
-        try:
-            async for piece in pieces:
-                yield piece
-        finally:
-            await pieces.aclose()
 
     def _plan(self, answer: Answer, emit: Emitter) -> Plan:
         """Ungated: every layer. Gated: what the gate chose for the latest user message."""
