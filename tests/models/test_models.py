@@ -14,7 +14,9 @@ from mixkit.models import (
     TransformerLM,
     TransformerLMConfig,
 )
+from mixkit.models.ffn import build_ffn
 from mixkit.models.transformer_lm import KVCache
+from mixkit.moe import HierarchicalMoE, MoE
 
 V = 97
 
@@ -202,8 +204,6 @@ def test_transformer_with_batch_dependent_routing_does_not_cache():
 
 
 def test_hierarchical_moe_from_config():
-    from mixkit.moe import HierarchicalMoE
-
     model = transformer(MoESpec(num_experts=16, k=2, d_hidden=32, groups=4, k_groups=2))
     layers = [f for f in model.ffns if isinstance(f, HierarchicalMoE)]
     assert len(layers) == 2 and all(len(h.groups) == 4 for h in layers)
@@ -217,3 +217,42 @@ def test_hierarchical_moe_from_config():
     ]:
         with pytest.raises(ValueError, match=field.replace("(", r"\(").replace(")", r"\)")):
             MoESpec(d_hidden=8, **{"k": 2, **bad})
+
+
+def test_moe_table_passes_its_options_to_the_layer_flat_or_in_options():
+    """Every key of [model.moe] that is not a size is a layer option, defined once (MoEConfig):
+    flat keys and the older `options` table build the same layer, and defaults come from it."""
+    flat = MoESpec(num_experts=4, d_hidden=8, router="topk", noise_eps=0.5, w_switch=0.2)
+    nested = MoESpec.model_validate(
+        dict(num_experts=4, d_hidden=8, router="topk", options=dict(noise_eps=0.5, w_switch=0.2))
+    )
+    assert flat == nested
+    layers = [build_ffn(6, 12, "swiglu", spec) for spec in (flat, nested)]
+    for layer in layers:
+        assert isinstance(layer, MoE)
+        assert (layer.cfg.router, layer.cfg.noise_eps, layer.cfg.w_switch) == ("topk", 0.5, 0.2)
+        assert (layer.cfg.expert, layer.cfg.k) == ("swiglu", 2)
+    # a round trip through a checkpoint's dict keeps the options
+    assert MoESpec.model_validate(flat.model_dump()) == flat
+    with pytest.raises(ValueError, match="noise_eps set both"):
+        MoESpec.model_validate(dict(d_hidden=8, noise_eps=0.1, options=dict(noise_eps=0.2)))
+    with pytest.raises(ValueError, match="unknown option\\(s\\) 'bogus'"):
+        MoESpec(d_hidden=8, bogus=1)
+    with pytest.raises(ValueError, match="set model.expert"):
+        MoESpec(d_hidden=8, expert="relu")
+
+
+def test_hierarchical_table_sets_the_layer_loss_weights():
+    """The hierarchy's loss weights come from the table, else the paper's (0.1, 0.1); the aux loss
+    is their weighted sum of the hierarchical importance and load losses."""
+    for weights, expected in [({}, (0.1, 0.1)), ({"w_importance": 0.3, "w_load": 0.0}, (0.3, 0.0))]:
+        spec = MoESpec(num_experts=8, d_hidden=8, groups=2, router="noisy_topk", **weights)
+        layer = build_ffn(6, 12, "relu", spec)
+        assert isinstance(layer, HierarchicalMoE)
+        layer(torch.randn(32, 6))
+        losses = layer.last_stats.losses
+        torch.testing.assert_close(
+            layer.aux_loss,
+            expected[0] * losses["importance_loss"] + expected[1] * losses["load_loss"],
+        )
+        assert all(float(g.aux_loss) == 0.0 for g in layer.groups)  # the groups weigh none

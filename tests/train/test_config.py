@@ -69,6 +69,8 @@ def test_config_file_extends_a_preset(tmp_path):
         (["model.moe.k=9"], "model.moe: k (9) must be <= num_experts (4)"),
         (["model.moe.options.bogus=1"], "model.moe: unknown option(s) 'bogus'"),
         (["model.moe.options.noise_eps=-1"], "model.moe: noise_eps (-1) must be a finite number"),
+        (["model.moe.bogus=1"], "model.moe: unknown option(s) 'bogus'"),
+        (["model.moe.w_load=-1"], "model.moe: w_load (-1) must be a finite number"),
         (["optim.min_lr=1.0"], "optim.min_lr (1.0) must be <= optim.lr"),
         (["model.arch='gru'"], "model"),
     ],

@@ -16,78 +16,89 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from mixkit.errors import ConfigError
-from mixkit.moe import HierarchicalMoE, MoE, MoEConfig
+from mixkit.moe import HierarchicalConfig, HierarchicalMoE, MoE, MoEConfig
 
 ExpertKind = Literal["relu", "swiglu"]
-RouterKind = Literal["noisy_topk", "topk", "switch", "expert_choice", "sigmoid_bias"]
 
 
 class MoESpec(BaseModel):
-    """The MoE layer put in a model's FFN slot; fields are forwarded to `mixkit.moe.MoE`."""
+    """The MoE layer put in a model's FFN slot.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    It declares only what belongs to the model: the sizes and the hierarchy. Every other key of
+    the table (k, router, capacity_factor, loss weights, router options...) is an option of
+    `mixkit.moe.MoEConfig` (or `HierarchicalConfig` with groups), passed through and validated
+    there, the one definition of those options, when the config is loaded.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     num_experts: int = Field(16, ge=1)
-    k: int = Field(2, ge=1)
     d_hidden: int = Field(..., ge=1, description="hidden width of ONE expert")
-    router: RouterKind = "noisy_topk"
-    capacity_factor: float | None = Field(None, gt=0)
-    # Balancing-loss weights; None takes the router's default (0.1/0.1 importance/load for
-    # noisy_topk as in the paper, the Switch loss for topk/switch, none for the others).
-    w_importance: float | None = Field(None, ge=0)
-    w_load: float | None = Field(None, ge=0)
-    w_switch: float | None = Field(None, ge=0)
-    w_zloss: float = Field(0.0, ge=0)
     # The paper's hierarchical MoE: a primary gate picks k_groups of `groups` groups, each an MoE
     # over num_experts / groups experts that picks k of them. None: one flat MoE.
     groups: int | None = Field(None, ge=1)
     k_groups: int = Field(2, ge=1)
-    # Anything else MoE(...) accepts (noise settings, shared experts, ...), passed through as is.
-    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_options(cls, data: Any) -> Any:
+        """Configs and checkpoints written before the options were flat kept them in an
+        `options` table; they load unchanged."""
+        if isinstance(data, dict) and isinstance(data.get("options"), dict):
+            data = dict(data)
+            options = data.pop("options")
+            twice = sorted(set(options) & set(data))
+            if twice:
+                raise ValueError(f"{', '.join(twice)} set both in the table and in its options")
+            data.update(options)
+        return data
 
     @model_validator(mode="after")
     def _valid_layer(self) -> MoESpec:
-        """The layer's own validation (MoEConfig, the one definition of its options) at load time,
-        so a bad value or an unknown key in `options` is a config error naming it."""
         if self.groups is not None and self.num_experts % self.groups:
             raise ValueError(
                 f"num_experts ({self.num_experts}) must be divisible by groups ({self.groups})"
             )
-        if self.groups is not None and self.k > self.num_experts // self.groups:
-            raise ValueError(
-                f"k ({self.k}) must be <= experts per group ({self.num_experts // self.groups})"
-            )
+        if "expert" in self.options:
+            raise ValueError("expert is the model's choice: set model.expert, not model.moe.expert")
+        if self.groups is not None and self.k_groups > self.groups:
+            raise ValueError(f"k_groups ({self.k_groups}) must be <= groups ({self.groups})")
         try:
-            MoEConfig.from_options(
-                1,  # d_model belongs to the model, not to this table
-                self.d_hidden,
-                self.num_experts if self.groups is None else self.num_experts // self.groups,
-                **self.layer_options(),
-                name="",
-            )
+            self.layer_config(1)  # d_model belongs to the model, not to this table
         except ConfigError as e:
             raise ValueError(str(e)) from None
-        except TypeError as e:  # an option that is also a field of this table, e.g. options.k
-            raise ValueError(f"options: {e}") from None
-        if self.groups is not None:
-            if self.k_groups > self.groups:
-                raise ValueError(f"k_groups ({self.k_groups}) must be <= groups ({self.groups})")
-            if self.router == "expert_choice" or self.w_switch:
-                raise ValueError(
-                    "a hierarchical MoE (groups) takes a token-choice router and no w_switch"
-                )
         return self
 
-    def layer_options(self) -> dict[str, Any]:
-        """The keywords of mixkit.moe.MoE this table sets (None: the layer's default)."""
-        fixed = dict(k=self.k, router=self.router, capacity_factor=self.capacity_factor)
-        weights = dict(
-            w_importance=self.w_importance,
-            w_load=self.w_load,
-            w_switch=self.w_switch,
-            w_zloss=self.w_zloss,
+    @property
+    def options(self) -> dict[str, Any]:
+        """The table's keys that are options of the layer."""
+        return dict(self.model_extra or {})
+
+    @property
+    def k(self) -> int:
+        """Experts per token (per group, with groups)."""
+        return int(self.options.get("k", MoEConfig.k))
+
+    def layer_config(self, d_model: int) -> MoEConfig | HierarchicalConfig:
+        """The validated config of the layer this table builds (defaults filled in)."""
+        if self.groups is None:
+            return MoEConfig.from_options(
+                d_model, self.d_hidden, self.num_experts, **self.options, name=""
+            )
+        options = self.options
+        k = options.pop("k", MoEConfig.k)
+        weights = {n: options.pop(n) for n in ("w_importance", "w_load", "w_zloss") if n in options}
+        return HierarchicalConfig(
+            d_model,
+            self.d_hidden,
+            self.groups,
+            self.num_experts // self.groups,
+            k_primary=self.k_groups,
+            k_secondary=k,
+            **weights,
+            options=options,
+            name="",
         )
-        return {**fixed, **{n: v for n, v in weights.items() if v is not None}, **self.options}
 
 
 class DenseFFN(nn.Module):
@@ -117,31 +128,12 @@ def build_ffn(d_model: int, ffn_hidden: int, expert: ExpertKind, moe: MoESpec | 
     """A dense FFN when `moe` is None, else a `mixkit.moe.MoE` (or HierarchicalMoE) layer."""
     if moe is None:
         return DenseFFN(d_model, ffn_hidden, expert)
-    if moe.groups is not None:
-        return HierarchicalMoE(
-            d_model,
-            moe.d_hidden,
-            num_groups=moe.groups,
-            experts_per_group=moe.num_experts // moe.groups,
-            k_primary=moe.k_groups,
-            k_secondary=moe.k,
-            router=moe.router,
-            capacity_factor=moe.capacity_factor,
-            expert=expert,
-            w_importance=0.1 if moe.w_importance is None else moe.w_importance,
-            w_load=0.1 if moe.w_load is None else moe.w_load,
-            w_zloss=moe.w_zloss,
-            **moe.options,
-        )
-    # so that the layer's own validation errors name the config field
-    return MoE(
-        d_model,
-        moe.d_hidden,
-        moe.num_experts,
-        expert=expert,
-        name="model.moe",
-        **moe.layer_options(),
-    )
+    cfg = moe.layer_config(d_model)
+    if isinstance(cfg, HierarchicalConfig):
+        cfg.options["expert"] = expert
+        return HierarchicalMoE.from_config(cfg)
+    cfg.expert, cfg.name = expert, "model.moe"  # so the layer's own errors name the config field
+    return MoE.from_config(cfg)
 
 
 def ffn_macs_per_token(ffn: nn.Module) -> int:

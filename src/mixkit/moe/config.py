@@ -26,6 +26,11 @@ DEFAULT_LOSS_WEIGHTS = {
     "expert_choice": {"w_importance": 0.0, "w_load": 0.0, "w_switch": 0.0},
     "sigmoid_bias": {"w_importance": 0.0, "w_load": 0.0, "w_switch": 0.0},
 }
+# The hierarchical MoE balances all its experts with the paper's hierarchical importance and load
+# losses (appendix B), whatever its gates are; these are their weights when left as None.
+HIERARCHICAL_LOSS_WEIGHTS = {
+    name: DEFAULT_LOSS_WEIGHTS["noisy_topk"][name] for name in ("w_importance", "w_load")
+}
 
 
 def _is_number(value: object) -> bool:
@@ -147,3 +152,73 @@ class MoEConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+
+@dataclass
+class HierarchicalConfig:
+    """Configuration of the paper's two-level MoE: a primary gate over num_groups groups, each an
+    MoE over experts_per_group experts. `options` are the groups' MoEConfig options (router,
+    capacity_factor, expert, router options); the loss weights apply to the whole hierarchy."""
+
+    d_model: int
+    d_hidden: int
+    num_groups: int
+    experts_per_group: int
+    k_primary: int = 2
+    k_secondary: int = 2
+    w_importance: float | None = None  # None -> HIERARCHICAL_LOSS_WEIGHTS
+    w_load: float | None = None
+    w_zloss: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+    name: str = field(default="hierarchical_moe", repr=False)
+
+    def __post_init__(self) -> None:
+        for key, value in HIERARCHICAL_LOSS_WEIGHTS.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        for name in ("w_importance", "w_load", "w_zloss"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                raise self._err(f"{name} ({value!r}) must be a finite number >= 0")
+        for name, k, n, what in (
+            ("k_primary", self.k_primary, self.num_groups, "num_groups"),
+            ("k_secondary", self.k_secondary, self.experts_per_group, "experts per group"),
+        ):
+            if isinstance(k, int) and isinstance(n, int) and k > n:
+                raise self._err(f"{name} ({k}) must be <= {what} ({n})")
+        clash = sorted(set(self.options) & {"k", "name", "d_model", "d_hidden", "num_experts"})
+        if clash:
+            raise self._err(
+                f"option(s) {', '.join(map(repr, clash))} are set by the hierarchy itself "
+                "(k_primary, k_secondary and the sizes); remove them"
+            )
+        if self.options.get("router") == "expert_choice":
+            raise self._err(
+                "router 'expert_choice' is not supported by a hierarchical MoE; "
+                "use a token-choice router"
+            )
+        if self.options.get("w_switch"):
+            raise self._err(
+                "w_switch is not used by a hierarchical MoE (it balances with w_importance "
+                "and w_load)"
+            )
+        self.primary(), self.group(0)  # the sizes, k_primary/k_secondary and every option
+
+    def _err(self, msg: str) -> ConfigError:
+        return ConfigError(f"{self.name}.{msg}" if self.name else msg)
+
+    def _layer(self, num_experts: int, k: int, name: str) -> MoEConfig:
+        # The hierarchy computes its own losses, so no layer inside it weighs any.
+        unweighted = dict(self.options, w_importance=0.0, w_load=0.0, w_switch=0.0, w_zloss=0.0)
+        full_name = f"{self.name}.{name}" if self.name else name
+        return MoEConfig.from_options(
+            self.d_model, self.d_hidden, num_experts, k=k, name=full_name, **unweighted
+        )
+
+    def primary(self) -> MoEConfig:
+        """The primary gate's config (only its router fields are used)."""
+        return self._layer(self.num_groups, self.k_primary, "primary")
+
+    def group(self, g: int) -> MoEConfig:
+        """Group g's MoE config."""
+        return self._layer(self.experts_per_group, self.k_secondary, f"groups.{g}")

@@ -11,13 +11,12 @@ Legend: T tokens, D d_model, H d_hidden, E experts, A assignments, S kept assign
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 
 from mixkit import distributed as mdist
-from mixkit.moe import balance
 from mixkit.moe.config import MoEConfig
 from mixkit.moe.dispatch import Dispatcher, LocalDispatcher, Routed
 from mixkit.moe.experts import Experts
@@ -76,7 +75,7 @@ class MoE(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: MoEConfig) -> MoE:
-        return cls(**cfg.to_dict())
+        return cls(**cfg.to_dict(), name=cfg.name)
 
     def forward(self, x: torch.Tensor, router_noise: torch.Tensor | None = None) -> torch.Tensor:
         """x: (..., d_model) -> (..., d_model). `router_noise` (T, E) fixes noisy_topk's noise."""
@@ -137,147 +136,4 @@ class MoE(nn.Module):
         per_expert = self.experts.macs_per_assignment()
         return (
             cfg.d_model * cfg.num_experts + cfg.k * per_expert + cfg.num_shared_experts * per_expert
-        )
-
-
-class HierarchicalMoE(nn.Module):
-    """The paper's two-level MoE (Shazeer et al. 2017, appendix B).
-
-    A primary gate picks k_primary of num_groups groups; each group is an MoE with its own gate over
-    experts_per_group experts. y = sum_i sum_j G_primary(x)_i * G_i(x)_j * E_ij(x).
-
-    Balancing uses the paper's hierarchical definitions over all G*E2 experts:
-        Importance_H(X)_ij = sum_{x in X_i} G_primary(x)_i * G_i(x)_j
-        Load_H(X)_ij       = Load_primary(X)_i * Load_i(X_i)_j / |X_i|
-    """
-
-    def __init__(
-        self,
-        d_model: int,
-        d_hidden: int,
-        num_groups: int,
-        experts_per_group: int,
-        k_primary: int = 2,
-        k_secondary: int = 2,
-        router: str = "noisy_topk",
-        capacity_factor: float | None = None,
-        expert: str = "relu",
-        w_importance: float = 0.1,
-        w_load: float = 0.1,
-        w_zloss: float = 0.0,
-        **router_options: Any,
-    ) -> None:
-        super().__init__()
-        if router == "expert_choice":
-            raise ValueError(
-                "HierarchicalMoE: router 'expert_choice' is not supported; use a token-choice router"
-            )
-        common = dict(
-            router=router, expert=expert, w_importance=0.0, w_load=0.0, w_switch=0.0, w_zloss=0.0
-        )
-        self.primary_cfg = MoEConfig.from_options(
-            d_model,
-            d_hidden,
-            num_groups,
-            k=k_primary,
-            name="hierarchical_moe.primary",
-            **common,
-            **router_options,
-        )
-        self.primary = build_router(self.primary_cfg)
-        self.dispatcher = LocalDispatcher(num_groups)
-        self.groups = nn.ModuleList(
-            MoE(
-                d_model,
-                d_hidden,
-                experts_per_group,
-                k=k_secondary,
-                capacity_factor=capacity_factor,
-                name=f"hierarchical_moe.groups.{g}",
-                **common,
-                **router_options,
-            )
-            for g in range(num_groups)
-        )
-        self.w_importance, self.w_load, self.w_zloss = w_importance, w_load, w_zloss
-        self.aux_loss: torch.Tensor = torch.zeros(())
-        self.last_stats: MoEStats | None = None
-
-    def forward(self, x: torch.Tensor, router_noise: torch.Tensor | None = None) -> torch.Tensor:
-        D = self.primary_cfg.d_model
-        if x.shape[-1] != D:
-            raise ValueError(
-                f"HierarchicalMoE input's last dimension must be d_model={D}, got shape {tuple(x.shape)}"
-            )
-        x_TD = x.reshape(-1, D)
-        decision = self.primary(x_TD, router_noise)
-        x_SD, counts, plan = self.dispatcher.dispatch(x_TD, decision, None)
-        pieces = x_SD.split(counts)
-        outs, importance_rows, load_rows, tokens, zs = [], [], [], [], []
-        starts = [0]
-        for c in counts:
-            starts.append(starts[-1] + c)
-        for g, (group, piece) in enumerate(
-            zip(cast("list[MoE]", self.groups), pieces, strict=True)
-        ):
-            E2 = group.cfg.num_experts
-            if piece.shape[0] == 0:
-                importance_rows.append(x.new_zeros(E2))
-                load_rows.append(x.new_zeros(E2))
-                tokens.append(x.new_zeros(E2))
-                continue
-            outs.append(group(piece) * plan.weight_S[starts[g] : starts[g + 1]].unsqueeze(-1))
-            d2 = cast(RoutingDecision, group.last_decision)  # set by group(piece) above
-            w_primary_S = plan.weight_S[starts[g] : starts[g + 1]]  # this group's tokens, in order
-            importance_rows.append(
-                x.new_zeros(E2).index_add(
-                    0, d2.expert_idx_A, w_primary_S[d2.token_idx_A] * d2.weight_A
-                )
-            )
-            load_rows.append(balance.load_E(d2, E2) / piece.shape[0])
-            tokens.append(cast(MoEStats, group.last_stats).tokens_per_expert)
-            zs.append(balance.z_loss(d2))
-        out_SD = torch.cat(outs) if outs else x_SD * 0.0
-        y_TD = self.dispatcher.combine(out_SD, plan)
-
-        load_primary_G = balance.load_E(decision, self.primary_cfg.num_experts)
-        importance_H = torch.cat(importance_rows)
-        load_H = torch.cat([load_primary_G[g] * row for g, row in enumerate(load_rows)])
-        losses = {
-            "importance_loss": balance.cv_squared(importance_H),
-            "load_loss": balance.cv_squared(load_H),
-            "z_loss": balance.z_loss(decision) + (torch.stack(zs).mean() if zs else 0.0),
-        }
-        self.aux_loss = (
-            self.w_importance * losses["importance_loss"]
-            + self.w_load * losses["load_loss"]
-            + self.w_zloss * losses["z_loss"]
-        )
-        self.last_stats = MoEStats(
-            tokens_per_expert=torch.cat(tokens).detach(),
-            dropped_fraction=self._dropped_fraction(counts),
-            router_entropy=balance.router_entropy(decision),
-            losses={name: v.detach() for name, v in losses.items()},
-        )
-        return y_TD.reshape(x.shape)
-
-    def _dropped_fraction(self, counts: list[int]) -> torch.Tensor:
-        """Dropped assignments of every group over all their assignments."""
-        pairs = list(zip(cast("list[MoE]", self.groups), counts, strict=True))
-        dropped = sum(
-            float(cast(MoEStats, g.last_stats).dropped_fraction) * c * g.cfg.k
-            for g, c in pairs
-            if c
-        )
-        total = sum(c * g.cfg.k for g, c in pairs)
-        return torch.tensor(dropped / max(total, 1))
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def active_macs_per_token(self) -> int:
-        cfg = self.primary_cfg
-        return (
-            cfg.d_model * cfg.num_experts
-            + cfg.k * cast("list[MoE]", self.groups)[0].active_macs_per_token()
         )

@@ -43,7 +43,8 @@ from mixkit import distributed as mdist
 from mixkit.errors import ConfigError
 from mixkit.moe.dispatch import LocalDispatcher, Route, Routed, keep_within_capacity
 from mixkit.moe.experts import Experts
-from mixkit.moe.layer import HierarchicalMoE, MoE
+from mixkit.moe.hierarchical import HierarchicalMoE
+from mixkit.moe.layer import MoE
 from mixkit.moe.routing import Router, RoutingDecision
 
 
