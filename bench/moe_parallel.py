@@ -1,7 +1,7 @@
 """Expert-parallel MoE benchmark: one forward+backward step on 1, 2 and 4 CPU ranks (gloo).
 
-The script spawns its own ranks (torch.multiprocessing, spawn; a file:// rendezvous in a temporary
-folder; gloo over loopback; one torch thread per rank). Every world size runs the same global batch
+The ranks are started by `mixkit.testing.ranks.run_ranks` (spawned processes, a file://
+rendezvous in a temporary folder, gloo over loopback; --threads torch threads per rank). Every world size runs the same global batch
 (strong scaling): T_global tokens split evenly, rank r holding tokens [r*T/R, (r+1)*T/R) and experts
 [r*E/R, (r+1)*E/R) after `mixkit.moe.parallel.shard_experts`. The 1-rank row is the plain
 single-process layer (no shard_experts, no process group, no collectives): the baseline.
@@ -39,14 +39,10 @@ with A the assignments of the whole group's batch (k x T_global for token choice
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import queue as queue_mod
 import statistics
 import sys
-import tempfile
 import time
-import traceback
 
 # Same as bench/moe_layer.py: transparent huge pages for large CPU tensors, read once by torch at
 # start-up. The spawned ranks inherit the environment (and re-run this block anyway).
@@ -54,41 +50,21 @@ if "--no-thp" not in sys.argv:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from mixkit import distributed as mdist  # noqa: E402
+from mixkit.moe import MoE  # noqa: E402
+from mixkit.moe.parallel import shard_experts  # noqa: E402
+from mixkit.testing.ranks import RanksFailed, run_ranks, values  # noqa: E402
 
 A2A = "all_to_all"
 
 
 # --- inside each rank ---------------------------------------------------------------------------
-def _rank_main(rank: int, world: int, opts: dict, store: str | None, results) -> None:
-    try:
-        results.put((rank, _measure(rank, world, opts, store), None))
-    except BaseException as e:  # noqa: BLE001 - reported to the parent
-        results.put((rank, None, f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
-    finally:
-        from mixkit import distributed as mdist
-
-        mdist.destroy()
-
-
-def _measure(rank: int, world: int, opts: dict, store: str | None) -> dict:
-    import torch.distributed as dist
-
-    from mixkit import distributed as mdist
-    from mixkit.moe import MoE
-    from mixkit.moe.parallel import shard_experts
-
-    torch.set_num_threads(opts["threads"])
-    os.environ["MIXKIT_DIST_TIMEOUT"] = str(opts["timeout"])
-    parallel = store is not None
-    if parallel:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"file://{store}",
-            rank=rank,
-            world_size=world,
-            timeout=datetime.timedelta(seconds=opts["timeout"]),
-        )
+def _measure(rank: int, world: int, opts: dict) -> dict:
+    """One rank's measurements; started by mixkit.testing.ranks.run_ranks (with a gloo group
+    when the row is sharded)."""
+    parallel = dist.is_initialized()
     T_global, D, H, E, k = (opts[n] for n in ("tokens", "d_model", "d_hidden", "experts", "k"))
     torch.manual_seed(0)  # identical layers on every rank, as shard_experts requires
     layer = MoE(D, H, E, k=k, router=opts["router"], capacity_factor=opts["capacity_factor"])
@@ -140,55 +116,19 @@ def _measure(rank: int, world: int, opts: dict, store: str | None) -> dict:
 # --- the parent -----------------------------------------------------------------------------------
 def run_world(world: int, opts: dict, sharded: bool) -> list[dict]:
     """Spawn `world` ranks, return each rank's measurements (rank order)."""
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    with tempfile.TemporaryDirectory(prefix="mixkit-bench-ep-") as tmp:
-        store = f"{tmp}/store" if sharded else None
-        procs = [
-            ctx.Process(target=_rank_main, args=(r, world, opts, store, results), daemon=True)
-            for r in range(world)
-        ]
-        for p in procs:
-            p.start()
-        got: dict[int, dict] = {}
-        errors: dict[int, str] = {}
-        end = time.monotonic() + opts["deadline"]
-        dead_since: dict[int, float] = {}
-        try:
-            while len(got) + len(errors) < world:
-                try:
-                    rank, value, error = results.get(timeout=0.5)
-                except queue_mod.Empty:
-                    now = time.monotonic()
-                    missing = [r for r in range(world) if r not in got and r not in errors]
-                    for r in missing:  # a rank that died without reporting (its queue is flushed)
-                        if not procs[r].is_alive():
-                            dead_since.setdefault(r, now)
-                            if now - dead_since[r] > 5.0:
-                                errors[r] = f"exited with code {procs[r].exitcode}, no result"
-                    if now > end:
-                        raise RuntimeError(
-                            f"{world} ranks: no result from ranks {missing} after "
-                            f"{opts['deadline']}s"
-                        ) from None
-                    continue
-                if error is not None:
-                    errors[rank] = error
-                else:
-                    got[rank] = value
-            if errors:
-                raise RuntimeError(
-                    f"{world} ranks failed:\n"
-                    + "\n".join(f"rank {r}: {e}" for r, e in sorted(errors.items()))
-                )
-        finally:
-            for p in procs:
-                p.join(10)
-            for p in procs:
-                if p.is_alive():
-                    p.kill()
-                    p.join(5)
-    return [got[r] for r in range(world)]
+    results = run_ranks(
+        _measure,
+        world,
+        timeout_s=opts["timeout"],
+        deadline_s=opts["deadline"],
+        threads=opts["threads"],
+        process_group=sharded,
+        opts=opts,
+    )
+    try:
+        return values(results)
+    except RanksFailed as e:
+        raise SystemExit(f"{world} ranks failed: {e}") from None
 
 
 def summarize(world: int, ranks: list[dict], opts: dict, sharded: bool) -> dict:
@@ -309,7 +249,7 @@ def bytes_check(r: dict, opts: dict) -> str:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -339,75 +279,86 @@ def main() -> None:
         args.tokens, args.d_model, args.d_hidden = 256, 64, 128
         args.experts = 8
         args.repeats, args.warmup = 3, 1
-    worlds = [int(w) for w in args.worlds.split(",") if w.strip()]
-    for w in worlds:
+    args.worlds = [int(w) for w in args.worlds.split(",") if w.strip()]
+    for w in args.worlds:
         if args.experts % w:
             p.error(f"--experts {args.experts} is not divisible by world size {w}")
         if not args.weak and args.tokens % w:
             p.error(f"--tokens {args.tokens} is not divisible by world size {w}")
-    cpus = os.cpu_count() or 1
-    base_opts = {
-        "d_model": args.d_model,
-        "d_hidden": args.d_hidden,
-        "experts": args.experts,
-        "k": args.k,
-        "router": args.router,
-        "capacity_factor": args.capacity_factor,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "threads": args.threads,
-        "timeout": args.timeout,
-        "deadline": args.deadline,
-    }
-    print(
+    return args
+
+
+def header(args: argparse.Namespace, cpus: int) -> str:
+    limit = (
+        "dropless" if args.capacity_factor is None else f"capacity factor {args.capacity_factor}"
+    )
+    return (
         f"torch {torch.__version__}, gloo over loopback, {args.threads} thread(s) per rank, "
-        f"{cpus} CPU(s), fp32, k={args.k}, router={args.router}, "
-        f"{'dropless' if args.capacity_factor is None else f'capacity factor {args.capacity_factor}'}, "
+        f"{cpus} CPU(s), fp32, k={args.k}, router={args.router}, {limit}, "
         f"d_model={args.d_model}, d_hidden={args.d_hidden}, E={args.experts}, "
         f"{'T per rank' if args.weak else 'T_global'}={args.tokens}, "
         f"median of {args.repeats} steps after {args.warmup} warm-up, "
         f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}, "
-        f"load average at start {os.getloadavg()[0]:.2f}",
-        flush=True,
+        f"load average at start {os.getloadavg()[0]:.2f}"
     )
-    plan = [(w, w > 1) for w in worlds]
-    if args.sharded_baseline and 1 in worlds:
-        plan.insert(worlds.index(1) + 1, (1, True))
+
+
+def notes(rows: list[dict], threads: int, cpus: int) -> list[str]:
+    """What a reader should know about the rows: changing bytes or calls, drops, stragglers."""
+    out = []
+    for r in rows:
+        if not r["a2a_bytes_total_constant"]:
+            out.append(f"note: {r['world']} ranks: all_to_all bytes per step changed between steps")
+        if not r["calls_same"]:
+            out.append(f"note: {r['world']} ranks made different numbers of calls per rank")
+        if r["dropped"] > 0:
+            out.append(
+                f"note: {r['world']} rank(s) dropped {100 * r['dropped']:.1f} % of assignments"
+            )
+        if r["world"] > 1 and r["slowest_median"] > 1.05 * r["step"]:
+            out.append(
+                f"note: {r['world']} ranks: the slowest rank's median step is "
+                f"{r['slowest_median'] * 1e3:.1f} ms (rank mean {r['step'] * 1e3:.1f} ms)"
+            )
+    over = sorted({r["world"] for r in rows if r["world"] * threads > cpus})
+    if over:
+        out.append(
+            f"† {', '.join(map(str, over))} ranks × {threads} thread(s) oversubscribe the "
+            f"{cpus} CPU core(s) of this machine: ranks time-share cores, so their rows measure "
+            "contention (and collectives wait for descheduled peers), not scaling."
+        )
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    cpus = os.cpu_count() or 1
+    print(header(args, cpus), flush=True)
+    base_opts = {
+        name: getattr(args, name)
+        for name in (
+            "d_model", "d_hidden", "experts", "k", "router", "capacity_factor",
+            "repeats", "warmup", "threads", "timeout", "deadline",
+        )
+    }  # fmt: skip
+    plan = [(w, w > 1) for w in args.worlds]
+    if args.sharded_baseline and 1 in args.worlds:
+        plan.insert(args.worlds.index(1) + 1, (1, True))
     rows, opts_by_row = [], []
     t_start = time.perf_counter()
     for world, sharded in plan:
         opts = dict(base_opts, tokens=args.tokens * world if args.weak else args.tokens)
-        ranks = run_world(world, opts, sharded)
-        rows.append(summarize(world, ranks, opts, sharded))
+        rows.append(summarize(world, run_world(world, opts, sharded), opts, sharded))
         opts_by_row.append(opts)
-        print(
-            f"  {world} rank(s){' (sharded)' if sharded else ''}: done", file=sys.stderr, flush=True
-        )
+        print(f"  {world} rank(s){' (sharded)' if sharded else ''}: done", file=sys.stderr)
     print()
     print(fmt_table(rows, cpus))
     print()
     for r, opts in zip(rows, opts_by_row, strict=True):
         if r["sharded"]:
             print(bytes_check(r, opts))
-    for r in rows:
-        if not r["a2a_bytes_total_constant"]:
-            print(f"note: {r['world']} ranks: all_to_all bytes per step changed between steps")
-        if not r["calls_same"]:
-            print(f"note: {r['world']} ranks made different numbers of calls per rank")
-        if r["dropped"] > 0:
-            print(f"note: {r['world']} rank(s) dropped {100 * r['dropped']:.1f} % of assignments")
-        if r["world"] > 1 and r["slowest_median"] > 1.05 * r["step"]:
-            print(
-                f"note: {r['world']} ranks: the slowest rank's median step is "
-                f"{r['slowest_median'] * 1e3:.1f} ms (rank mean {r['step'] * 1e3:.1f} ms)"
-            )
-    over = sorted({r["world"] for r in rows if r["world"] * args.threads > cpus})
-    if over:
-        print(
-            f"† {', '.join(map(str, over))} ranks × {args.threads} thread(s) oversubscribe the "
-            f"{cpus} CPU core(s) of this machine: ranks time-share cores, so their rows measure "
-            "contention (and collectives wait for descheduled peers), not scaling."
-        )
+    for line in notes(rows, args.threads, cpus):
+        print(line)
     print(
         f"(wall {time.perf_counter() - t_start:.0f} s; load average at the end "
         f"{os.getloadavg()[0]:.2f})"

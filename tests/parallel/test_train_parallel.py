@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mixkit.testing.ranks import run_ranks, values
 from tests.parallel import workers
-from tests.parallel.harness import run_ranks, values
 from tests.train.helpers import run_cli, write_corpus
 
 

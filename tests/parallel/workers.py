@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -117,6 +118,12 @@ def dies(rank: int, world: int) -> str:
     if rank == world - 1:
         os._exit(3)  # a crash: no clean shutdown, no exception
     layer(torch.randn(5, D, dtype=torch.float64))
+    return "no error"
+
+
+def hangs(rank: int, world: int) -> str:
+    if rank == 1:
+        time.sleep(600)
     return "no error"
 
 
