@@ -6,7 +6,9 @@ Why not plain autograd over a loop: each per-expert matmul then gets its own wei
 tensor in backward, and `unbind`'s backward stacks them into a fresh (E, D, H) tensor: E small
 allocations plus a full copy of every weight gradient, every step. Here forward writes every
 expert's rows into one preallocated buffer, and backward writes each expert's weight gradient
-straight into its slice of one (E, D, H) buffer with `torch.mm(..., out=...)`. Activations saved for
+straight into its slice of one (E, D, H) buffer with `torch.mm(..., out=...)`; that buffer comes
+from buffers.GradientPool, which hands back last step's gradient memory once the optimizer has
+dropped it (no page faults on E/k times a dense FFN's gradient bytes). Activations saved for
 backward are exactly what a dense FFN over the same A rows would save: the input and the hidden.
 
 Small experts run side by side. One matmul of 32 or 128 rows does not keep several cores busy
@@ -19,9 +21,7 @@ rows or experts.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from mixkit.moe.buffers import fresh, gradients
+
 # Experts run side by side only where it measured faster on the 2-core VM (commit e1a7dc6): with
 # 512 x 1024 expert weights up to 512 rows per expert; with 256 x 512 weights the per-call
 # thread hand-off cost more than the smaller matmuls gained.
@@ -39,43 +41,6 @@ SIDE_BY_SIDE_MIN_WEIGHT = 1 << 19  # elements of one expert matrix (d_model * d_
 _pool: ThreadPoolExecutor | None = None
 _pool_workers = 0
 _pool_lock = threading.Lock()
-
-
-_HUGE_PAGE = 2 << 20
-HUGE_PAGES_MAX_BYTES = 256 << 20  # see fresh()
-_MADV_HUGEPAGE = 14
-_madvise = None
-if sys.platform.startswith("linux"):
-    try:
-        _madvise = ctypes.CDLL(None, use_errno=True).madvise
-        _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    except (OSError, AttributeError):  # no libc symbols to call: keep ordinary pages
-        _madvise = None
-
-
-def fresh(*shape: int, like: torch.Tensor) -> torch.Tensor:
-    """torch.empty(shape) like `like`, backed by transparent huge pages where the OS offers them.
-
-    Every step writes fresh (A, H) activations and (E, D, H) weight gradients; first-touching
-    them in 4 KiB pages costs a page fault per 4 KiB. torch uses huge pages only when
-    THP_MEM_ALLOC_ENABLE=1 is set before it starts, which a library cannot count on, so large
-    buffers are advised here, before their first touch (under the kernel's default `madvise` THP
-    mode this is what makes them huge). Not above HUGE_PAGES_MAX_BYTES: with defrag=madvise a
-    fault may compact memory first, which measured slower than 4 KiB pages for 512 MiB buffers
-    (docs/benchmarks.md).
-    """
-    t = torch.empty(shape, dtype=like.dtype, device=like.device)
-    nbytes = t.numel() * t.element_size()
-    if (
-        _madvise is not None
-        and t.device.type == "cpu"
-        and 2 * _HUGE_PAGE <= nbytes <= HUGE_PAGES_MAX_BYTES
-    ):
-        start = -(-t.data_ptr() // _HUGE_PAGE) * _HUGE_PAGE
-        stop = (t.data_ptr() + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-        if stop > start:
-            _madvise(start, stop - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
-    return t
 
 
 def _spans(counts: list[int]) -> Iterator[tuple[int, int, int]]:
@@ -319,7 +284,7 @@ class _WeightGrads:
 
     def __init__(self, counts: list[int], weights: tuple[torch.Tensor, ...], needed: bool) -> None:
         self.counts, self.count = counts, len(weights)
-        self.grads = [fresh(*w.shape, like=w) for w in weights] if needed else None
+        self.grads = [gradients.take(w) for w in weights] if needed else None
         self.seen = [False] * len(counts)
 
     def write(self, e: int, *pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
