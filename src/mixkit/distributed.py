@@ -18,11 +18,14 @@ import datetime
 import os
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 
 from mixkit.errors import ConfigError, MixkitError
+
+ProcessGroup = dist.ProcessGroup  # None where a function takes one: the default group
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -35,11 +38,11 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def world_size(group=None) -> int:
+def world_size(group: ProcessGroup | None = None) -> int:
     return dist.get_world_size(group) if is_initialized() else 1
 
 
-def rank(group=None) -> int:
+def rank(group: ProcessGroup | None = None) -> int:
     return dist.get_rank(group) if is_initialized() else 0
 
 
@@ -129,7 +132,7 @@ def record_comm() -> Iterator[CommRecord]:
 
 
 @contextlib.contextmanager
-def collective(what: str, group=None, nbytes: int = 0) -> Iterator[None]:
+def collective(what: str, group: ProcessGroup | None = None, nbytes: int = 0) -> Iterator[None]:
     """Re-raise a backend failure inside the block as a DistributedError that says what to do.
 
     `nbytes` (what this rank sends) and the block's time go to any active `record_comm()`.
@@ -154,14 +157,14 @@ def collective(what: str, group=None, nbytes: int = 0) -> Iterator[None]:
         ) from None
 
 
-def all_gather_object(obj, group=None) -> list:
-    out = [None] * world_size(group)
+def all_gather_object(obj: object, group: ProcessGroup | None = None) -> list[Any]:
+    out: list[Any] = [None] * world_size(group)
     with collective("all_gather_object", group):
         dist.all_gather_object(out, obj, group=group)
     return out
 
 
-def check_same(name: str, value: dict, group=None) -> None:
+def check_same(name: str, value: dict, group: ProcessGroup | None = None) -> None:
     """Raise a ConfigError naming the fields that differ between ranks (a mismatched launch)."""
     values = all_gather_object(value, group)
     diffs = []
@@ -178,7 +181,9 @@ def check_same(name: str, value: dict, group=None) -> None:
         )
 
 
-def all_reduce_(tensor: torch.Tensor, group=None, op=None) -> torch.Tensor:
+def all_reduce_(
+    tensor: torch.Tensor, group: ProcessGroup | None = None, op: dist.ReduceOp | None = None
+) -> torch.Tensor:
     """In-place sum (or `op`) over the group, without autograd."""
     with collective("all_reduce", group, nbytes=tensor.numel() * tensor.element_size()):
         dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM, group=group)
@@ -186,7 +191,7 @@ def all_reduce_(tensor: torch.Tensor, group=None, op=None) -> torch.Tensor:
 
 
 def _all_to_all_raw(
-    x: torch.Tensor, out_splits: list[int], in_splits: list[int], group
+    x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: ProcessGroup | None
 ) -> torch.Tensor:
     x = x.contiguous()
     out = x.new_empty((sum(out_splits),) + tuple(x.shape[1:]))
@@ -197,39 +202,45 @@ def _all_to_all_raw(
 
 class _AllToAll(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, out_splits, in_splits, group):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        out_splits: list[int],
+        in_splits: list[int],
+        group: ProcessGroup | None,
+    ) -> torch.Tensor:
         ctx.splits, ctx.group = (out_splits, in_splits), group
         return _all_to_all_raw(x, out_splits, in_splits, group)
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         out_splits, in_splits = ctx.splits
         return _all_to_all_raw(g, in_splits, out_splits, ctx.group), None, None, None
 
 
 def all_to_all(
-    x: torch.Tensor, out_splits: list[int], in_splits: list[int], group=None
+    x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: ProcessGroup | None = None
 ) -> torch.Tensor:
     """Rows x[sum(in_splits[:j]) : ...] go to rank j; returns the rows received, rank by rank.
 
     Differentiable: the backward sends each row's gradient back to where the row came from.
     """
-    return _AllToAll.apply(x, list(out_splits), list(in_splits), group)
+    return cast(torch.Tensor, _AllToAll.apply(x, list(out_splits), list(in_splits), group))
 
 
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx: Any, x: torch.Tensor, group: ProcessGroup | None) -> torch.Tensor:
         ctx.group = group
         return all_reduce_(x.clone(), group)
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         # Every rank holds the same reduced value and usually the same loss of it, so each rank's
         # input receives the sum of all ranks' upstream gradients.
         return all_reduce_(g.clone(), ctx.group), None
 
 
-def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
+def all_reduce_sum(x: torch.Tensor, group: ProcessGroup | None = None) -> torch.Tensor:
     """Differentiable sum over the group (backward: the sum of every rank's gradient)."""
-    return _AllReduceSum.apply(x, group)
+    return cast(torch.Tensor, _AllReduceSum.apply(x, group))

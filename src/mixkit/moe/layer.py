@@ -51,14 +51,14 @@ class MoE(nn.Module):
         self.dispatcher: Dispatcher = LocalDispatcher(num_experts)
         # Data-parallel training sets this (see set_stats_group): the balancing losses then use the
         # routing statistics of every rank's batch, not only this rank's.
-        self.stats_group: object | None = None
+        self.stats_group: mdist.ProcessGroup | None = None
         self.sync_stats = False
         self.expert_impl = "auto"  # "loop" | "grouped_mm" | "auto"
         self.aux_loss: torch.Tensor = torch.zeros(())
         self.last_stats: MoEStats | None = None
         self.last_decision: RoutingDecision | None = None
 
-    def set_stats_group(self, group: object | None = None) -> None:
+    def set_stats_group(self, group: mdist.ProcessGroup | None = None) -> None:
         """Sum routing statistics over `group` (None: the default group) before taking the losses.
 
         Data-parallel training calls this so that importance and load cover the whole global

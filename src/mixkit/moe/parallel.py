@@ -52,7 +52,7 @@ from mixkit.moe.routing import Router, RoutingDecision
 class ExpertParallel:
     """Where this rank sits in its expert-parallel group."""
 
-    group: object  # a torch.distributed ProcessGroup (None: the default group)
+    group: dist.ProcessGroup | None  # None: the default group
     rank: int
     size: int
     num_experts: int

@@ -359,7 +359,7 @@ class SigmoidBiasRouter(Router):
         )
 
     @torch.no_grad()
-    def update_bias(self, group: object | None = None) -> None:
+    def update_bias(self, group: mdist.ProcessGroup | None = None) -> None:
         """Nudge the bias by the loads accumulated since the last call, then reset them.
 
         group: a torch.distributed process group whose ranks' loads are summed first, so that
@@ -389,7 +389,7 @@ def build_router(cfg: MoEConfig) -> Router:
     return ROUTER_CLASSES[cfg.router](cfg)
 
 
-def update_router_biases(model: nn.Module, group: object | None = None) -> None:
+def update_router_biases(model: nn.Module, group: mdist.ProcessGroup | None = None) -> None:
     """Training hook for aux-loss-free balancing: call after optimizer.step(). No-op for others.
 
     group: under data or expert parallelism, the process group (e.g. torch.distributed.group.WORLD)

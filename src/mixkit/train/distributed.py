@@ -41,8 +41,10 @@ class ParallelContext:
     world: int
     rank: int
     ep_size: int
-    ep_group: object = None  # this rank's expert-parallel group
-    replica_group: object = None  # ranks holding the same experts (None when ep == world)
+    ep_group: dist.ProcessGroup | None = None  # this rank's expert-parallel group
+    replica_group: dist.ProcessGroup | None = (
+        None  # ranks holding the same experts (None when ep == world)
+    )
 
     @property
     def is_main(self) -> bool:
