@@ -59,3 +59,19 @@ def test_overrides_and_merge():
     with pytest.raises(ConfigError, match="'d' is not a section"):
         shared.apply_overrides(raw, ["d.x=1"])
     assert shared.merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}
+
+
+def test_json_lines_name_the_line_and_skip_blanks(tmp_path):
+    f = tmp_path / "items.jsonl"
+    f.write_text('{"a": 1}\n\n  \n{"a": 2}\n', "utf-8")
+    assert shared.read_json_lines(f) == [(f"{f}:1", {"a": 1}), (f"{f}:4", {"a": 2})]
+    f.write_text('{"a": 1}\n[1, 2]\n', "utf-8")
+    with pytest.raises(ConfigError, match=r"items.jsonl:2: expected an object with a"):
+        shared.read_json_lines(f, expect="an object with a")
+    f.write_text('{"a": 1}\n{oops\n', "utf-8")
+    with pytest.raises(ConfigError, match=r"items.jsonl:2: not valid JSON"):
+        shared.read_json_lines(f)
+    with pytest.raises(ConfigError, match=r"nope.jsonl: tasks file not found \(check --x\)"):
+        shared.read_json_lines(tmp_path / "nope.jsonl", "tasks file", hint="check --x")
+    with pytest.raises(ConfigError, match="not a readable UTF-8 text file"):
+        shared.read_json_lines(tmp_path)

@@ -13,6 +13,7 @@ bad field by its dotted path, with the value it got:
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable
 from importlib import resources
@@ -126,3 +127,32 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
             node = child
         node[path[-1]] = value
     return raw
+
+
+def read_json_lines(
+    path: str | Path, what: str = "file", expect: str = "a JSON object", hint: str = ""
+) -> list[tuple[str, dict[str, Any]]]:
+    """The objects of a JSON-lines file, each with its `path:line` for messages; blank lines are
+    skipped. A missing or unreadable file, bad JSON or a line that is not an object is a
+    ConfigError naming the file (`what` says which kind) or the line (`expect` says what it
+    should hold; `hint`, what to check when the file is missing)."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found{f' ({hint})' if hint else ''}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise ConfigError(f"{path}: not a readable UTF-8 text file ({e})") from None
+    out = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{no}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{where}: expected {expect}")
+        out.append((where, obj))
+    return out

@@ -14,40 +14,7 @@ from mixkit.moa.answers import agreement
 from mixkit.moa.config import EarlyExitConfig, parse_config
 from mixkit.moa.features import text_features
 from mixkit.moa.gated import pick_by_vote, plan_run
-
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "tiger",
-    "piano",
-    "lemon",
-    "candle",
-    "forest",
-    "mirror",
-]
-
-
-def add_prompt(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(10, 999), rng.randint(10, 999)
-    return f"What is {a} + {b}? Give the sum.", str(a + b)
-
-
-def reverse_prompt(rng: random.Random) -> tuple[str, str]:
-    w = rng.choice(WORDS) + rng.choice(WORDS)
-    return f"Spell the word '{w}' backwards, letter by letter.", w[::-1]
-
-
-def planted(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """(kind, prompt, expected): half sums, half reversals."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        kind = "add" if i % 2 == 0 else "reverse"
-        prompt, expected = (add_prompt if kind == "add" else reverse_prompt)(rng)
-        out.append((kind, prompt, expected))
-    return out
+from tests.moa.planted import add_prompt, planted, reverse_prompt
 
 
 def traces(items) -> list[g.ScoredCall]:

@@ -5,7 +5,6 @@ early exit; falling back when the chosen agent fails; clear errors for bad gate 
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import subprocess
 import sys
@@ -15,19 +14,7 @@ import pytest
 
 from mixkit.moa import MoA, parse_config
 from mixkit.moa import gate as g
-
-WORDS = [
-    "apple",
-    "river",
-    "stone",
-    "cloud",
-    "tiger",
-    "piano",
-    "lemon",
-    "candle",
-    "forest",
-    "mirror",
-]
+from tests.moa.planted import planted
 
 
 @pytest.fixture
@@ -43,21 +30,10 @@ def mixkit(home: Path, *args: str, timeout: float = 120) -> subprocess.Completed
 
 def tasks_file(path: Path, n: int, seed: int) -> Path:
     """Half sums (only `adder` gets them right), half reversals (only `speller` does)."""
-    rng = random.Random(seed)
-    lines: list[dict] = []
-    while len(lines) < n:
-        i = len(lines)
-        if i % 2 == 0:
-            a, b = rng.randint(10, 999), rng.randint(10, 999)
-            lines.append(
-                {"question": f"What is {a} + {b}?", "expected": str(a + b), "scorer": "number"}
-            )
-        else:
-            w = rng.choice(WORDS) + rng.choice(WORDS)
-            lines.append({"question": f"Spell the word '{w}' backwards.", "expected": w[::-1],
-                          "scorer": "exact"})  # fmt: skip
-        if any(x["question"] == lines[-1]["question"] for x in lines[:-1]):
-            lines.pop()  # a repeated prompt: draw again
+    lines = [
+        {"question": prompt, "expected": expected, "scorer": "number" if kind == "add" else "exact"}
+        for kind, prompt, expected in planted(n, seed, unique=True)
+    ]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     return path
 

@@ -10,12 +10,12 @@ line's `entry` object (as reasoning-gym produced it).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixkit.config import read_json_lines
 from mixkit.errors import ConfigError
 from mixkit.moa.answers import extract_answer, normalize_answer
 
@@ -104,28 +104,19 @@ class FileTask:
         self.n = len(self._items)
 
     def _read(self, instruction: bool) -> list[Item]:
-        try:
-            lines = self.path.read_text().splitlines()
-        except FileNotFoundError:
-            raise ConfigError(f"{self.path}: tasks file not found (check --tasks-file)") from None
-        except (UnicodeDecodeError, IsADirectoryError) as e:
-            raise ConfigError(f"{self.path}: not a readable UTF-8 text file ({e})") from None
-        items: list[Item] = []
-        for no, line in enumerate(lines, 1):
-            if line.strip():
-                items.append(self._item(line, f"{self.path}:{no}", len(items), instruction))
+        lines = read_json_lines(
+            self.path,
+            "tasks file",
+            "a JSON object with question, expected, scorer",
+            hint="check --tasks-file",
+        )
+        items = [self._item(obj, where, i, instruction) for i, (where, obj) in enumerate(lines)]
         if not items:
             raise ConfigError(f"{self.path}: no tasks in the file (one JSON object per line)")
         return items
 
     @staticmethod
-    def _item(line: str, where: str, index: int, instruction: bool) -> Item:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ConfigError(f"{where}: expected a JSON object with question, expected, scorer")
+    def _item(obj: dict[str, Any], where: str, index: int, instruction: bool) -> Item:
         missing = [k for k in ("question", "expected", "scorer") if k not in obj]
         if missing:
             raise ConfigError(f"{where}: missing {', '.join(missing)}")

@@ -15,7 +15,7 @@ This package imports nothing from `mixkit.moe` and touches no network or model a
 
 from mixkit.errors import LayerFailed, ProviderError, RateLimited, Timeout
 from mixkit.moa import logs
-from mixkit.moa.agents import Agent, CallRecord
+from mixkit.moa.agents import Agent, CallOptions, CallRecord
 from mixkit.moa.answer import Answer, AnswerStream, critical_path
 from mixkit.moa.config import (
     DEFAULT_PRESET,
@@ -41,6 +41,7 @@ __all__ = [
     "AgentConfig",
     "Answer",
     "AnswerStream",
+    "CallOptions",
     "CallRecord",
     "Conversation",
     "Emitter",

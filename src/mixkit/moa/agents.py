@@ -53,6 +53,25 @@ class CallRecord:
         return asdict(self)
 
 
+@dataclass
+class CallOptions:
+    """How one agent call runs.
+
+    deadline: a `time.monotonic()` value no attempt or retry wait may pass. sampling: None takes
+    the agent's own. retries: retryable failures retried at most this often. threads: a local
+    model's share of the cores. on_piece(text) sees every piece as it arrives, buffered or not
+    (the pieces of an attempt that is then retried included); on_retry(attempt, error) is called
+    before attempt number `attempt` (2 = the first retry) starts.
+    """
+
+    deadline: float
+    sampling: Sampling | None = None
+    retries: int = 2
+    threads: int | None = None
+    on_piece: Callable[[str], None] | None = None
+    on_retry: Callable[[int, str], None] | None = None
+
+
 def make_provider(name: str, cfg: AgentConfig) -> Provider:
     """Build the provider of an agent config (no network, no model loading)."""
     if cfg.provider == "local":
@@ -142,65 +161,49 @@ class Agent:
         self,
         messages: list[Message],
         record: CallRecord,
+        call: CallOptions,
         *,
-        deadline: float,
-        sampling: Sampling | None = None,
-        retries: int = 2,
-        threads: int | None = None,
         buffered: bool = False,
-        on_piece: Callable[[str], None] | None = None,
-        on_retry: Callable[[int, str], None] | None = None,
     ) -> AsyncGenerator[str, None]:
-        """Yield the answer's pieces; fill `record`. `deadline` is a `time.monotonic()` value.
+        """Yield the answer's pieces; fill `record`.
 
         Unbuffered, pieces are yielded as they arrive, so a failure after the first piece cannot
         be retried. Buffered (proposers), the answer is yielded once an attempt succeeds, so a
         stream cut midway is retried from scratch.
 
-        `on_piece(text)` sees every piece as it arrives, buffered or not (the pieces of an attempt
-        that is then retried included); `on_retry(attempt, error)` is called before attempt
-        number `attempt` (2 = the first retry) starts.
-
         Raises ProviderError (or RateLimited / Timeout) when the call fails for good; `record`
         then holds the outcome and the reason.
         """
-        sampling = sampling or self.sampling()
         messages = self.with_persona(messages)
         record.started_at = time.time()
         start = time.monotonic()
         emitted = False
         pieces: list[str] = []
         try:
-            for attempt in range(retries + 1):
+            for attempt in range(call.retries + 1):
                 record.attempts = attempt + 1
-                usage = Usage()
                 pieces.clear()
                 try:
-                    arriving = self.provider.stream(messages, sampling, usage, threads=threads)
-                    async with aclosing(_within(arriving, deadline, start)) as within:
-                        async for piece in within:
-                            if record.ttft_s is None:
-                                record.ttft_s = time.monotonic() - start
-                            pieces.append(piece)
-                            if on_piece is not None:
-                                on_piece(piece)
+                    attempt_pieces = self._attempt(messages, record, call, start, pieces)
+                    async with aclosing(attempt_pieces) as arriving:
+                        async for piece in arriving:
                             if not buffered:
                                 emitted = True
                                 yield piece
-                    if not "".join(pieces).strip():
-                        raise ProviderError("empty completion")
                     if buffered:
                         yield "".join(pieces)
-                    record.prompt_tokens = usage.prompt_tokens
-                    record.completion_tokens = usage.completion_tokens
                     record.outcome = "ok"
                     return
                 except (TransientError, RateLimited) as e:
                     wait = self._retry_wait(e, attempt)
-                    if emitted or attempt >= retries or time.monotonic() + wait >= deadline:
+                    if (
+                        emitted
+                        or attempt >= call.retries
+                        or time.monotonic() + wait >= call.deadline
+                    ):
                         raise
-                    if on_retry is not None:
-                        on_retry(attempt + 2, f"{type(e).__name__}: {e}")
+                    if call.on_retry is not None:
+                        call.on_retry(attempt + 2, f"{type(e).__name__}: {e}")
                     await asyncio.sleep(wait)
         except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: the consumer closed us
             record.outcome, record.error = "cancelled", "cancelled (quorum met or run stopped)"
@@ -213,33 +216,37 @@ class Agent:
             record.response = "".join(pieces)
             record.price(self.config)
 
+    async def _attempt(
+        self,
+        messages: list[Message],
+        record: CallRecord,
+        call: CallOptions,
+        start: float,
+        pieces: list[str],
+    ) -> AsyncGenerator[str, None]:
+        """One try: the provider's pieces within the deadline, collected into `pieces`."""
+        usage = Usage()
+        sampling = call.sampling or self.sampling()
+        arriving = self.provider.stream(messages, sampling, usage, threads=call.threads)
+        async with aclosing(_within(arriving, call.deadline, start)) as within:
+            async for piece in within:
+                if record.ttft_s is None:
+                    record.ttft_s = time.monotonic() - start
+                pieces.append(piece)
+                if call.on_piece is not None:
+                    call.on_piece(piece)
+                yield piece
+        if not "".join(pieces).strip():
+            raise ProviderError("empty completion")
+        record.prompt_tokens = usage.prompt_tokens
+        record.completion_tokens = usage.completion_tokens
+
     def _retry_wait(self, err: ProviderError, attempt: int) -> float:
         if isinstance(err, RateLimited) and err.retry_after is not None:
             return err.retry_after
         return self.backoff_s * (2**attempt) * (0.8 + 0.4 * self._rng.random())  # jittered
 
-    async def complete(
-        self,
-        messages: list[Message],
-        record: CallRecord,
-        *,
-        deadline: float,
-        sampling: Sampling | None = None,
-        retries: int = 2,
-        threads: int | None = None,
-        on_piece: Callable[[str], None] | None = None,
-        on_retry: Callable[[int, str], None] | None = None,
-    ) -> str:
+    async def complete(self, messages: list[Message], record: CallRecord, call: CallOptions) -> str:
         """Collect the whole answer (proposers): `stream` buffered. Raises like `stream`."""
-        pieces = self.stream(
-            messages,
-            record,
-            deadline=deadline,
-            sampling=sampling,
-            retries=retries,
-            threads=threads,
-            buffered=True,
-            on_piece=on_piece,
-            on_retry=on_retry,
-        )
+        pieces = self.stream(messages, record, call, buffered=True)
         return "".join([piece async for piece in pieces])

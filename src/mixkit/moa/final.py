@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
-from mixkit.moa.agents import Agent, CallRecord
+from mixkit.moa.agents import Agent, CallOptions, CallRecord
 from mixkit.moa.events import Emitter
 from mixkit.moa.gate import GateDecision
 from mixkit.moa.providers.base import Message
@@ -43,16 +43,9 @@ async def stream_final(
         sampling.top_p = run.top_p
     run.emit.call_start(record)
     on_piece, on_retry = run.emit.call_hooks(record)
-    pieces = agent.stream(
-        prompt,
-        record,
-        deadline=deadline,
-        sampling=sampling,
-        retries=run.retries,
-        threads=run.threads([agent.name]),
-        on_piece=on_piece,
-        on_retry=on_retry,
-    )
+    threads = run.threads([agent.name])
+    call = CallOptions(deadline, sampling, run.retries, threads, on_piece, on_retry)
+    pieces = agent.stream(prompt, record, call)
     try:
         async for piece in pieces:
             yield piece

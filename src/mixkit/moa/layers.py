@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
-from mixkit.moa.agents import Agent, CallRecord
+from mixkit.moa.agents import Agent, CallOptions, CallRecord
 from mixkit.moa.answers import agreement
 from mixkit.moa.config import EarlyExitConfig, LayerConfig
 from mixkit.moa.events import Emitter
@@ -55,16 +55,8 @@ async def call_proposer(
     run.emit.call_start(record)
     on_piece, on_retry = run.emit.call_hooks(record)
     try:
-        return await agent.complete(
-            run.messages,
-            record,
-            deadline=deadline,
-            sampling=sampling,
-            retries=run.retries,
-            threads=run.threads,
-            on_piece=on_piece,
-            on_retry=on_retry,
-        )
+        call = CallOptions(deadline, sampling, run.retries, run.threads, on_piece, on_retry)
+        return await agent.complete(run.messages, record, call)
     finally:
         run.emit.call_end(record)
 

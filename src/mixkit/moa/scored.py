@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixkit.config import read_json_lines
 from mixkit.errors import ConfigError
 
 
@@ -41,22 +41,7 @@ class ScoredCall:
 
 def read_jsonl(path: str | Path) -> list[ScoredCall]:
     """Scored calls from a JSONL file: one {"prompt", "agent", "score", ...} object per line."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
-    out = []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{no}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ConfigError(f"{path}:{no}: expected a JSON object")
-        out.append(ScoredCall.from_dict(obj, f"{path}:{no}"))
-    return out
+    lines = read_json_lines(
+        path, "scored-calls file", 'a JSON object with "prompt", "agent", "score"'
+    )
+    return [ScoredCall.from_dict(obj, where) for where, obj in lines]

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncGenerator
 
 from mixkit.errors import LayerFailed, ProviderError
-from mixkit.moa.agents import Agent, CallRecord
+from mixkit.moa.agents import Agent, CallOptions, CallRecord
 from mixkit.moa.config import LayerConfig, StaircaseConfig
 from mixkit.moa.final import FinalCall, stream_final
 from mixkit.moa.layers import LayerRun, describe_failures, labels
@@ -55,10 +55,9 @@ async def _propose(agent: Agent, record: CallRecord, slot: int, props: list[_Pro
             on_piece(text)
 
     try:
-        await agent.complete(
-            run.messages, record, deadline=deadline, sampling=agent.sampling(slot, run.max_tokens),
-            retries=run.retries, threads=run.threads, on_piece=piece, on_retry=on_retry,
-        )  # fmt: skip
+        sampling = agent.sampling(slot, run.max_tokens)
+        call = CallOptions(deadline, sampling, run.retries, run.threads, piece, on_retry)
+        await agent.complete(run.messages, record, call)
     except ProviderError:
         pass  # the call's record says why; the text it sent so far stays usable
     finally:
