@@ -24,9 +24,8 @@ from mixkit.evals.strategies import (
     systems,
 )
 from mixkit.evals.tasks import FileTask, Item, Task
-from mixkit.moa import Answer
+from mixkit.moa import Answer, MoAConfig, resolve
 from mixkit.moa import trace as tr
-from mixkit.moa.config import MoAConfig, resolve
 
 console = Console()
 err = Console(stderr=True)

@@ -13,8 +13,8 @@ from rich.table import Table
 from mixkit.cli.app import app
 from mixkit.errors import ConfigError
 from mixkit.moa import gate as g
+from mixkit.moa import resolve
 from mixkit.moa import trace as tr
-from mixkit.moa.config import resolve
 from mixkit.moa.gate import MIX, load
 from mixkit.moa.gated import plan_run
 
