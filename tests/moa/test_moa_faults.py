@@ -265,3 +265,9 @@ def test_missing_api_key_env_is_a_clear_error(scripted, monkeypatch):
     ):
         MoA(parse_config(cfg), log=False).run("q?")
     assert "MIXKIT_ABSENT_KEY" not in os.environ
+
+
+def test_a_run_carries_the_deadline_it_used(scripted):
+    moa = build(scripted.url, [[f"ok:fine {key()}"]], deadline_s=9.0)
+    assert moa.run("q?").deadline_s == 9.0  # the mixture's
+    assert moa.run("q?", deadline_s=4.0).deadline_s == 4.0  # a run's own, as RunOptions sets it

@@ -108,3 +108,17 @@ def test_columns_added_by_a_later_migration_are_read_back(tmp_path):
     conn.close()
     (run,) = logs.recent_runs(db=db)
     assert run.extra["later_column"] == 0.25 and run.to_dict()["later_column"] == 0.25
+
+
+def test_a_runs_deadline_is_logged_and_older_runs_read_none(tmp_path):
+    db = tmp_path / "logs.db"
+    run = finished("r1", "c1", 1.0)
+    run.deadline_s = 7.5
+    SQLiteLog(db).write(run)
+    assert logs.get_run("r1", db=db).deadline_s == 7.5
+    # a run written before m003 has no deadline: it reads back as None, not as an error
+    old = sqlite3.connect(db)
+    old.execute("UPDATE runs SET deadline_s = NULL")
+    old.commit()
+    old.close()
+    assert logs.get_run("r1", db=db).deadline_s is None

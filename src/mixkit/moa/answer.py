@@ -48,6 +48,7 @@ class Answer(CallTotals):
     error: str | None = None  # why it failed, when it did
     gate: dict[str, Any] | None = None  # the gate's decision (GateDecision.to_dict()), if gated
     early_exit: dict[str, Any] | None = None  # {"layer", "agreed", "answers", "skipped_layers"}
+    deadline_s: float | None = None  # the per-call deadline this run used
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `mixkit ask --json`."""
@@ -64,6 +65,7 @@ class Answer(CallTotals):
             "cost_usd": self.cost_usd,
             "gate": self.gate,
             "early_exit": self.early_exit,
+            "deadline_s": self.deadline_s,
             "trace": [c.to_dict() for c in self.calls],
         }
 

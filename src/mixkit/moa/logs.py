@@ -71,6 +71,7 @@ class LoggedRun(CallTotals):
     extra: dict[str, Any] = field(default_factory=dict)  # columns added by later migrations
     gate: dict[str, Any] | None = None  # the gate's decision, for gated runs
     early_exit: dict[str, Any] | None = None
+    deadline_s: float | None = None  # None for runs logged before it was recorded
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `mixkit logs --json` (one element)."""

@@ -130,6 +130,7 @@ class MoA:
         """
         conversation = as_conversation(question, messages)
         run_id = run_id or uuid.uuid4().hex
+        deadline = deadline_s or self.config.deadline_s
         answer = Answer(
             answer="",
             run_id=run_id,
@@ -137,12 +138,13 @@ class MoA:
             preset=self.config.name,
             messages=conversation,
             outcome="error",
+            deadline_s=deadline,
         )
         holder = AnswerStream(
             self._generate(
                 answer,
                 max_tokens,
-                deadline_s or self.config.deadline_s,
+                deadline,
                 on_layer,
                 Emitter(run_id, on_event),
                 _AnswerSampling(temperature, top_p),

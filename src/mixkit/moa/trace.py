@@ -87,6 +87,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX eval_items_agent ON eval_items(agent);
         """,
     ),
+    (
+        "m003_run_deadline",
+        """
+        ALTER TABLE runs ADD COLUMN deadline_s REAL;
+        """,
+    ),
 ]
 
 
@@ -142,14 +148,15 @@ def record_run(db: sqlite3.Connection, answer: Answer) -> None:
         "gate_json": json.dumps(answer.gate) if answer.gate else None,
         "early_exit_json": json.dumps(answer.early_exit) if answer.early_exit else None,
         "cost_usd": answer.cost_usd,
+        "deadline_s": answer.deadline_s,
     }
     with db:
         db.execute(
             "INSERT INTO runs (id, conversation_id, started_at, preset, question, messages_json,"
             " answer, outcome, error, wall_s, critical_path_s, ttft_s, gate_json, early_exit_json,"
-            " cost_usd) VALUES (:id, :conversation_id, :started_at, :preset, :question,"
+            " cost_usd, deadline_s) VALUES (:id, :conversation_id, :started_at, :preset, :question,"
             " :messages_json, :answer, :outcome, :error, :wall_s, :critical_path_s, :ttft_s,"
-            " :gate_json, :early_exit_json, :cost_usd)",
+            " :gate_json, :early_exit_json, :cost_usd, :deadline_s)",
             run,
         )
         db.executemany(

@@ -58,6 +58,15 @@ def _mixture_info(name: str, cfg: MoAConfig) -> dict[str, Any]:
     }
 
 
+def _deadline(run: dict[str, Any], configs: dict[str, MoAConfig]) -> tuple[float | None, str]:
+    """The run's per-call deadline and where it comes from: the log ("run"), or for runs logged
+    before it was recorded the served mixture's ("mixture"), else none ("unknown")."""
+    if run.get("deadline_s") is not None:
+        return run["deadline_s"], "run"
+    cfg = configs.get(run["preset"])
+    return (cfg.deadline_s, "mixture") if cfg else (None, "unknown")
+
+
 def api_router(app: FastAPI) -> APIRouter:
     """The JSON endpoints of the page (`/api/...`)."""
     mixtures = app.state.mixtures
@@ -98,9 +107,7 @@ def api_router(app: FastAPI) -> APIRouter:
         # A run that just ended may still be in the log writer's queue: wait for it.
         await mixtures.writer.flush(run_id)
         found = await run_in_threadpool(_one, run_id)
-        cfg = mixtures.configs.get(found["run"]["preset"])
-        # The log does not record the deadline: it is the mixture's, if this server has it.
-        found["deadline_s"] = cfg.deadline_s if cfg else None
+        found["deadline_s"], found["deadline_from"] = _deadline(found["run"], mixtures.configs)
         for call in found["calls"]:
             call.pop("response", None)  # fetched per call, with its prompt
         return _data(found)

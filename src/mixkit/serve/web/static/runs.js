@@ -111,7 +111,7 @@ function criticalCalls(calls) {
 }
 
 function timeline(body) {
-  const { run, calls, gate, deadline_s: deadline } = body;
+  const { run, calls, gate, deadline_s: deadline, deadline_from: from } = body;
   const t0 = run.started_at;
   const start = (c) => Math.max(0, (c.started_at || t0) - t0);
   const end = (c) => start(c) + (c.latency_s || 0);
@@ -158,7 +158,8 @@ function timeline(body) {
     el("span.key.err", {}), "failed ",
     el("span.key.cancel", {}), "cancelled",
     deadline && !deadlines.length ? ` · deadline ${deadline} s per call, beyond the chart` : "",
-    deadline ? "" : " · deadline unknown (the mixture is not served here)");
+    from === "mixture" ? " · deadline: the served mixture's (this run predates logged deadlines)" : "",
+    deadline ? "" : " · deadline unknown (not logged, and the mixture is not served here)");
   return el("div", {}, chart, legend);
 }
 
