@@ -39,6 +39,7 @@ from typing import Any, Protocol, cast
 
 import torch
 
+from mixkit.moe.buffers import fresh
 from mixkit.moe.experts import Experts
 from mixkit.moe.routing import Router, RoutingDecision
 
@@ -99,12 +100,18 @@ class DispatchPlan:
     k: int = 0
 
 
+def _gather(src_ND: torch.Tensor, idx_M: torch.Tensor) -> torch.Tensor:
+    """src_ND[idx_M] into a fresh() buffer (a plain large allocation may fault 4 KiB pages)."""
+    out_MD = fresh(idx_M.shape[0], src_ND.shape[1], like=src_ND)
+    return torch.index_select(src_ND, 0, idx_M, out=out_MD)
+
+
 def _sum_slots(src_SD: torch.Tensor, row_A: torch.Tensor, k: int, T: int) -> torch.Tensor:
     """(T, D): for each token, the sum over its k slots of src row row_A[slot*T + t] (row S = 0)."""
     S, D = src_SD.shape
     if row_A.numel() > S:  # some assignments were dropped: give them a zero row to point at
         src_SD = torch.cat([src_SD, src_SD.new_zeros(1, D)])
-    out_TD = src_SD.index_select(0, row_A[:T])
+    out_TD = _gather(src_SD, row_A[:T])
     for slot in range(1, k):
         out_TD += src_SD.index_select(0, row_A[slot * T : (slot + 1) * T])
     return out_TD
@@ -119,7 +126,7 @@ class _GatherToExperts(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(row_A)
         ctx.k, ctx.T = k, x_TD.shape[0]
-        return x_TD.index_select(0, token_S)
+        return _gather(x_TD, token_S)
 
     @staticmethod
     def backward(ctx: Any, g_SD: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
@@ -140,7 +147,7 @@ class _CombineSlots(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_TD: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         (token_S,) = ctx.saved_tensors
-        return g_TD.contiguous().index_select(0, token_S), None, None, None, None
+        return _gather(g_TD.contiguous(), token_S), None, None, None, None
 
 
 class LocalDispatcher:

@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from mixkit.moe.buffers import fresh, gradients
@@ -79,10 +78,8 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _each_expert(
-    counts: list[int], fn: Callable[[int, int, int], None], weight: torch.Tensor
-) -> None:
-    """fn(e, start, stop) for every expert with rows; small experts side by side (see above).
+def _each_expert(counts: list[int], fn: Callable[[int], Any], weight: torch.Tensor) -> None:
+    """fn(e) for every expert with rows; small experts side by side (see above).
 
     `weight` is one of the stacked (E, ., .) matrices the calls multiply by."""
     spans = list(_spans(counts))
@@ -95,8 +92,8 @@ def _each_expert(
         or rows > SIDE_BY_SIDE_MAX_ROWS * len(spans)
         or threading.current_thread().name.startswith("mixkit-experts")
     ):
-        for e, s, t in spans:
-            fn(e, s, t)
+        for e, _, _ in spans:
+            fn(e)
         return
     # contiguous blocks of about rows/threads rows each
     blocks: list[list[tuple[int, int, int]]] = []
@@ -116,8 +113,8 @@ def _each_expert(
 
     def work(block: list[tuple[int, int, int]]) -> None:
         with mode():
-            for e, s, t in block:
-                fn(e, s, t)
+            for e, _, _ in block:
+                fn(e)
 
     for future in [_thread_pool(threads).submit(work, b) for b in blocks if b]:
         future.result()
@@ -140,7 +137,29 @@ def _saved(ctx: Any) -> tuple[torch.Tensor, ...]:
     if not ctx.regather:
         return ctx.saved_tensors
     x_TD, token_A, *others = ctx.saved_tensors
-    return (x_TD.index_select(0, token_A), *others)
+    x_AD = fresh(token_A.shape[0], x_TD.shape[1], like=x_TD)
+    return (torch.index_select(x_TD, 0, token_A, out=x_AD), *others)
+
+
+def _scaled(x_AD: torch.Tensor, scale_A: torch.Tensor) -> torch.Tensor:
+    """x_AD * scale_A per row, into a fresh() buffer (a plain allocation may fault 4 KiB pages)."""
+    return torch.mul(x_AD, scale_A.unsqueeze(-1), out=fresh(*x_AD.shape, like=x_AD))
+
+
+def _rows(counts: list[int], *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Each (A, .) tensor's rows per expert, as views made in one call per tensor (indexing
+    them per expert in Python costs more than the small matmuls at E=256)."""
+    return [t.split(counts) for t in tensors]
+
+
+def _rows_t(counts: list[int], *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Each (A, .) tensor's rows per expert, transposed: (., n_e) views."""
+    return [t.t().split(counts, dim=1) for t in tensors]
+
+
+def _each(*weights: torch.Tensor, t: bool = False) -> list[tuple[torch.Tensor, ...]]:
+    """Each stacked (E, ., .) weight's per-expert matrices (transposed when t), one call each."""
+    return [(w.transpose(1, 2) if t else w).unbind(0) for w in weights]
 
 
 class GroupedReluFFN(torch.autograd.Function):
@@ -162,17 +181,11 @@ class GroupedReluFFN(torch.autograd.Function):
     ) -> torch.Tensor:
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
         h_AH, out_AD = fresh(A, H, like=x_AD), fresh(A, D, like=x_AD)
-
-        def up(e: int, s: int, t: int) -> None:
-            torch.mm(x_AD[s:t], w_in_EDH[e], out=h_AH[s:t])
-
-        _each_expert(counts, up, w_in_EDH)
+        xs, hs, outs = _rows(counts, x_AD, h_AH, out_AD)
+        w_in, w_out = _each(w_in_EDH, w_out_EHD)
+        _each_expert(counts, lambda e: torch.mm(xs[e], w_in[e], out=hs[e]), w_in_EDH)
         h_AH.relu_()
-
-        def down(e: int, s: int, t: int) -> None:
-            torch.mm(h_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
-
-        _each_expert(counts, down, w_out_EHD)
+        _each_expert(counts, lambda e: torch.mm(hs[e], w_out[e], out=outs[e]), w_out_EHD)
         out_AD.mul_(scale_A.unsqueeze(-1))
         _save_input(ctx, x_AD, source, scale_A, h_AH, w_in_EDH, w_out_EHD)
         ctx.counts = counts
@@ -185,26 +198,28 @@ class GroupedReluFFN(torch.autograd.Function):
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
         t_AH = fresh(*h_AH.shape, like=h_AH)  # g_out @ w_out^T, before the gate weight
-
-        def down_t(e: int, s: int, t: int) -> None:
-            torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
-
-        _each_expert(counts, down_t, w_out)
+        w_in_t, w_out_t = _each(w_in, w_out, t=True)
+        g_outs, ts = _rows(counts, g_out_AD, t_AH)
+        _each_expert(counts, lambda e: torch.mm(g_outs[e], w_out_t[e], out=ts[e]), w_out)
         g_scale_A = torch.linalg.vecdot(t_AH, h_AH) if needs[1] else None
         # relu' in one pass (fused elementwise kernels: each (A, H) pass costs a dense FFN's)
-        g_h_AH = torch.ops.aten.threshold_backward(t_AH.mul_(scale_A.unsqueeze(-1)), h_AH, 0)
-        g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
+        g_h_AH = t_AH.mul_(scale_A.unsqueeze(-1))
+        torch.ops.aten.threshold_backward.grad_input(g_h_AH, h_AH, 0, grad_input=g_h_AH)
+        g_scaled_AD = _scaled(g_out_AD, scale_A)
         g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
-        weight_grads = _WeightGrads(counts, (w_in, w_out), needs[2] or needs[3])
+        weight_grads = _WeightGrads((w_in, w_out), needs[2] or needs[3])
+        g_hs, g_scaleds = _rows(counts, g_h_AH, g_scaled_AD)
+        g_xs = g_x_AD.split(counts) if g_x_AD is not None else None
+        xs_t, hs_t = _rows_t(counts, x_AD, h_AH)
 
         # one expert's input and weight gradients while its rows are in cache
-        def up_t(e: int, s: int, t: int) -> None:
-            if g_x_AD is not None:
-                torch.mm(g_h_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
-            weight_grads.write(e, (x_AD[s:t], g_h_AH[s:t]), (h_AH[s:t], g_scaled_AD[s:t]))
+        def up_t(e: int) -> None:
+            if g_xs is not None:
+                torch.mm(g_hs[e], w_in_t[e], out=g_xs[e])
+            weight_grads.write(e, (xs_t[e], g_hs[e]), (hs_t[e], g_scaleds[e]))
 
         _each_expert(counts, up_t, w_in)
-        g_w_in, g_w_out = weight_grads.finish()
+        g_w_in, g_w_out = weight_grads.finish(counts)
         return g_x_AD, g_scale_A, g_w_in, g_w_out, None, None
 
 
@@ -224,19 +239,17 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
     ) -> torch.Tensor:
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
         g_AH, u_AH = fresh(A, H, like=x_AD), fresh(A, H, like=x_AD)
-        out_AD = fresh(A, D, like=x_AD)
+        a_AH, out_AD = fresh(A, H, like=x_AD), fresh(A, D, like=x_AD)
+        xs, gs, us, as_, outs = _rows(counts, x_AD, g_AH, u_AH, a_AH, out_AD)
+        w_gate, w_in, w_out = _each(w_gate_EDH, w_in_EDH, w_out_EHD)
 
-        def up(e: int, s: int, t: int) -> None:
-            torch.mm(x_AD[s:t], w_gate_EDH[e], out=g_AH[s:t])
-            torch.mm(x_AD[s:t], w_in_EDH[e], out=u_AH[s:t])
+        def up(e: int) -> None:
+            torch.mm(xs[e], w_gate[e], out=gs[e])
+            torch.mm(xs[e], w_in[e], out=us[e])
 
         _each_expert(counts, up, w_in_EDH)
-        a_AH = F.silu(g_AH).mul_(u_AH)
-
-        def down(e: int, s: int, t: int) -> None:
-            torch.mm(a_AH[s:t], w_out_EHD[e], out=out_AD[s:t])
-
-        _each_expert(counts, down, w_out_EHD)
+        torch.mul(torch.ops.aten.silu.out(g_AH, out=a_AH), u_AH, out=a_AH)
+        _each_expert(counts, lambda e: torch.mm(as_[e], w_out[e], out=outs[e]), w_out_EHD)
         out_AD.mul_(scale_A.unsqueeze(-1))
         # a is kept (not recomputed): two fewer (A, H) passes in backward for one more buffer
         _save_input(ctx, x_AD, source, scale_A, g_AH, u_AH, a_AH, w_gate_EDH, w_in_EDH, w_out_EHD)
@@ -250,55 +263,54 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
         t_AH = fresh(*u_AH.shape, like=u_AH)
-
-        def down_t(e: int, s: int, t: int) -> None:
-            torch.mm(g_out_AD[s:t], w_out[e].t(), out=t_AH[s:t])
-
-        _each_expert(counts, down_t, w_out)
+        w_gate_t, w_in_t, w_out_t = _each(w_gate, w_in, w_out, t=True)
+        g_outs, ts = _rows(counts, g_out_AD, t_AH)
+        _each_expert(counts, lambda e: torch.mm(g_outs[e], w_out_t[e], out=ts[e]), w_out)
         # six (A, H) passes, each a fused kernel; autograd's silu_backward is d silu(z)/dz * grad
         g_scale_A = torch.linalg.vecdot(t_AH, a_AH) if needs[1] else None
         g_a_AH = t_AH.mul_(scale_A.unsqueeze(-1))
-        g_g_AH = torch.ops.aten.silu_backward(g_a_AH * u_AH, g_AH)
-        g_u_AH = F.silu(g_AH).mul_(g_a_AH)
-        g_scaled_AD = g_out_AD * scale_A.unsqueeze(-1)
+        g_u_AH = torch.ops.aten.silu.out(g_AH, out=fresh(*g_AH.shape, like=g_AH)).mul_(g_a_AH)
+        g_g_AH = g_a_AH.mul_(u_AH)  # g_a is not needed after this, so t's memory is reused
+        torch.ops.aten.silu_backward.grad_input(g_g_AH, g_AH, grad_input=g_g_AH)
+        g_scaled_AD = _scaled(g_out_AD, scale_A)
         g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
-        weight_grads = _WeightGrads(counts, (w_gate, w_in, w_out), any(needs[2:5]))
+        weight_grads = _WeightGrads((w_gate, w_in, w_out), any(needs[2:5]))
+        g_gs, g_us, g_scaleds = _rows(counts, g_g_AH, g_u_AH, g_scaled_AD)
+        g_xs = g_x_AD.split(counts) if g_x_AD is not None else None
+        xs_t, as_t = _rows_t(counts, x_AD, a_AH)
 
         # one expert's input and weight gradients while its rows are in cache
-        def up_t(e: int, s: int, t: int) -> None:
-            if g_x_AD is not None:
-                torch.mm(g_u_AH[s:t], w_in[e].t(), out=g_x_AD[s:t])
-                g_x_AD[s:t].addmm_(g_g_AH[s:t], w_gate[e].t())
-            x = x_AD[s:t]
-            weight_grads.write(e, (x, g_g_AH[s:t]), (x, g_u_AH[s:t]), (a_AH[s:t], g_scaled_AD[s:t]))
+        def up_t(e: int) -> None:
+            if g_xs is not None:
+                torch.mm(g_us[e], w_in_t[e], out=g_xs[e])
+                g_xs[e].addmm_(g_gs[e], w_gate_t[e])
+            weight_grads.write(e, (xs_t[e], g_gs[e]), (xs_t[e], g_us[e]), (as_t[e], g_scaleds[e]))
 
         _each_expert(counts, up_t, w_in)
-        g_w_gate, g_w_in, g_w_out = weight_grads.finish()
+        g_w_gate, g_w_in, g_w_out = weight_grads.finish(counts)
         return g_x_AD, g_scale_A, g_w_gate, g_w_in, g_w_out, None, None
 
 
 class _WeightGrads:
     """Per-expert weight gradients written into one stacked buffer per weight, so an optimizer
-    step sees a few (E, ., .) tensors and backward allocates each once. write(e, *(input, grad))
-    takes one pair per weight, in the weights' order: grad_w[e] = input^T @ grad."""
+    step sees a few (E, ., .) tensors and backward allocates each once (from buffers.gradients).
+    write(e, *(input^T, grad)) takes one pair per weight, in the weights' order:
+    grad_w[e] = input^T @ grad."""
 
-    def __init__(self, counts: list[int], weights: tuple[torch.Tensor, ...], needed: bool) -> None:
-        self.counts, self.count = counts, len(weights)
+    def __init__(self, weights: tuple[torch.Tensor, ...], needed: bool) -> None:
+        self.count = len(weights)
         self.grads = [gradients.take(w) for w in weights] if needed else None
-        self.seen = [False] * len(counts)
+        self.each = [g.unbind(0) for g in self.grads] if self.grads is not None else []
 
     def write(self, e: int, *pairs: tuple[torch.Tensor, torch.Tensor]) -> None:
-        if self.grads is None:
-            return
-        self.seen[e] = True
-        for (inp, grad), buf in zip(pairs, self.grads, strict=True):
-            torch.mm(inp.t(), grad, out=buf[e])
+        for (inp_t, grad), buf in zip(pairs, self.each, strict=False):
+            torch.mm(inp_t, grad, out=buf[e])
 
-    def finish(self) -> Sequence[torch.Tensor | None]:
+    def finish(self, counts: list[int]) -> Sequence[torch.Tensor | None]:
         if self.grads is None:
             return [None] * self.count
-        for e, hit in enumerate(self.seen):
-            if not hit:  # an expert with no tokens gets an exact zero gradient
-                for buf in self.grads:
+        for e, n in enumerate(counts):
+            if not n:  # an expert with no tokens gets an exact zero gradient
+                for buf in self.each:
                     buf[e].zero_()
         return self.grads
