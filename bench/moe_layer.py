@@ -10,8 +10,7 @@ Every variant of a row runs in one process, interleaved round-robin, and the bes
 kept, so a noisy neighbour slows all variants alike rather than one of them. The layer is used as
 a user's script would use it: THP_MEM_ALLOC_ENABLE is not set unless --thp is given.
 
-    python bench/moe_layer.py                   # every section (make bench)
-    python bench/moe_layer.py --quick           # small shapes, a smoke run
+    python bench/moe_layer.py                   # every section (make bench); --quick: small
     python bench/moe_layer.py --sections train decode --threads 1
 
 Sections:
@@ -19,6 +18,8 @@ Sections:
   router (noisy_topk, importance + load losses, ReLU experts) against a dense ReLU ideal; SwiGLU
   (topk router, no aux loss, as HF's block) against a dense SwiGLU ideal, and HF against the
   same. act: bytes autograd saves for backward (parameters and the input excluded) / the ideal's.
+  Then each point's weight-traffic floor: the expert weights read twice and their gradients
+  written once per step, at the bandwidth of a large copy, as a multiple of the ideal's time.
 - infer: forward only under torch.inference_mode(), same grid, SwiGLU.
 - decode: T in {1, 8, 64} tokens, E=64, d_model=512, inference. The floor there is reading the
   selected experts' weights once; the table gives the bytes of the experts actually chosen, the
@@ -187,7 +188,28 @@ def train_section(grid, args) -> list[dict]:
         ("hf", "ideal_swiglu", "HF grouped_mm"),
     ):
         print(growth_line(rows, name, base, label))
+    weight_floor_table(rows)
     return rows
+
+
+def weight_floor_table(rows: list[dict]) -> None:
+    """SwiGLU expert weights read in forward and backward, gradients written: at the copy's rate."""
+    bandwidth = copy_bandwidth_gbs()
+    print(f"\nweight-traffic floor, SwiGLU (memory bandwidth, 512 MiB copy: {bandwidth:.1f} GB/s)")
+    print(
+        "| T | d_model | E | expert weights MB | traffic GB | floor ms | floor ×ideal | "
+        "mixkit ×ideal |"
+    )
+    print("|---:" * 8 + "|")
+    for r in rows:
+        T, D, E, t = r["T"], r["D"], r["E"], r["times"]
+        weights = E * 3 * D * 2 * D * 4  # w_gate, w_in, w_out of d_hidden = 2 d_model, fp32
+        floor = 3 * weights / (bandwidth * 1e9)
+        print(
+            f"| {T} | {D} | {E} | {weights / 1e6:.0f} | {3 * weights / 1e9:.2f} | "
+            f"{floor * 1e3:.1f} | {floor / t['ideal_swiglu']:.2f} | "
+            f"{t['mixkit_swiglu'] / t['ideal_swiglu']:.2f} |"
+        )
 
 
 def growth_line(rows: list[dict], name: str, base: str, label: str) -> str:
