@@ -26,11 +26,17 @@ def test_a_served_gated_run_reports_the_gates_choice(backend, home, tmp_path):
         with httpx.stream("POST", f"{server.url}/chat/completions", json=body, timeout=30) as r:
             assert r.status_code == 200
             run_id = r.headers[RUN_ID_HEADER]
+            gate_header = r.headers.get("x-mixkit-gate")  # sent with the status, before the answer
             chunks = [json.loads(line[6:]) for line in r.iter_lines()
                       if line.startswith("data: ") and line != "data: [DONE]"]  # fmt: skip
+        # not streamed: the same header on the whole answer
+        whole = httpx.post(f"{server.url}/chat/completions", json={**body, "stream": False},
+                           timeout=30)  # fmt: skip
+        assert whole.status_code == 200 and whole.headers["x-mixkit-gate"] == "alone; chosen=p-ok"
     extra = next(c["mixkit"] for c in reversed(chunks) if "mixkit" in c)
     assert extra["gate"]["strategy"] == "alone" and extra["gate"]["chosen"] == ["p-ok"]
     assert extra["gate"]["skipped"] == ["p-fail"] and extra["gate"]["scores"]["p-ok"] > 0.5
+    assert gate_header == "alone; chosen=p-ok"
     assert [c["agent"] for c in extra["trace"]] == ["p-ok"]  # one call: no proposers, no aggregator
     run, logged_calls = logged_run(home, run_id)
     assert json.loads(run["gate_json"]) == extra["gate"] and len(logged_calls) == 1

@@ -20,6 +20,7 @@ from mixkit.serve.settings import ServeSettings
 from mixkit.serve.streaming import SSEResponse, chunks
 
 RUN_ID_HEADER = "x-mixkit-run-id"
+GATE_HEADER = "x-mixkit-gate"  # a gated run's decision, e.g. "alone; chosen=qwen"
 
 
 async def chat_completion(
@@ -60,6 +61,8 @@ async def chat_completion(
         if isinstance(e, APIError):  # a failed run is logged too: say which
             e.headers[RUN_ID_HEADER] = run.run_id
         raise
+    if (gate := run.gate_header()) is not None:  # decided before the first token
+        headers[GATE_HEADER] = gate
     if not req.stream:
         await finish()
         body = schemas.completion(req.model, answer, run.effective_max_tokens, schemas.now())

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from starlette.types import Receive
 
 from mixkit.errors import ConfigError, MixkitError
-from mixkit.moa import Answer, EventHandler, LayerFailed, MoA
+from mixkit.moa import Answer, EventHandler, LayerFailed, MoA, RunEvent
 from mixkit.serve.errors import APIError
 from mixkit.serve.mixtures import LogWriter
 from mixkit.serve.schemas import ChatCompletionRequest
@@ -67,6 +67,14 @@ class Run:
         self.model = req.model
         self.max_tokens = req.answer_max_tokens()
         self.run_id = uuid.uuid4().hex
+        self.gate: dict[str, Any] | None = None  # the gate's decision, once made
+
+        def seen(event: RunEvent) -> None:
+            if event.type == "gate":
+                self.gate = event.data
+            if on_event is not None:
+                on_event(event)
+
         try:
             self.stream = moa.stream(
                 messages=req.engine_messages(),
@@ -74,12 +82,19 @@ class Run:
                 run_id=self.run_id,
                 temperature=req.temperature,
                 top_p=req.top_p,
-                on_event=on_event,
+                on_event=seen,
                 conversation_id=conversation_id,
             )
         except ConfigError as e:  # the engine's own check of the conversation
             raise APIError(400, str(e), param="messages") from None
         self.effective_max_tokens = moa.answer_max_tokens(self.max_tokens)
+
+    def gate_header(self) -> str | None:
+        """`alone; chosen=qwen` or `mix; chosen=a,b`: the gate's decision, for a header sent
+        before the answer (None for an ungated run)."""
+        if self.gate is None:
+            return None
+        return f"{self.gate['strategy']}; chosen={','.join(self.gate['chosen'])}"
 
     @property
     def answer(self) -> Answer | None:
