@@ -36,6 +36,9 @@ serve: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[bench]"
 	$(PY) bench/moe_layer.py
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(PY) bench/moe_gpu.py; \
+	else echo "no CUDA device: the GPU part of the benchmark (bench/moe_gpu.py) is skipped"; fi
 
 # Style (ruff) and types (mypy, on the packages listed in pyproject's [tool.mypy]).
 lint: $(STAMP)
