@@ -146,20 +146,52 @@ def _scaled(x_AD: torch.Tensor, scale_A: torch.Tensor) -> torch.Tensor:
     return torch.mul(x_AD, scale_A.unsqueeze(-1), out=fresh(*x_AD.shape, like=x_AD))
 
 
-def _rows(counts: list[int], *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    """Each (A, .) tensor's rows per expert, as views made in one call per tensor (indexing
-    them per expert in Python costs more than the small matmuls at E=256)."""
-    return [t.split(counts) for t in tensors]
+def _few(counts: list[int]) -> list[int] | None:
+    """The experts with rows when they are under half of all (decoding: a few of E): views are
+    then made for those only, as one view per expert per tensor for all E costs more there."""
+    active = [e for e, n in enumerate(counts) if n]
+    return active if 2 * len(active) < len(counts) else None
 
 
-def _rows_t(counts: list[int], *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    """Each (A, .) tensor's rows per expert, transposed: (., n_e) views."""
-    return [t.t().split(counts, dim=1) for t in tensors]
+def _rows(
+    counts: list[int], *tensors: torch.Tensor, t: bool = False
+) -> list[Sequence[torch.Tensor]]:
+    """Each (A, .) tensor's rows per expert ((., n_e) views when t), made in one split per
+    tensor: indexing every tensor per expert in Python costs more than the small matmuls at
+    E=256. Experts without rows get empty views."""
+    dim = 1 if t else 0
+    tensors = tuple(x.t() if t else x for x in tensors)
+    active = _few(counts)
+    if active is None:
+        return [x.split(counts, dim=dim) for x in tensors]
+    starts = [0]
+    for n in counts:
+        starts.append(starts[-1] + n)
+    out: list[Sequence[torch.Tensor]] = []
+    for x in tensors:
+        views = [x.narrow(dim, 0, 0)] * len(counts)
+        for e in active:
+            views[e] = x.narrow(dim, starts[e], counts[e])
+        out.append(views)
+    return out
 
 
-def _each(*weights: torch.Tensor, t: bool = False) -> list[tuple[torch.Tensor, ...]]:
-    """Each stacked (E, ., .) weight's per-expert matrices (transposed when t), one call each."""
-    return [(w.transpose(1, 2) if t else w).unbind(0) for w in weights]
+def _each(
+    counts: list[int], *weights: torch.Tensor, t: bool = False
+) -> list[Sequence[torch.Tensor]]:
+    """Each stacked (E, ., .) weight's per-expert matrices (transposed when t): one unbind per
+    weight, or only the experts with rows when they are few (see _few)."""
+    weights = tuple(w.transpose(1, 2) if t else w for w in weights)
+    active = _few(counts)
+    if active is None:
+        return [w.unbind(0) for w in weights]
+    out: list[Sequence[torch.Tensor]] = []
+    for w in weights:
+        views = [w[0]] * len(counts)
+        for e in active:
+            views[e] = w[e]
+        out.append(views)
+    return out
 
 
 class GroupedReluFFN(torch.autograd.Function):
@@ -182,7 +214,7 @@ class GroupedReluFFN(torch.autograd.Function):
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
         h_AH, out_AD = fresh(A, H, like=x_AD), fresh(A, D, like=x_AD)
         xs, hs, outs = _rows(counts, x_AD, h_AH, out_AD)
-        w_in, w_out = _each(w_in_EDH, w_out_EHD)
+        w_in, w_out = _each(counts, w_in_EDH, w_out_EHD)
         _each_expert(counts, lambda e: torch.mm(xs[e], w_in[e], out=hs[e]), w_in_EDH)
         h_AH.relu_()
         _each_expert(counts, lambda e: torch.mm(hs[e], w_out[e], out=outs[e]), w_out_EHD)
@@ -198,7 +230,7 @@ class GroupedReluFFN(torch.autograd.Function):
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
         t_AH = fresh(*h_AH.shape, like=h_AH)  # g_out @ w_out^T, before the gate weight
-        w_in_t, w_out_t = _each(w_in, w_out, t=True)
+        w_in_t, w_out_t = _each(counts, w_in, w_out, t=True)
         g_outs, ts = _rows(counts, g_out_AD, t_AH)
         _each_expert(counts, lambda e: torch.mm(g_outs[e], w_out_t[e], out=ts[e]), w_out)
         g_scale_A = torch.linalg.vecdot(t_AH, h_AH) if needs[1] else None
@@ -209,8 +241,8 @@ class GroupedReluFFN(torch.autograd.Function):
         g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
         weight_grads = _WeightGrads((w_in, w_out), needs[2] or needs[3])
         g_hs, g_scaleds = _rows(counts, g_h_AH, g_scaled_AD)
-        g_xs = g_x_AD.split(counts) if g_x_AD is not None else None
-        xs_t, hs_t = _rows_t(counts, x_AD, h_AH)
+        g_xs = _rows(counts, g_x_AD)[0] if g_x_AD is not None else None
+        xs_t, hs_t = _rows(counts, x_AD, h_AH, t=True)
 
         # one expert's input and weight gradients while its rows are in cache
         def up_t(e: int) -> None:
@@ -241,7 +273,7 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         g_AH, u_AH = fresh(A, H, like=x_AD), fresh(A, H, like=x_AD)
         a_AH, out_AD = fresh(A, H, like=x_AD), fresh(A, D, like=x_AD)
         xs, gs, us, as_, outs = _rows(counts, x_AD, g_AH, u_AH, a_AH, out_AD)
-        w_gate, w_in, w_out = _each(w_gate_EDH, w_in_EDH, w_out_EHD)
+        w_gate, w_in, w_out = _each(counts, w_gate_EDH, w_in_EDH, w_out_EHD)
 
         def up(e: int) -> None:
             torch.mm(xs[e], w_gate[e], out=gs[e])
@@ -263,7 +295,7 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
         t_AH = fresh(*u_AH.shape, like=u_AH)
-        w_gate_t, w_in_t, w_out_t = _each(w_gate, w_in, w_out, t=True)
+        w_gate_t, w_in_t, w_out_t = _each(counts, w_gate, w_in, w_out, t=True)
         g_outs, ts = _rows(counts, g_out_AD, t_AH)
         _each_expert(counts, lambda e: torch.mm(g_outs[e], w_out_t[e], out=ts[e]), w_out)
         # six (A, H) passes, each a fused kernel; autograd's silu_backward is d silu(z)/dz * grad
@@ -276,8 +308,8 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
         weight_grads = _WeightGrads((w_gate, w_in, w_out), any(needs[2:5]))
         g_gs, g_us, g_scaleds = _rows(counts, g_g_AH, g_u_AH, g_scaled_AD)
-        g_xs = g_x_AD.split(counts) if g_x_AD is not None else None
-        xs_t, as_t = _rows_t(counts, x_AD, a_AH)
+        g_xs = _rows(counts, g_x_AD)[0] if g_x_AD is not None else None
+        xs_t, as_t = _rows(counts, x_AD, a_AH, t=True)
 
         # one expert's input and weight gradients while its rows are in cache
         def up_t(e: int) -> None:
