@@ -103,6 +103,57 @@ def profile_layer(T: int, D: int, E: int, args) -> dict:
     }
 
 
+def _matmul_step(xs, ws, hs, ys, gws) -> None:
+    """The matmuls of one SwiGLU training step for each (x, w, h, y, gw) group, nothing else:
+    forward x@w_gate, x@w_in, h@w_out; backward y@w_out^T, h@w_in^T + h@w_gate^T (input
+    gradient), x^T@h twice and h^T@y (weight gradients), all with out= as the fused path does."""
+    for x, (wg, wi, wo), h, y, (gg, gi, go) in zip(xs, ws, hs, ys, gws, strict=True):
+        torch.mm(x, wg, out=h)
+        torch.mm(x, wi, out=h)
+        torch.mm(h, wo, out=y)
+        torch.mm(y, wo.t(), out=h)
+        torch.mm(h, wi.t(), out=x).addmm_(h, wg.t())
+        torch.mm(x.t(), h, out=gg)
+        torch.mm(x.t(), h, out=gi)
+        torch.mm(h.t(), y, out=go)
+
+
+def matmul_floor(T: int, D: int, E: int, k: int, repeats: int) -> dict:
+    """CPU time of the SwiGLU step's matmuls alone: E experts of k*T/E rows each (routing made
+    uniform), against the dense ideal's same matmuls over T rows of width k*d_hidden."""
+    H = 2 * D
+    result = {}
+    for name, groups, rows, width in (("experts", E, k * T // E, H), ("dense", 1, T, k * H)):
+        torch.manual_seed(0)
+        xs = [torch.randn(rows, D) for _ in range(groups)]
+        hs = [torch.empty(rows, width) for _ in range(groups)]
+        ys = [torch.empty(rows, D) for _ in range(groups)]
+        ws = [(torch.randn(D, width), torch.randn(D, width), torch.randn(width, D)) for _ in hs]
+        gws = [tuple(torch.empty_like(w) for w in group) for group in ws]
+        _matmul_step(xs, ws, hs, ys, gws)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.process_time()
+            _matmul_step(xs, ws, hs, ys, gws)
+            best = min(best, time.process_time() - t0)
+        result[name] = best * 1e3
+    flops = 9 * 2 * k * T * D * H
+    return {"E": E, "rows": k * T // E, **result, "gflops": flops / result["experts"] / 1e6}
+
+
+def print_matmul_floor(args) -> None:
+    print("\nthe SwiGLU step's matmuls alone (uniform routing; CPU time, best of --repeats)")
+    print("| E | rows per expert | expert matmuls ms | GFLOP/s | dense matmuls ms | ×dense |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for E in args.E:
+        r = matmul_floor(args.T, args.d, E, args.k, args.repeats)
+        print(
+            f"| {E} | {r['rows']} | {r['experts']:.1f} | {r['gflops']:.0f} | {r['dense']:.1f} "
+            f"| **{r['experts'] / r['dense']:.2f}** |",
+            flush=True,
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -117,9 +168,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="profiled steps (averaged)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps (best kept)")
     p.add_argument("--top", type=int, default=8, help="rows of the node and op tables")
+    p.add_argument(
+        "--matmuls", action="store_true", help="only the table of the step's matmuls alone"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.matmuls:
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.T}, "
+            f"d_model={args.d}, d_hidden={2 * args.d}, k={args.k}, fp32"
+        )
+        print_matmul_floor(args)
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.T}, "
         f"d_model={args.d}, d_hidden={2 * args.d}, k={args.k}, router={args.router}, "
