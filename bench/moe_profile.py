@@ -104,14 +104,19 @@ def profile_layer(T: int, D: int, E: int, args) -> dict:
 
 
 def _matmul_step(xs, ws, hs, ys, gws) -> None:
-    """The matmuls of one SwiGLU training step for each (x, w, h, y, gw) group, nothing else:
-    forward x@w_gate, x@w_in, h@w_out; backward y@w_out^T, h@w_in^T + h@w_gate^T (input
-    gradient), x^T@h twice and h^T@y (weight gradients), all with out= as the fused path does."""
-    for x, (wg, wi, wo), h, y, (gg, gi, go) in zip(xs, ws, hs, ys, gws, strict=True):
+    """The matmuls of one SwiGLU training step for each (x, w, h, y, gw) group, nothing else, in
+    the fused path's order (each pass over every expert before the next, so a weight is read
+    from memory again in backward): x@w_gate, x@w_in; h@w_out; y@w_out^T; h@w_in^T + h@w_gate^T
+    (input gradient) with x^T@h twice and h^T@y (weight gradients); all with out=."""
+    groups = list(zip(xs, ws, hs, ys, gws, strict=True))
+    for x, (wg, wi, _), h, _, _ in groups:
         torch.mm(x, wg, out=h)
         torch.mm(x, wi, out=h)
+    for _, (_, _, wo), h, y, _ in groups:
         torch.mm(h, wo, out=y)
+    for _, (_, _, wo), h, y, _ in groups:
         torch.mm(y, wo.t(), out=h)
+    for x, (wg, wi, _), h, y, (gg, gi, go) in groups:
         torch.mm(h, wi.t(), out=x).addmm_(h, wg.t())
         torch.mm(x.t(), h, out=gg)
         torch.mm(x.t(), h, out=gi)
