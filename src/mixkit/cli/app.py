@@ -47,9 +47,10 @@ def missing_extra(e: ImportError, extra: str) -> MixkitError:
 
 
 def main() -> None:
-    # Large CPU tensors (an MoE's stacked expert gradients, fresh every step) on transparent huge
-    # pages are much cheaper to first-touch (docs/benchmarks.md, MoE layer). torch reads this
-    # once, at its import, which happens later, inside the command bodies.
+    # Large CPU tensors that are allocated afresh every step (activations, dense gradients; the
+    # fused MoE path pools its expert gradients itself, see mixkit/moe/buffers.py) are cheaper
+    # to first-touch on transparent huge pages. torch reads this once, at its import, which
+    # happens later, inside the command bodies.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     try:
         app(standalone_mode=False)
