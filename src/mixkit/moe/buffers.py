@@ -1,4 +1,4 @@
-"""Large CPU buffers for the fused expert path: huge-page advice, and weight-gradient reuse.
+"""Large CPU buffers for the fused expert path: huge-page advice, scratch and gradient reuse.
 
 An MoE's expert weights are E/k times a dense FFN's of the same active width, and so are their
 gradients. `optimizer.zero_grad()` frees the gradients every step (set_to_none), so every
@@ -7,9 +7,12 @@ faults in and zeroes every page first. Measured on the 2-core EPYC VM (one threa
 fresh 512 MiB buffer took 226 ms, refilling one already mapped 29 ms; at E=256, d_model=512 the
 three expert gradients are 512 MiB each.
 
-Two remedies, both here:
+The same holds, at a smaller scale, for the (A, H) activations and temporaries of every step.
+Three remedies, all here:
 - `fresh()` advises a buffer as transparent huge pages before its first touch (fewer faults;
   the zeroing stays).
+- `ScratchPool` (`scratch`) keeps the fused path's large per-step buffers by size and hands
+  them out again once idle, in training (not under inference_mode).
 - `GradientPool` keeps the storage of each weight's last gradients and hands it out again once
   nothing else holds it (the optimizer has dropped `.grad`): the next backward writes into
   memory that is already mapped. This is what a caching allocator does; torch has none for CPU.
@@ -17,6 +20,7 @@ Two remedies, both here:
   gradient someone still holds (an accumulating `.grad`, a tensor kept in a list) is never
   overwritten. The pool keeps at most `PER_WEIGHT` idle buffers per weight, while the weight
   lives; `release()` drops them.
+Both pools tell "idle" the same way (see _Block) and have `release()`.
 """
 
 from __future__ import annotations
@@ -81,10 +85,13 @@ class _Block:
         return sys.getrefcount(self.memory) == 2
 
     def tensor(self, like: torch.Tensor) -> torch.Tensor:
-        flat = torch.frombuffer(self.memory, dtype=like.dtype, count=like.numel())
+        return self.shaped(tuple(like.shape), like.dtype)
+
+    def shaped(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        flat = torch.frombuffer(self.memory, dtype=dtype, count=math.prod(shape))
         # not a view of `flat` (a view's base would stop autograd from adopting it as .grad)
-        strides = [math.prod(like.shape[i + 1 :]) for i in range(like.dim())]  # contiguous
-        return torch.empty(0, dtype=like.dtype).set_(flat.untyped_storage(), 0, like.shape, strides)
+        strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]  # contiguous
+        return torch.empty(0, dtype=dtype).set_(flat.untyped_storage(), 0, shape, strides)
 
 
 class GradientPool:
@@ -120,4 +127,49 @@ class GradientPool:
             self._kept = WeakIdKeyDictionary()
 
 
+class ScratchPool:
+    """The fused path's large per-step buffers (activations saved for backward, backward
+    temporaries, the dispatcher's gathers), kept across steps by size and reused once idle.
+
+    Plain allocations of these sizes go back to the kernel when freed (glibc maps anything
+    above 32 MiB afresh, and often smaller buffers too once other allocations come between), so
+    every step faulted and zeroed them again. The pool keeps up to MAX_PER_SIZE blocks of each
+    size: about the most that one step holds at once, so between steps it keeps roughly the
+    step's peak. Not under inference_mode (decoding and serving keep ordinary allocations);
+    `release()` drops the idle blocks."""
+
+    MAX_PER_SIZE = 32
+    MIN_BYTES = 1 << 20
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[int, torch.dtype], list[_Block]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, *shape: int, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor of `shape`, dtype and device of `like`."""
+        nbytes = math.prod(shape) * like.element_size()
+        if (
+            like.device.type != "cpu"
+            or nbytes < self.MIN_BYTES
+            or torch.is_inference_mode_enabled()
+            or type(like) not in (torch.Tensor, torch.nn.Parameter)
+        ):
+            return fresh(*shape, like=like)
+        with self._lock:
+            kept = self._kept.setdefault((nbytes, like.dtype), [])
+            for block in kept:
+                if block.idle():
+                    return block.shaped(shape, like.dtype)
+            if len(kept) >= self.MAX_PER_SIZE:
+                return fresh(*shape, like=like)
+            kept.append(_Block(nbytes))
+            return kept[-1].shaped(shape, like.dtype)
+
+    def release(self) -> None:
+        """Drop every idle block (those in use are freed by their holders as usual)."""
+        with self._lock:
+            self._kept = {}
+
+
 gradients = GradientPool()
+scratch = ScratchPool()

@@ -39,7 +39,7 @@ from typing import Any, Protocol, cast
 
 import torch
 
-from mixkit.moe.buffers import fresh
+from mixkit.moe.buffers import scratch
 from mixkit.moe.experts import Experts
 from mixkit.moe.routing import Router, RoutingDecision
 
@@ -101,8 +101,8 @@ class DispatchPlan:
 
 
 def _gather(src_ND: torch.Tensor, idx_M: torch.Tensor) -> torch.Tensor:
-    """src_ND[idx_M] into a fresh() buffer (a plain large allocation may fault 4 KiB pages)."""
-    out_MD = fresh(idx_M.shape[0], src_ND.shape[1], like=src_ND)
+    """src_ND[idx_M] into a pooled buffer (see buffers.ScratchPool)."""
+    out_MD = scratch.take(idx_M.shape[0], src_ND.shape[1], like=src_ND)
     return torch.index_select(src_ND, 0, idx_M, out=out_MD)
 
 

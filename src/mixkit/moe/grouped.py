@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from mixkit.moe.buffers import fresh, gradients
+from mixkit.moe.buffers import gradients, scratch
 
 # Experts run side by side only where it measured faster on the 2-core VM (commit e1a7dc6): with
 # 512 x 1024 expert weights up to 512 rows per expert; with 256 x 512 weights the per-call
@@ -137,13 +137,13 @@ def _saved(ctx: Any) -> tuple[torch.Tensor, ...]:
     if not ctx.regather:
         return ctx.saved_tensors
     x_TD, token_A, *others = ctx.saved_tensors
-    x_AD = fresh(token_A.shape[0], x_TD.shape[1], like=x_TD)
+    x_AD = scratch.take(token_A.shape[0], x_TD.shape[1], like=x_TD)
     return (torch.index_select(x_TD, 0, token_A, out=x_AD), *others)
 
 
 def _scaled(x_AD: torch.Tensor, scale_A: torch.Tensor) -> torch.Tensor:
-    """x_AD * scale_A per row, into a fresh() buffer (a plain allocation may fault 4 KiB pages)."""
-    return torch.mul(x_AD, scale_A.unsqueeze(-1), out=fresh(*x_AD.shape, like=x_AD))
+    """x_AD * scale_A per row, into a pooled buffer (see buffers.ScratchPool)."""
+    return torch.mul(x_AD, scale_A.unsqueeze(-1), out=scratch.take(*x_AD.shape, like=x_AD))
 
 
 def _few(counts: list[int]) -> list[int] | None:
@@ -212,7 +212,7 @@ class GroupedReluFFN(torch.autograd.Function):
         source: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
-        h_AH, out_AD = fresh(A, H, like=x_AD), fresh(A, D, like=x_AD)
+        h_AH, out_AD = scratch.take(A, H, like=x_AD), scratch.take(A, D, like=x_AD)
         xs, hs, outs = _rows(counts, x_AD, h_AH, out_AD)
         w_in, w_out = _each(counts, w_in_EDH, w_out_EHD)
         _each_expert(counts, lambda e: torch.mm(xs[e], w_in[e], out=hs[e]), w_in_EDH)
@@ -229,7 +229,7 @@ class GroupedReluFFN(torch.autograd.Function):
         x_AD, scale_A, h_AH, w_in, w_out = _saved(ctx)
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
-        t_AH = fresh(*h_AH.shape, like=h_AH)  # g_out @ w_out^T, before the gate weight
+        t_AH = scratch.take(*h_AH.shape, like=h_AH)  # g_out @ w_out^T, before the gate weight
         w_in_t, w_out_t = _each(counts, w_in, w_out, t=True)
         g_outs, ts = _rows(counts, g_out_AD, t_AH)
         _each_expert(counts, lambda e: torch.mm(g_outs[e], w_out_t[e], out=ts[e]), w_out)
@@ -238,7 +238,7 @@ class GroupedReluFFN(torch.autograd.Function):
         g_h_AH = t_AH.mul_(scale_A.unsqueeze(-1))
         torch.ops.aten.threshold_backward.grad_input(g_h_AH, h_AH, 0, grad_input=g_h_AH)
         g_scaled_AD = _scaled(g_out_AD, scale_A)
-        g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
+        g_x_AD = scratch.take(*x_AD.shape, like=x_AD) if needs[0] else None
         weight_grads = _WeightGrads((w_in, w_out), needs[2] or needs[3])
         g_hs, g_scaleds = _rows(counts, g_h_AH, g_scaled_AD)
         g_xs = _rows(counts, g_x_AD)[0] if g_x_AD is not None else None
@@ -270,8 +270,8 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         source: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         A, H, D = x_AD.shape[0], w_in_EDH.shape[2], w_out_EHD.shape[2]
-        g_AH, u_AH = fresh(A, H, like=x_AD), fresh(A, H, like=x_AD)
-        a_AH, out_AD = fresh(A, H, like=x_AD), fresh(A, D, like=x_AD)
+        g_AH, u_AH = scratch.take(A, H, like=x_AD), scratch.take(A, H, like=x_AD)
+        a_AH, out_AD = scratch.take(A, H, like=x_AD), scratch.take(A, D, like=x_AD)
         xs, gs, us, as_, outs = _rows(counts, x_AD, g_AH, u_AH, a_AH, out_AD)
         w_gate, w_in, w_out = _each(counts, w_gate_EDH, w_in_EDH, w_out_EHD)
 
@@ -294,18 +294,20 @@ class GroupedSwiGLUFFN(torch.autograd.Function):
         x_AD, scale_A, g_AH, u_AH, a_AH, w_gate, w_in, w_out = _saved(ctx)
         counts, needs = ctx.counts, ctx.needs_input_grad
         g_out_AD = g_out_AD.contiguous()
-        t_AH = fresh(*u_AH.shape, like=u_AH)
+        t_AH = scratch.take(*u_AH.shape, like=u_AH)
         w_gate_t, w_in_t, w_out_t = _each(counts, w_gate, w_in, w_out, t=True)
         g_outs, ts = _rows(counts, g_out_AD, t_AH)
         _each_expert(counts, lambda e: torch.mm(g_outs[e], w_out_t[e], out=ts[e]), w_out)
         # six (A, H) passes, each a fused kernel; autograd's silu_backward is d silu(z)/dz * grad
         g_scale_A = torch.linalg.vecdot(t_AH, a_AH) if needs[1] else None
         g_a_AH = t_AH.mul_(scale_A.unsqueeze(-1))
-        g_u_AH = torch.ops.aten.silu.out(g_AH, out=fresh(*g_AH.shape, like=g_AH)).mul_(g_a_AH)
+        g_u_AH = torch.ops.aten.silu.out(g_AH, out=scratch.take(*g_AH.shape, like=g_AH)).mul_(
+            g_a_AH
+        )
         g_g_AH = g_a_AH.mul_(u_AH)  # g_a is not needed after this, so t's memory is reused
         torch.ops.aten.silu_backward.grad_input(g_g_AH, g_AH, grad_input=g_g_AH)
         g_scaled_AD = _scaled(g_out_AD, scale_A)
-        g_x_AD = fresh(*x_AD.shape, like=x_AD) if needs[0] else None
+        g_x_AD = scratch.take(*x_AD.shape, like=x_AD) if needs[0] else None
         weight_grads = _WeightGrads((w_gate, w_in, w_out), any(needs[2:5]))
         g_gs, g_us, g_scaleds = _rows(counts, g_g_AH, g_u_AH, g_scaled_AD)
         g_xs = _rows(counts, g_x_AD)[0] if g_x_AD is not None else None
