@@ -63,6 +63,24 @@ def test_capacity_mode_actually_drops():
     assert float(layer.last_stats.dropped_fraction) > 0
 
 
+def _step(layer, x: torch.Tensor) -> tuple:
+    """One forward and backward with a fixed, position-dependent upstream gradient: the output,
+    the input's gradient and every parameter's."""
+    xx = x.clone().requires_grad_(True)
+    layer.zero_grad()
+    y = layer(xx)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+    return y.detach(), xx.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+
+def _assert_same(a: tuple, b: tuple, rtol: float, atol: float) -> None:
+    (y0, gx0, gp0), (y1, gx1, gp1) = a, b
+    torch.testing.assert_close(y0, y1, rtol=rtol, atol=atol)
+    torch.testing.assert_close(gx0, gx1, rtol=rtol, atol=atol)
+    for n in gp0:
+        torch.testing.assert_close(gp0[n], gp1[n], rtol=rtol, atol=atol, msg=n)
+
+
 @pytest.mark.parametrize("impl", ["loop", "grouped_mm"])
 @pytest.mark.parametrize("expert", ["relu", "swiglu"])
 def test_expert_paths_agree_with_the_fused_default(expert, impl):
@@ -78,22 +96,11 @@ def test_expert_paths_agree_with_the_fused_default(expert, impl):
     results = {}
     for name in ("fused", impl):
         layer.expert_impl = name
-        xx = x.clone().requires_grad_(True)
-        layer.zero_grad()
-        y = layer(xx)
-        (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-        results[name] = (
-            y.detach(),
-            xx.grad,
-            {n: p.grad.clone() for n, p in layer.named_parameters()},
-        )
-    (y0, gx0, gp0), (y1, gx1, gp1) = results["fused"], results[impl]
+        results[name] = _step(layer, x)
     assert layer.last_stats.tokens_per_expert[5] == 0
-    torch.testing.assert_close(y0, y1, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(gx0, gx1, rtol=1e-4, atol=1e-5)
-    for n in gp0:
-        torch.testing.assert_close(gp0[n], gp1[n], rtol=1e-4, atol=1e-5, msg=n)
-    assert torch.equal(gp0["experts.w_in"][5], torch.zeros_like(gp0["experts.w_in"][5]))
+    _assert_same(results["fused"], results[impl], rtol=1e-4, atol=1e-5)
+    w_in_grad = results["fused"][2]["experts.w_in"]
+    assert torch.equal(w_in_grad[5], torch.zeros_like(w_in_grad[5]))
 
 
 @pytest.mark.parametrize("expert", ["relu", "swiglu"])
@@ -115,22 +122,12 @@ def test_small_experts_side_by_side_match_one_at_a_time(expert, monkeypatch):
         for max_rows in (grouped.SIDE_BY_SIDE_MAX_ROWS, 0):  # 0: never side by side
             monkeypatch.setattr(grouped, "SIDE_BY_SIDE_MAX_ROWS", max_rows)
             used = len(pools)
-            xx = x.clone().requires_grad_(True)
-            layer.zero_grad()
-            y = layer(xx)
-            (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
-            results.append(
-                (y.detach(), xx.grad, {n: p.grad.clone() for n, p in layer.named_parameters()})
-            )
+            results.append(_step(layer, x))
             assert (len(pools) > used) == (max_rows > 0)  # forward and backward both used the pool
             assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
-    (y0, gx0, gp0), (y1, gx1, gp1) = results
-    torch.testing.assert_close(y0, y1, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gx0, gx1, rtol=1e-12, atol=1e-12)
-    for n in gp0:
-        torch.testing.assert_close(gp0[n], gp1[n], rtol=1e-12, atol=1e-12, msg=n)
+    _assert_same(*results, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("expert", ["relu", "swiglu"])
@@ -142,16 +139,6 @@ def test_fused_path_with_few_experts_used_matches_the_loop(expert):
     results = []
     for impl in ("fused", "loop"):
         layer.expert_impl = impl
-        xx = x.clone().requires_grad_(True)
-        layer.zero_grad()
-        y = layer(xx)
-        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
-        results.append(
-            (y.detach(), xx.grad, {n: p.grad.clone() for n, p in layer.named_parameters()})
-        )
+        results.append(_step(layer, x))
     assert int((layer.last_stats.tokens_per_expert > 0).sum()) * 2 < 16  # the few-experts path
-    (y0, gx0, gp0), (y1, gx1, gp1) = results
-    torch.testing.assert_close(y0, y1, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gx0, gx1, rtol=1e-12, atol=1e-12)
-    for n in gp0:
-        torch.testing.assert_close(gp0[n], gp1[n], rtol=1e-12, atol=1e-12, msg=n)
+    _assert_same(*results, rtol=1e-12, atol=1e-12)
