@@ -148,11 +148,17 @@ def read_json_lines(
         if not line.strip():
             continue
         where = f"{path}:{no}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ConfigError(f"{where}: expected {expect}")
-        out.append((where, obj))
+        out.append((where, json_object(line, where, expect)))
     return out
+
+
+def json_object(text: str, where: str, expect: str = "a JSON object") -> dict[str, Any]:
+    """`text` parsed as one JSON object; otherwise a ConfigError naming `where` (a file, a line)
+    and what was expected."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{where}: expected {expect}")
+    return obj

@@ -143,8 +143,8 @@ def test_a_gate_file_round_trips(tmp_path):
 @pytest.mark.parametrize(
     "content, words",
     [
-        ("not json", "bad JSON"),
-        ("[1, 2]", "expected a JSON object"),
+        ("not json", "not valid JSON"),
+        ("[1, 2]", "expected a mixkit gate file"),
         ('{"version": 1}', "not a mixkit gate file"),
         ('{"version": 99, "features": "text"}', "version 99"),
     ],

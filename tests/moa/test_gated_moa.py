@@ -186,7 +186,10 @@ def test_a_gated_vote_streams_the_majority_answer_without_an_aggregator_call(ser
 
 @pytest.mark.parametrize(
     "content, words",
-    [("{not json", "bad JSON"), ('{"version": 1, "features": "nope"}', "unknown gate features")],
+    [
+        ("{not json", "not valid JSON"),
+        ('{"version": 1, "features": "nope"}', "unknown gate features"),
+    ],
 )
 def test_a_bad_gate_file_is_one_line_and_exit_2(server, tmp_path, content, words):
     bad = tmp_path / "bad.json"

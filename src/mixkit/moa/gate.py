@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixkit.config import json_object
 from mixkit.errors import ConfigError
 from mixkit.moa.features import extractor
 from mixkit.moa.scored import ScoredCall, read_jsonl
@@ -217,12 +218,7 @@ def load(path: str | Path) -> Gate:
             ) from None
         except (IsADirectoryError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not a readable gate file ({e})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: not a mixkit gate file (bad JSON: {e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: not a mixkit gate file (expected a JSON object)")
+    data = json_object(text, where, "a mixkit gate file (a JSON object)")
     return Gate.from_dict(data, where)
 
 
