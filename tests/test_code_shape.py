@@ -1,8 +1,8 @@
 """The shape of the code: files under 400 lines, functions under 60, no imports hidden inside
 function bodies (except deliberately lazy optional dependencies, each with a comment saying so).
 
-A function's length is its body's, from its first statement after the docstring to its end: a
-CLI command's signature is a list of option declarations, not logic."""
+A function's length runs from its `def` to its last line: signature and docstring count too
+(a CLI command declares its options as one-line `Annotated` aliases to stay within it)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,7 @@ def test_no_function_is_over_60_lines():
     long = {}
     for path in _files():
         for fn in _functions(ast.parse(path.read_text())):
-            body = fn.body[1:] if ast.get_docstring(fn) and len(fn.body) > 1 else fn.body
-            n = fn.end_lineno - body[0].lineno + 1
+            n = fn.end_lineno - fn.lineno + 1
             if n > MAX_FUNCTION_LINES:
                 long[f"{path.relative_to(SRC)}:{fn.name}"] = n
     assert not long, long

@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -51,36 +52,46 @@ def _failures(calls: list[CallRecord]) -> list[str]:
     return [f"layer {c.layer} {c.agent}: {c.error}" for c in calls if c.error]
 
 
-@app.command()
-def ask(
-    question: str = typer.Argument(
-        DEFAULT_QUESTION, help="the question (default: a demo question)"
-    ),
-    preset: str | None = typer.Option(
-        None,
+# `mixkit ask`'s options, one line each in its signature
+Question = Annotated[str, typer.Argument(help="the question (default: a demo question)")]
+Preset = Annotated[
+    str | None,
+    typer.Option(
         "--preset",
         "-p",
         help="a bundled preset: gated (default), gated-vote, self-moa, moa-lite, moa, moa-tiny",
     ),
-    config: Path | None = typer.Option(  # noqa: B008 (typer's idiom)
-        None, "--config", "-c", help="a TOML file with your own agents and layers"
-    ),
-    as_json: bool = typer.Option(
-        False, "--json", help="print one JSON object (answer + trace) instead of streaming"
-    ),
-    max_tokens: int | None = typer.Option(
-        None, "--max-tokens", min=1, help="cap every agent's max_tokens"
-    ),
-    deadline: float | None = typer.Option(
-        None, "--deadline", min=0.1, help="per-call deadline in seconds"
-    ),
-    cont: bool = typer.Option(
-        False, "--continue", help="continue the latest conversation (multi-turn)"
-    ),
-    cid: str | None = typer.Option(None, "--cid", help="continue this conversation id"),
-    no_log: bool = typer.Option(
-        False, "--no-log", help="do not record this run in the log database"
-    ),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", "-c", help="a TOML file with your own agents and layers")
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="print one JSON object (answer + trace) instead of streaming")
+]
+MaxTokens = Annotated[
+    int | None, typer.Option("--max-tokens", min=1, help="cap every agent's max_tokens")
+]
+Deadline = Annotated[
+    float | None, typer.Option("--deadline", min=0.1, help="per-call deadline in seconds")
+]
+Continue = Annotated[
+    bool, typer.Option("--continue", help="continue the latest conversation (multi-turn)")
+]
+Cid = Annotated[str | None, typer.Option("--cid", help="continue this conversation id")]
+NoLog = Annotated[bool, typer.Option("--no-log", help="do not record this run in the log database")]
+
+
+@app.command()
+def ask(
+    question: Question = DEFAULT_QUESTION,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    as_json: AsJson = False,
+    max_tokens: MaxTokens = None,
+    deadline: Deadline = None,
+    cont: Continue = False,
+    cid: Cid = None,
+    no_log: NoLog = False,
 ) -> None:
     """Ask a Mixture-of-Agents; the final answer streams as it is generated."""
     cfg = resolve(preset, config)

@@ -86,42 +86,47 @@ class _RichProgress:
             self.progress = None
 
 
+# `mixkit train`'s options, one line each in its signature
+Preset = Annotated[
+    str | None, typer.Option("--preset", "-p", help="a bundled preset (see --list-presets)")
+]
+ConfigFile = Annotated[Path | None, typer.Option("--config", "-c", help="a TOML config file")]
+Data = Annotated[
+    Path | None, typer.Option("--data", help="text file or folder (default: Shakespeare)")
+]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<name>)")]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="continue the run in --out from its checkpoint")
+]
+Steps = Annotated[int | None, typer.Option("--steps", help="shorthand for --set train.steps=N")]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a config field, e.g. --set model.moe.k=1"),
+]
+ListPresets = Annotated[bool, typer.Option("--list-presets", help="list the presets and exit")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+ExpertParallel = Annotated[
+    int,
+    typer.Option(
+        "--expert-parallel",
+        help="under torchrun: split each MoE layer's experts over groups of N ranks "
+        "(1: plain data parallelism)",
+    ),
+]
+
+
 @app.command()
 def train(
-    preset: Annotated[
-        str | None, typer.Option("--preset", "-p", help="a bundled preset (see --list-presets)")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="a TOML config file")
-    ] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="text file or folder (default: Shakespeare)")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="run folder (default: runs/<name>)")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="continue the run in --out from its checkpoint")
-    ] = False,
-    steps: Annotated[
-        int | None, typer.Option("--steps", help="shorthand for --set train.steps=N")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="override a config field, e.g. --set model.moe.k=1"),
-    ] = None,
-    list_presets: Annotated[
-        bool, typer.Option("--list-presets", help="list the presets and exit")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-    expert_parallel: Annotated[
-        int,
-        typer.Option(
-            "--expert-parallel",
-            help="under torchrun: split each MoE layer's experts over groups of N ranks "
-            "(1: plain data parallelism)",
-        ),
-    ] = 1,
+    preset: Preset = None,
+    config: ConfigFile = None,
+    data: Data = None,
+    out: Out = None,
+    resume: Resume = False,
+    steps: Steps = None,
+    set_: Sets = None,
+    list_presets: ListPresets = False,
+    quiet: Quiet = False,
+    expert_parallel: ExpertParallel = 1,
 ) -> None:
     """Train a language model; checkpoints, log.jsonl and PNG plots go to --out.
 
@@ -136,8 +141,7 @@ def train(
 
     if list_presets:
         for name in preset_names():
-            desc = load_config(name).description
-            console.print(f"[bold]{name}[/]  {desc}")
+            console.print(f"[bold]{name}[/]  {load_config(name).description}")
         return
     plan = plan_run(preset, config, set_ or [], data=data, steps=steps, resume=resume, out=out)
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -153,10 +157,13 @@ def train(
         )
     finally:
         progress.close()
-    if not main_rank:
-        return
+    if main_rank:
+        console.print(_summary(result, plan.out_dir, plan.as_shipped))
 
-    table = Table(title=f"run {plan.out_dir}", show_header=False)
+
+def _summary(result: Any, out_dir: Path, as_shipped: bool) -> Table:
+    """The finished run's figures (`result`: a mixkit.train.TrainResult)."""
+    table = Table(title=f"run {out_dir}", show_header=False)
     table.add_row("steps", str(result.steps))
     table.add_row("train loss", f"{result.train_loss:.4f}")
     table.add_row("val loss / perplexity", f"{result.val_loss:.4f} / {result.val_ppl:.2f}")
@@ -165,12 +172,12 @@ def train(
     table.add_row("parameters", f"{result.params:,}")
     table.add_row("active multiply-adds / token", f"{result.active_macs_per_token:,}")
     table.add_row("tokens/s (last window)", f"{result.tokens_per_s:,.0f}")
-    if result.expect_met is not None and plan.as_shipped:
+    if result.expect_met is not None and as_shipped:
         # the preset's golden promise holds for the preset as shipped, not for modified runs
         verdict = "met" if result.expect_met else "[red]NOT met[/]"
         table.add_row("preset's expected val loss", verdict)
     table.add_row("plots", ", ".join(str(p) for p in result.plots) or "-")
-    console.print(table)
+    return table
 
 
 @app.command()
