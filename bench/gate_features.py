@@ -23,9 +23,9 @@ from collections import defaultdict
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # the budget is one core
 
-from mixkit.moa import gate as g  # noqa: E402
 from mixkit.moa import trace  # noqa: E402
-from mixkit.moa.features import extractor  # noqa: E402
+from mixkit.moa.gate import model as g  # noqa: E402
+from mixkit.moa.gate.features import extractor  # noqa: E402
 
 
 def load(db_path: str) -> list[g.ScoredCall]:

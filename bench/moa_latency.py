@@ -41,7 +41,7 @@ def main() -> None:
         "MIXKIT_HOME", tempfile.mkdtemp(prefix="mixkit-bench-")
     )  # trace writes included
     from mixkit.moa import MoA, load_preset
-    from mixkit.moa.providers.local import CORES
+    from mixkit.moa.agents.providers.local import CORES
 
     print(f"cores in the local budget: {CORES.total}, max_tokens={args.max_tokens}\n")
     print(
@@ -79,8 +79,8 @@ def thread_split(models: list[str], max_tokens: int) -> None:
     """A layer of 3 local calls on the core budget: split the cores, or take turns with all of them."""
     import asyncio
 
-    from mixkit.moa.providers.base import Sampling, Usage
-    from mixkit.moa.providers.local import CORES, LocalProvider
+    from mixkit.moa.agents.providers.base import Sampling, Usage
+    from mixkit.moa.agents.providers.local import CORES, LocalProvider
 
     async def call(provider, prompt: str, threads: int) -> int:
         usage = Usage()

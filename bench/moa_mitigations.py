@@ -24,8 +24,8 @@ import tempfile
 os.environ.setdefault("MIXKIT_HOME", tempfile.mkdtemp(prefix="mixkit-stairs-"))
 
 from mixkit.moa import MoA, load_preset, parse_config  # noqa: E402
+from mixkit.moa.agents.providers.local import POOL  # noqa: E402
 from mixkit.moa.config import EarlyExitConfig, StaircaseConfig  # noqa: E402
-from mixkit.moa.providers.local import POOL  # noqa: E402
 from mixkit.testing import FakeBackend  # noqa: E402
 
 PROMPTS = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the type only: errors.py is imported by every package, moa by few
-    from mixkit.moa.agents import CallRecord
+    from mixkit.moa.agents.agent import CallRecord
 
 
 class MixkitError(Exception):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from mixkit.errors import ConfigError
-from mixkit.moa import gate as g
 from mixkit.moa.answers import agreement
 from mixkit.moa.config import EarlyExitConfig, parse_config
-from mixkit.moa.features import text_features
-from mixkit.moa.gated import pick_by_vote, plan_run
+from mixkit.moa.gate import model as g
+from mixkit.moa.gate.features import text_features
+from mixkit.moa.gate.plan import pick_by_vote, plan_run
 from tests.moa.planted import add_prompt, planted, reverse_prompt
 
 

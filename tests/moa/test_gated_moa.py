@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mixkit.moa import MoA, parse_config
-from mixkit.moa import gate as g
+from mixkit.moa.gate import model as g
 from tests.moa.planted import planted
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from mixkit.errors import ProviderError
 from mixkit.moa import MoA, ask, parse_config
-from mixkit.moa.providers import local
-from mixkit.moa.providers.model_files import QWEN_SHA256, QWEN_SIZE, assemble_qwen
+from mixkit.moa.agents.providers import local
+from mixkit.moa.agents.providers.model_files import QWEN_SHA256, QWEN_SIZE, assemble_qwen
 
 SMOL = {
     "provider": "local",

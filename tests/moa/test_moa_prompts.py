@@ -7,7 +7,7 @@ import re
 import pytest
 
 from mixkit.errors import ConfigError
-from mixkit.moa.prompts import as_conversation, clip, synthesis_messages
+from mixkit.moa.engine.prompts import as_conversation, clip, synthesis_messages
 
 
 def test_references_are_numbered_delimited_and_after_the_instructions():

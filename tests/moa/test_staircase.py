@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mixkit.moa import MoA, parse_config
-from mixkit.moa.staircase import CONTINUE, STILL_WRITING
+from mixkit.moa.engine.staircase import CONTINUE, STILL_WRITING
 from mixkit.testing import FakeBackend
 
 

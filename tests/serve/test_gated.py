@@ -6,7 +6,7 @@ import json
 
 import httpx
 
-from mixkit.moa import gate as g
+from mixkit.moa.gate import model as g
 from mixkit.serve import RUN_ID_HEADER, ServeSettings
 from tests.serve.helpers import ThreadServer, logged_run, mixture
 

@@ -12,11 +12,11 @@ from rich.table import Table
 
 from mixkit.cli.app import app
 from mixkit.errors import ConfigError
-from mixkit.moa import gate as g
 from mixkit.moa import resolve
 from mixkit.moa import trace as tr
-from mixkit.moa.gate import MIX, load
-from mixkit.moa.gated import plan_run
+from mixkit.moa.gate import model as g
+from mixkit.moa.gate.model import MIX, load
+from mixkit.moa.gate.plan import plan_run
 
 gate_app = typer.Typer(help="Gated Mixture-of-Agents: train, inspect and try agent gates.")
 app.add_typer(gate_app, name="gate")

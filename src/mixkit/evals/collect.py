@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from mixkit.errors import MixkitError
 from mixkit.evals.tasks import FileTask, Item, Task
-from mixkit.moa.answer import Answer
 from mixkit.moa.answers import final_answer
 from mixkit.moa.config import MoAConfig
-from mixkit.moa.gate import ScoredCall
-from mixkit.moa.pipeline import MoA
+from mixkit.moa.engine.pipeline import MoA
+from mixkit.moa.engine.result import Answer
+from mixkit.moa.gate.model import ScoredCall
 
 AnyTask = Task | FileTask
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from mixkit.errors import ConfigError
 from mixkit.evals.collect import AnyTask, ItemResult, run_item, single_config
+from mixkit.moa.agents.providers.local import POOL
 from mixkit.moa.config import EarlyExitConfig, MoAConfig, resolve
-from mixkit.moa.gate import vote
-from mixkit.moa.pipeline import MoA
-from mixkit.moa.providers.local import POOL
+from mixkit.moa.engine.pipeline import MoA
+from mixkit.moa.gate.model import vote
 
 STRATEGIES = ("single", "vote", "moa", "gated", "gated+exit", "gated+budgets")
 

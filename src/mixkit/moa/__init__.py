@@ -15,8 +15,8 @@ This package imports nothing from `mixkit.moe` and touches no network or model a
 
 from mixkit.errors import LayerFailed, ProviderError, RateLimited, Timeout
 from mixkit.moa import logs
-from mixkit.moa.agents import Agent, CallOptions, CallRecord
-from mixkit.moa.answer import Answer, AnswerStream, critical_path
+from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.providers.base import Message
 from mixkit.moa.config import (
     DEFAULT_PRESET,
     AgentConfig,
@@ -28,11 +28,11 @@ from mixkit.moa.config import (
     parse_config,
     resolve,
 )
+from mixkit.moa.engine.pipeline import MoA, RunOptions, ask, stream
+from mixkit.moa.engine.prompts import synthesis_messages
+from mixkit.moa.engine.result import Answer, AnswerStream, critical_path
 from mixkit.moa.events import EVENT_TYPES, Emitter, EventHandler, RunEvent
 from mixkit.moa.logs import Conversation, LayerSummary, LoggedRun, LogSink, SQLiteLog
-from mixkit.moa.pipeline import MoA, RunOptions, ask, stream
-from mixkit.moa.prompts import synthesis_messages
-from mixkit.moa.providers.base import Message
 
 __all__ = [
     "DEFAULT_PRESET",

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mixkit.moa.agents import CallRecord
+from mixkit.moa.agents.agent import CallRecord
 
 log = logging.getLogger("mixkit.moa")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mixkit.moa import trace
-from mixkit.moa.agents import CallRecord
-from mixkit.moa.answer import Answer, CallTotals
-from mixkit.moa.providers.base import Message
+from mixkit.moa.agents.agent import CallRecord
+from mixkit.moa.agents.providers.base import Message
+from mixkit.moa.engine.result import Answer, CallTotals
 
 default_db_path = trace.default_db_path
 

@@ -14,7 +14,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from mixkit.moa.answer import Answer
+from mixkit.moa.engine.result import Answer
 
 MIGRATIONS: list[tuple[str, str]] = [
     (

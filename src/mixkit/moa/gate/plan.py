@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from mixkit.moa.answers import final_answer, similarity
 from mixkit.moa.config import LayerConfig, MoAConfig
-from mixkit.moa.gate import Gate, GateDecision, relative_costs, vote
-from mixkit.moa.layers import labels
+from mixkit.moa.engine.layers import labels
+from mixkit.moa.gate.model import Gate, GateDecision, relative_costs, vote
 
 
 @dataclass

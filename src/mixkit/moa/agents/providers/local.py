@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from mixkit.errors import ProviderError
-from mixkit.moa.providers.base import Message, Provider, Sampling, Usage
-from mixkit.moa.providers.model_files import check_model_name, model_path
+from mixkit.moa.agents.providers.base import Message, Provider, Sampling, Usage
+from mixkit.moa.agents.providers.model_files import check_model_name, model_path
 
 # llama.cpp's CPU backend is built with OpenMP. By default its idle threads spin, and when
 # another process holds a core a decode slows down by orders of magnitude; passive waiting

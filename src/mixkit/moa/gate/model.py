@@ -30,8 +30,8 @@ import numpy as np
 
 from mixkit.config import json_object
 from mixkit.errors import ConfigError
-from mixkit.moa.features import extractor
-from mixkit.moa.scored import ScoredCall, read_jsonl
+from mixkit.moa.gate.features import extractor
+from mixkit.moa.gate.scored import ScoredCall, read_jsonl
 
 __all__ = ["Gate", "GateDecision", "Predictor", "ScoredCall", "load", "read_jsonl", "train"]
 
@@ -205,7 +205,7 @@ class Gate:
 def load(path: str | Path) -> Gate:
     """Load a gate file, or the packaged gate called `default` (see `packaged_gates()`)."""
     name = str(path)
-    packaged = resources.files("mixkit.moa") / "gates" / f"{name}.json"
+    packaged = resources.files("mixkit.moa.gate") / "packaged" / f"{name}.json"
     if "/" not in name and not name.endswith(".json") and packaged.is_file():
         text, where = packaged.read_text(), f"packaged gate '{name}'"
     else:
@@ -223,7 +223,7 @@ def load(path: str | Path) -> Gate:
 
 
 def packaged_gates() -> list[str]:
-    folder = resources.files("mixkit.moa") / "gates"
+    folder = resources.files("mixkit.moa.gate") / "packaged"
     if not folder.is_dir():
         return []
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))

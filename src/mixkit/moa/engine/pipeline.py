@@ -23,20 +23,20 @@ from typing import NamedTuple
 from typing_extensions import TypedDict, Unpack
 
 from mixkit.errors import MixkitError
-from mixkit.moa import gate as gates
-from mixkit.moa.agents import Agent, CallRecord
-from mixkit.moa.answer import Answer, AnswerStream, critical_path
+from mixkit.moa.agents.agent import Agent, CallRecord
+from mixkit.moa.agents.providers.base import Message
+from mixkit.moa.agents.providers.local import CORES
 from mixkit.moa.answers import final_answer
 from mixkit.moa.config import MoAConfig, resolve
+from mixkit.moa.engine.final import FinalCall, answer_alone, stream_final
+from mixkit.moa.engine.layers import LayerRun, labels, run_layer
+from mixkit.moa.engine.prompts import as_conversation, synthesis_messages
+from mixkit.moa.engine.result import Answer, AnswerStream, critical_path
+from mixkit.moa.engine.staircase import staircase
 from mixkit.moa.events import Emitter, EventHandler
-from mixkit.moa.final import FinalCall, answer_alone, stream_final
-from mixkit.moa.gated import Plan, pick_by_vote, plan_run
-from mixkit.moa.layers import LayerRun, labels, run_layer
+from mixkit.moa.gate import model as gates
+from mixkit.moa.gate.plan import Plan, pick_by_vote, plan_run
 from mixkit.moa.logs import LogSink, SQLiteLog
-from mixkit.moa.prompts import as_conversation, synthesis_messages
-from mixkit.moa.providers.base import Message
-from mixkit.moa.providers.local import CORES
-from mixkit.moa.staircase import staircase
 
 LayerCallback = Callable[[int, list[CallRecord]], None]
 

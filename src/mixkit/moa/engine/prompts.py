@@ -16,7 +16,7 @@ often echoed the question or the tags back (tried here on a handful of prompts).
 from __future__ import annotations
 
 from mixkit.errors import ConfigError
-from mixkit.moa.providers.base import Message
+from mixkit.moa.agents.providers.base import Message
 
 SYNTHESIZE = (
     "Below are candidate responses to the user's latest message, written by other assistants. "

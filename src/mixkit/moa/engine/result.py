@@ -6,8 +6,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mixkit.moa.agents import CallRecord
-from mixkit.moa.providers.base import Message
+from mixkit.moa.agents.agent import CallRecord
+from mixkit.moa.agents.providers.base import Message
 
 
 class CallTotals:

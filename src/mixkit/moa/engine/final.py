@@ -11,10 +11,10 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
-from mixkit.moa.agents import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.providers.base import Message
 from mixkit.moa.events import Emitter
-from mixkit.moa.gate import GateDecision
-from mixkit.moa.providers.base import Message
+from mixkit.moa.gate.model import GateDecision
 
 
 @dataclass

@@ -13,11 +13,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
-from mixkit.moa.agents import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.providers.base import Message, Sampling
 from mixkit.moa.answers import agreement
 from mixkit.moa.config import EarlyExitConfig, LayerConfig
 from mixkit.moa.events import Emitter
-from mixkit.moa.providers.base import Message, Sampling
 
 GRACE_S = 2.0  # agents enforce the deadline themselves; this only guards against a stuck task
 

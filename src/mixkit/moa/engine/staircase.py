@@ -22,12 +22,12 @@ import time
 from collections.abc import AsyncGenerator
 
 from mixkit.errors import LayerFailed, ProviderError
-from mixkit.moa.agents import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.providers.base import Message
 from mixkit.moa.config import LayerConfig, StaircaseConfig
-from mixkit.moa.final import FinalCall, stream_final
-from mixkit.moa.layers import LayerRun, describe_failures, labels
-from mixkit.moa.prompts import clip, synthesis_messages
-from mixkit.moa.providers.base import Message
+from mixkit.moa.engine.final import FinalCall, stream_final
+from mixkit.moa.engine.layers import LayerRun, describe_failures, labels
+from mixkit.moa.engine.prompts import clip, synthesis_messages
 
 STILL_WRITING = " [...still being written]"
 CONTINUE = (

@@ -21,7 +21,7 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
-from mixkit.moa.providers.base import Message, Provider, Sampling, TransientError, Usage
+from mixkit.moa.agents.providers.base import Message, Provider, Sampling, TransientError, Usage
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:

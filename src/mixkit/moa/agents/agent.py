@@ -16,9 +16,9 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 
 from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
+from mixkit.moa.agents.providers.base import Message, Provider, Sampling, TransientError, Usage
+from mixkit.moa.agents.providers.local import LocalProvider
 from mixkit.moa.config import AgentConfig
-from mixkit.moa.providers.base import Message, Provider, Sampling, TransientError, Usage
-from mixkit.moa.providers.local import LocalProvider
 
 
 @dataclass
@@ -80,7 +80,7 @@ def make_provider(name: str, cfg: AgentConfig) -> Provider:
         except ConfigError as e:
             raise ConfigError(f"agents.{name}.model: {e}") from None
     # lazy: the openai SDK is slow to import, and a mixture of local agents never needs it
-    from mixkit.moa.providers.openai_compat import OpenAICompatProvider
+    from mixkit.moa.agents.providers.openai_compat import OpenAICompatProvider
 
     assert cfg.base_url is not None  # validated by AgentConfig
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
