@@ -2,6 +2,11 @@
 
     tokens -> tok_emb + pos_emb -> [ x + attn(LN(x)); x + ffn(LN(x)) ] x n_layers -> LN -> softmax
 
+That is GPT-2's block (LayerNorm, learned absolute positions). `norm = "rmsnorm"`,
+`pos = "rope"`, `n_kv_heads` (grouped-query attention) and `qkv_bias` give Llama's and Qwen2's
+block instead (no position table; rotary positions inside attention), the form that Hugging Face
+and llama.cpp MoE models share (see mixkit.convert).
+
 Block i (0-based) gets an MoE FFN when (i + 1) % moe_every == 0 and `moe` is set, else a dense
 FFN, so moe_every=2 gives the "every other layer" layout of GShard and Switch.
 
@@ -20,6 +25,7 @@ from torch import nn
 from mixkit.errors import ConfigError
 from mixkit.models.base import LanguageModel
 from mixkit.models.ffn import ExpertKind, MoESpec, build_ffn
+from mixkit.models.layers import apply_rope, make_norm, rope_cos_sin
 from mixkit.moe import MoE
 
 
@@ -38,6 +44,12 @@ class TransformerLMConfig(BaseModel):
     moe_every: int = Field(2, ge=1, description="block i is MoE when (i + 1) % moe_every == 0")
     dropout: float = Field(0.0, ge=0, lt=1)
     tie_embeddings: bool = True
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = Field(1e-5, gt=0)
+    pos: Literal["learned", "rope"] = Field("learned", description="learned table or rotary")
+    rope_theta: float = Field(10000.0, gt=0)
+    n_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; None: n_heads")
+    qkv_bias: bool = False
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerLMConfig:
@@ -45,22 +57,48 @@ class TransformerLMConfig(BaseModel):
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.pos == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError("pos 'rope' needs an even head dim (d_model / n_heads)")
         return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: TransformerLMConfig):
         super().__init__()
-        self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        kv_width = self.n_kv * self.head_dim
+        # q, k, v in one matmul: D + 2 * kv_width outputs (3 * D without grouped-query attention)
+        self.qkv = nn.Linear(cfg.d_model, cfg.d_model + 2 * kv_width, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
 
-    def forward(self, x_BTD: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
-        """Causal self-attention; with `kv`, attend to its past keys/values too and append the new."""
+    def forward(
+        self,
+        x_BTD: torch.Tensor,
+        kv: KVCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Causal self-attention; with `kv`, attend to its past keys/values too and append the new.
+        `rope`: (cos, sin) of the new tokens' positions, for rotary positions."""
         B, T, D = x_BTD.shape
-        q, k, v = self.qkv(x_BTD).split(D, dim=2)  # 3 x (B, T, D)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        Dh, kv_width = self.head_dim, self.n_kv * self.head_dim
+        q, k, v = self.qkv(x_BTD).split([D, kv_width, kv_width], dim=2)
+        q = q.view(B, T, self.n_heads, Dh).transpose(1, 2)  # (B, N, T, Dh)
+        k, v = (t.view(B, T, self.n_kv, Dh).transpose(1, 2) for t in (k, v))  # (B, Nkv, T, Dh)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
         if kv is not None:
             past = kv.length
@@ -77,6 +115,7 @@ class CausalSelfAttention(nn.Module):
             attn_mask=mask,
             is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv != self.n_heads,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
@@ -101,14 +140,19 @@ class KVCache:
 class Block(nn.Module):
     def __init__(self, cfg: TransformerLMConfig, ffn: nn.Module):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.ln1 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ln2 = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.ffn = ffn  # a DenseFFN or an MoE layer
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x_BTD: torch.Tensor, kv: KVCache | None = None) -> torch.Tensor:
-        x_BTD = x_BTD + self.drop(self.attn(self.ln1(x_BTD), kv))
+    def forward(
+        self,
+        x_BTD: torch.Tensor,
+        kv: KVCache | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x_BTD = x_BTD + self.drop(self.attn(self.ln1(x_BTD), kv, rope))
         return x_BTD + self.drop(self.ffn(self.ln2(x_BTD)))
 
 
@@ -120,14 +164,15 @@ class TransformerLM(LanguageModel):
         self.cfg = cfg
         D = cfg.d_model
         self.tok_emb = nn.Embedding(cfg.vocab_size, D)
-        self.pos_emb = nn.Embedding(cfg.block_size, D)
+        if cfg.pos == "learned":
+            self.pos_emb = nn.Embedding(cfg.block_size, D)
         self.drop = nn.Dropout(cfg.dropout)
         ffns = [
             build_ffn(D, cfg.ffn_hidden, cfg.expert, cfg.moe if self.is_moe_block(i) else None)
             for i in range(cfg.n_layers)
         ]
         self.blocks = nn.ModuleList(Block(cfg, ffn) for ffn in ffns)
-        self.ln_f = nn.LayerNorm(D)
+        self.ln_f = make_norm(cfg.norm, D, cfg.norm_eps)
         self.lm_head = nn.Linear(D, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -162,9 +207,14 @@ class TransformerLM(LanguageModel):
         if past + T > self.cfg.block_size:
             raise ValueError(f"sequence length {past + T} > block_size {self.cfg.block_size}")
         pos_T = torch.arange(past, past + T, device=idx_BT.device)
-        x = self.drop(self.tok_emb(idx_BT) + self.pos_emb(pos_T))  # (B, T, D)
+        x, rope = self.tok_emb(idx_BT), None  # (B, T, D)
+        if self.cfg.pos == "learned":
+            x = x + self.pos_emb(pos_T)
+        else:
+            rope = rope_cos_sin(pos_T, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, cache[i] if cache else None)
+            x = block(x, cache[i] if cache else None, rope)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
 
     def can_cache(self) -> bool:
@@ -195,6 +245,7 @@ class TransformerLM(LanguageModel):
         D, T = c.d_model, c.block_size
         # Per token per layer: qkv + output projection, plus QK^T and AV at full context (the
         # nanoGPT/PaLM convention, an upper bound for a causal mask).
-        attn = c.n_layers * (4 * D * D + 2 * T * D)
+        qkv = D * (D + 2 * c.kv_heads * c.head_dim)  # 3 * D * D without grouped-query attention
+        attn = c.n_layers * (qkv + D * D + 2 * T * D)
         ffn = sum(int(f.active_macs_per_token()) for f in self.ffns)
         return {"embedding": 0, "attention": attn, "ffn": ffn, "softmax": D * c.vocab_size}

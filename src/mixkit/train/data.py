@@ -119,6 +119,13 @@ def _cache_dir(root: Path) -> Path:
     return fallback
 
 
+def _file_sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as e:
+        raise DataError(f"cannot read data.tokenizer_file {str(path)!r}: {e}") from None
+
+
 @dataclass
 class Corpus:
     tokenizer: Tokenizer
@@ -149,6 +156,8 @@ def prepare_corpus(cfg: DataConfig) -> Corpus:
         "test": cfg.test_fraction,
         "block": SPLIT_BLOCK_CHARS,
     }
+    if cfg.tokenizer_file is not None:  # a given tokenizer: its contents are part of the key
+        settings["tokenizer_file"] = _file_sha256(Path(cfg.tokenizer_file))
     h = hashlib.sha256(text.encode("utf-8", errors="replace"))
     h.update(json.dumps(settings, sort_keys=True).encode())
     key = h.hexdigest()[:20]
@@ -165,8 +174,10 @@ def prepare_corpus(cfg: DataConfig) -> Corpus:
             pass  # a damaged cache entry is rebuilt below
 
     parts = split_text(text, cfg.val_fraction, cfg.test_fraction)
-    if cfg.tokenizer == "byte":
-        tokenizer: Tokenizer = ByteTokenizer()
+    if cfg.tokenizer_file is not None:
+        tokenizer: Tokenizer = load_tokenizer(Path(cfg.tokenizer_file))
+    elif cfg.tokenizer == "byte":
+        tokenizer = ByteTokenizer()
     else:
         lines = parts["train"].splitlines(keepends=True)
         tokenizer = BPETokenizer.train(lines, cfg.vocab_size)  # trained on train split only
