@@ -1,0 +1,150 @@
+"""A mixkit transformer LM as a GGUF file that llama.cpp runs, written with the `gguf` package.
+
+llama.cpp's own converter (convert_hf_to_gguf.py) is not part of any package mixkit installs
+(llama-cpp-python ships the library, not the script), so the file is written here with
+`gguf.GGUFWriter`, in the tensor names and metadata of llama.cpp's `llama` architecture, which
+covers Llama (dense) and Mixtral (every block an MoE: blk.N.ffn_gate_inp, ffn_{gate,up,down}_exps,
+softmax gate, top-k renormalised). So a model exports when hf_export maps it to Llama or Mixtral:
+norm = "rmsnorm", pos = "rope", SwiGLU FFNs/experts, no qkv_bias, and for an MoE moe_every = 1
+with a renormalised top-k (topk or noisy_topk, k >= 2).
+
+The tokenizer becomes a "gpt2" (byte-level BPE) vocabulary: mixkit's byte tokenizer as 256 byte
+symbols without merges, a BPE tokenizer with its merges. llama.cpp rotates query/key halves in
+pairs, so q and k rows are permuted as llama.cpp's converter does for Llama.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+from mixkit.convert.hf_export import hf_config
+from mixkit.convert.runs import MixkitRun, staged
+from mixkit.convert.vocab import bpe_vocab, bytes_to_unicode, hf_tokenizer_json
+from mixkit.errors import ConfigError
+from mixkit.models import DenseFFN, TransformerLM
+
+DTYPES = {
+    "f32": (np.float32, gguf.LlamaFileType.ALL_F32),
+    "f16": (np.float16, gguf.LlamaFileType.MOSTLY_F16),
+}
+
+
+def check_llama(model: TransformerLM) -> None:
+    """A ConfigError naming the field unless llama.cpp's llama architecture computes `model`."""
+    kind = hf_config(model.cfg).model_type  # the same block and routing checks as HF export
+    if kind == "gpt2":
+        raise ConfigError(
+            "model.norm 'layernorm' / model.pos 'learned' (GPT-2's block): llama.cpp's gpt2 "
+            "architecture has GELU FFNs; GGUF export needs model.norm = 'rmsnorm', "
+            "model.pos = 'rope' and model.expert = 'swiglu'"
+        )
+    if model.cfg.qkv_bias:
+        raise ConfigError("model.qkv_bias: llama.cpp's llama architecture has no attention biases")
+    if kind == "qwen2_moe":
+        raise ConfigError(
+            "llama.cpp's llama architecture needs every block an MoE (model.moe_every = 1) with "
+            "a renormalised top-k gate (router topk with renormalize, or noisy_topk, k >= 2); "
+            f"this model has moe_every {model.cfg.moe_every}"
+        )
+
+
+def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF's rotate-half row order to llama.cpp's pairwise one (convert_hf_to_gguf's permute)."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def gguf_tensors(model: TransformerLM) -> dict[str, torch.Tensor]:
+    """llama.cpp tensor name -> tensor, shaped as the converter writes them (PyTorch order)."""
+    c, sd = model.cfg, model.state_dict()
+    D, kv = c.d_model, c.kv_heads * c.head_dim
+    out = {"token_embd.weight": sd["tok_emb.weight"], "output_norm.weight": sd["ln_f.weight"]}
+    if not c.tie_embeddings:
+        out["output.weight"] = sd["lm_head.weight"]
+    for i, block in enumerate(model.blocks):
+        b, m = f"blk.{i}.", f"blocks.{i}."
+        q, k, v = sd[m + "attn.qkv.weight"].split([D, kv, kv])
+        out[b + "attn_q.weight"] = _permute(q, c.n_heads)
+        out[b + "attn_k.weight"] = _permute(k, c.kv_heads)
+        out[b + "attn_v.weight"] = v
+        out[b + "attn_output.weight"] = sd[m + "attn.proj.weight"]
+        out[b + "attn_norm.weight"] = sd[m + "ln1.weight"]
+        out[b + "ffn_norm.weight"] = sd[m + "ln2.weight"]
+        ffn = block.ffn
+        if isinstance(ffn, DenseFFN):
+            gate, up = ffn.w_in.weight.chunk(2, dim=0)
+            out.update({b + "ffn_gate.weight": gate, b + "ffn_up.weight": up})
+            out[b + "ffn_down.weight"] = ffn.w_out.weight
+        else:
+            ex = ffn.experts
+            out[b + "ffn_gate_inp.weight"] = ffn.router.w_gate.t()  # (E, D)
+            out[b + "ffn_gate_exps.weight"] = ex.w_gate.transpose(1, 2)  # (E, H, D)
+            out[b + "ffn_up_exps.weight"] = ex.w_in.transpose(1, 2)
+            out[b + "ffn_down_exps.weight"] = ex.w_out.transpose(1, 2)  # (E, D, H)
+    return {name: t.detach().float().contiguous() for name, t in out.items()}
+
+
+def _write_vocab(w: gguf.GGUFWriter, tokenizer_path: Path, vocab_size: int) -> None:
+    tok_json, _ = hf_tokenizer_json(tokenizer_path)
+    tokens, merges = bpe_vocab(tok_json)
+    if len(tokens) != vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tokens)} tokens, the model {vocab_size}")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")  # GPT-2's split (mixkit's BPE pre-tokenizer; bytes ignore it)
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.NORMAL] * len(tokens))
+    nul_char = bytes_to_unicode()[0]  # the NUL byte's symbol: never in text
+    # llama.cpp requires merges and the writer drops an empty list: the byte tokenizer gets one
+    # merge of two NULs, whose result is no token, so llama.cpp splits it back into bytes anyway
+    w.add_token_merges(merges or [f"{nul_char} {nul_char}"])
+    # llama.cpp wants BOS/EOS ids; mixkit has neither, so both name the NUL byte
+    nul = tokens.index(nul_char) if nul_char in tokens else 0
+    w.add_bos_token_id(nul)
+    w.add_eos_token_id(nul)
+    w.add_add_bos_token(False)
+    w.add_add_eos_token(False)
+
+
+def _write_hparams(w: gguf.GGUFWriter, model: TransformerLM, file_type: int) -> None:
+    c = model.cfg
+    w.add_name(c.moe and "mixkit MoE" or "mixkit")
+    w.add_vocab_size(c.vocab_size)
+    w.add_context_length(c.block_size)
+    w.add_embedding_length(c.d_model)
+    w.add_block_count(c.n_layers)
+    w.add_feed_forward_length(c.ffn_hidden if c.moe is None else c.moe.d_hidden)
+    w.add_head_count(c.n_heads)
+    w.add_head_count_kv(c.kv_heads)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.norm_eps)
+    w.add_file_type(file_type)
+    if c.moe is not None:
+        w.add_expert_count(c.moe.num_experts)
+        w.add_expert_used_count(c.moe.k)
+
+
+def export_gguf(run: MixkitRun, out: Path, dtype: str = "f16") -> None:
+    """Write `run` as a GGUF file at `out` (f16 or f32 matrices; norms and the router in f32)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: choose f16 or f32")
+    check_llama(run.model)
+    np_dtype, file_type = DTYPES[dtype]
+    with staged(Path(out)) as tmp:
+        w = gguf.GGUFWriter(tmp, "llama")
+        _write_hparams(w, run.model, int(file_type))
+        _write_vocab(w, run.tokenizer_path, run.model.cfg.vocab_size)
+        for name, t in gguf_tensors(run.model).items():
+            keep_f32 = t.dim() == 1 or name.endswith("ffn_gate_inp.weight")
+            w.add_tensor(name, t.numpy().astype(np.float32 if keep_f32 else np_dtype))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
