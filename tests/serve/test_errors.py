@@ -48,7 +48,11 @@ BAD = [
     ({"model": "mix", "messages": []}, 400, "messages"),
     ({"model": 7, "messages": Q}, 400, "model"),
     ({"model": "mix", "messages": "hi"}, 400, "messages"),
-    ({"model": "mix", "messages": [{"role": "tool", "content": "x"}]}, 400, "messages[0].role"),
+    (
+        {"model": "mix", "messages": [{"role": "tool", "content": "x", "tool_call_id": "c1"}]},
+        400,
+        "messages[0].tool_call_id",
+    ),  # a tool result answering no earlier call (tests/serve/test_tools_errors.py: more)
     ({"model": "mix", "messages": [{"role": "user"}]}, 400, "messages[0].content"),
     ({"model": "mix", "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
     (
@@ -64,13 +68,13 @@ BAD = [
     ({"model": "mix", "messages": Q, "temperature": 2.5}, 400, "temperature"),
     ({"model": "mix", "messages": Q, "top_p": -1}, 400, "top_p"),
     ({"model": "mix", "messages": Q, "n": 2}, 400, "n"),
-    ({"model": "mix", "messages": Q, "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"model": "mix", "messages": Q, "tools": [{"type": "function"}]}, 400, "tools[0].function"),
     ({"model": "mix", "messages": Q, "logprobs": True}, 400, "logprobs"),
     ({"model": "mix", "messages": Q * 5}, 400, "messages"),
     (
-        {"model": "mix", "messages": Q, "response_format": {"type": "json_object"}},
+        {"model": "mix", "messages": Q, "response_format": {"type": "xml"}},
         400,
-        "response_format",
+        "response_format.type",
     ),
     ({"model": "no-such-mixture", "messages": Q}, 404, "model"),
 ]

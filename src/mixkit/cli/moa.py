@@ -21,6 +21,8 @@ from mixkit.cli.app import app
 from mixkit.cli.gate import gate_line
 from mixkit.moa import Answer, CallRecord, MoA, MoAConfig, resolve
 from mixkit.moa import logs as run_log  # `logs` is the command below
+from mixkit.moa.engine.output import check_spec
+from mixkit.moa.engine.structured import OutputSpec, OutputSpecError, describe
 
 console = Console()
 err = Console(stderr=True)
@@ -79,6 +81,30 @@ Continue = Annotated[
 ]
 Cid = Annotated[str | None, typer.Option("--cid", help="continue this conversation id")]
 NoLog = Annotated[bool, typer.Option("--no-log", help="do not record this run in the log database")]
+SchemaFile = Annotated[
+    Path | None,
+    typer.Option("--schema", help="answer JSON valid for this JSON-schema file (constrained)"),
+]
+JsonMode = Annotated[bool, typer.Option("--json-object", help="answer with a JSON object")]
+
+
+def _output(schema: Path | None, json_object: bool, live: bool) -> OutputSpec | None:
+    """The structured output asked for by --schema / --json-object (exit 2 on a bad file)."""
+    if schema is None and not json_object:
+        return None
+    rf: dict = {"type": "json_object"}
+    if schema is not None:
+        try:
+            value = json.loads(schema.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise typer.BadParameter(f"{schema}: cannot read a JSON schema ({e})") from None
+        rf = {"type": "json_schema", "json_schema": {"name": schema.stem, "schema": value}}
+    spec = OutputSpec(response_format=rf, live=live)
+    try:
+        check_spec(spec)
+    except OutputSpecError as e:
+        raise typer.BadParameter(f"{schema}: {e}") from None
+    return spec
 
 
 @app.command()
@@ -92,6 +118,8 @@ def ask(
     cont: Continue = False,
     cid: Cid = None,
     no_log: NoLog = False,
+    schema: SchemaFile = None,
+    json_object: JsonMode = False,
 ) -> None:
     """Ask a Mixture-of-Agents; the final answer streams as it is generated."""
     cfg = resolve(preset, config)
@@ -104,6 +132,7 @@ def ask(
             )
         cid, messages = convo.id, convo.messages
     moa = MoA(cfg, log=not no_log)
+    output = _output(schema, json_object, live=not as_json)
 
     def on_layer(layer_no: int, calls: list[CallRecord]) -> None:
         if not as_json:
@@ -122,6 +151,7 @@ def ask(
         deadline_s=deadline,
         conversation_id=cid,
         on_layer=on_layer,
+        output=output,
     )
 
     async def consume() -> None:
@@ -157,6 +187,8 @@ def _summary(answer: Answer, name: str) -> None:
     gate = gate_line(answer.gate, answer.early_exit)
     if gate:
         err.print(f"[magenta]{escape(gate)}[/]", highlight=False)
+    if (note := describe(answer.structured)) is not None:
+        err.print(f"[magenta]{escape(note)}[/]", highlight=False)
     err.print(
         f"wall {answer.wall_s:.2f}s, critical path {answer.critical_path_s:.2f}s, time to first answer token "
         f"{answer.ttft_s or 0:.2f}s, tokens {answer.prompt_tokens} in / {answer.completion_tokens} out"
@@ -201,6 +233,8 @@ def logs(
         gate = gate_line(r.gate, r.early_exit)
         if gate:
             console.print(f"[magenta]{escape(gate)}[/]", highlight=False)
+        if (note := describe(r.structured)) is not None:
+            console.print(f"[magenta]{escape(note)}[/]", highlight=False)
         tokens_in, tokens_out = r.prompt_tokens, r.completion_tokens
         console.print(
             f"critical path {r.critical_path_s or 0:.2f}s, wall {r.wall_s or 0:.2f}s, "

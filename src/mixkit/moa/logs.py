@@ -72,6 +72,7 @@ class LoggedRun(CallTotals):
     gate: dict[str, Any] | None = None  # the gate's decision, for gated runs
     early_exit: dict[str, Any] | None = None
     deadline_s: float | None = None  # None for runs logged before it was recorded
+    structured: dict[str, Any] | None = None  # structured output / tools (engine/output.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `mixkit logs --json` (one element)."""
@@ -110,7 +111,7 @@ def _run(db: Any, row: dict[str, Any]) -> LoggedRun:
         for c in trace.run_calls(db, row["id"])
     ]
     messages = json.loads(row.pop("messages_json"))
-    for key in ("gate", "early_exit"):
+    for key in ("gate", "early_exit", "structured"):
         raw = row.pop(f"{key}_json", None)
         row[key] = json.loads(raw) if raw else None
     known = {f.name for f in fields(LoggedRun)}

@@ -93,6 +93,14 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN deadline_s REAL;
         """,
     ),
+    (
+        # structured output (engine/output.py): the response_format and tools a run was asked
+        # for, the proposals' vote, whether the answer validated, its repairs and tool calls
+        "m004_structured_output",
+        """
+        ALTER TABLE runs ADD COLUMN structured_json TEXT;
+        """,
+    ),
 ]
 
 
@@ -137,7 +145,7 @@ def record_run(db: sqlite3.Connection, answer: Answer) -> None:
         "conversation_id": answer.conversation_id,
         "started_at": answer.started_at,
         "preset": answer.preset,
-        "question": answer.messages[-1]["content"],
+        "question": [m["content"] for m in answer.messages if m["role"] == "user"][-1],
         "messages_json": json.dumps(answer.messages),
         "answer": answer.answer,
         "outcome": answer.outcome,
@@ -149,14 +157,16 @@ def record_run(db: sqlite3.Connection, answer: Answer) -> None:
         "early_exit_json": json.dumps(answer.early_exit) if answer.early_exit else None,
         "cost_usd": answer.cost_usd,
         "deadline_s": answer.deadline_s,
+        "structured_json": json.dumps(answer.structured) if answer.structured else None,
     }
     with db:
         db.execute(
             "INSERT INTO runs (id, conversation_id, started_at, preset, question, messages_json,"
             " answer, outcome, error, wall_s, critical_path_s, ttft_s, gate_json, early_exit_json,"
-            " cost_usd, deadline_s) VALUES (:id, :conversation_id, :started_at, :preset, :question,"
-            " :messages_json, :answer, :outcome, :error, :wall_s, :critical_path_s, :ttft_s,"
-            " :gate_json, :early_exit_json, :cost_usd, :deadline_s)",
+            " cost_usd, deadline_s, structured_json) VALUES (:id, :conversation_id, :started_at,"
+            " :preset, :question, :messages_json, :answer, :outcome, :error, :wall_s,"
+            " :critical_path_s, :ttft_s, :gate_json, :early_exit_json, :cost_usd, :deadline_s,"
+            " :structured_json)",
             run,
         )
         db.executemany(

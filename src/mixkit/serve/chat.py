@@ -68,4 +68,4 @@ async def chat_completion(
         body = schemas.completion(req.model, answer, run.effective_max_tokens, schemas.now())
         return JSONResponse(body, headers=headers)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
-    return SSEResponse(chunks(run, first or "", include_usage), finish, headers=headers)
+    return SSEResponse(chunks(run, first, include_usage), finish, headers=headers)

@@ -16,9 +16,11 @@ from starlette.types import Receive
 
 from mixkit.errors import ConfigError, MixkitError
 from mixkit.moa import Answer, EventHandler, LayerFailed, MoA, RunEvent
+from mixkit.moa.engine.structured import OutputInvalid
 from mixkit.serve.errors import APIError
 from mixkit.serve.mixtures import LogWriter
 from mixkit.serve.schemas import ChatCompletionRequest
+from mixkit.serve.tools import output_spec
 
 T = TypeVar("T")
 
@@ -84,9 +86,10 @@ class Run:
                 top_p=req.top_p,
                 on_event=seen,
                 conversation_id=conversation_id,
+                output=output_spec(req),
             )
         except ConfigError as e:  # the engine's own check of the conversation
-            raise APIError(400, str(e), param="messages") from None
+            raise APIError(400, str(e), param=getattr(e, "param", "messages")) from None
         self.effective_max_tokens = moa.answer_max_tokens(self.max_tokens)
 
     def gate_header(self) -> str | None:
@@ -129,8 +132,10 @@ class Run:
 
 def run_error(err: MixkitError, model: str) -> APIError:
     """A failed run as an HTTP error naming the agents that failed: 504 if time ran out."""
-    if isinstance(err, ConfigError):
-        return APIError(400, f"mixture '{model}': {err}", param="messages")
+    if isinstance(err, ConfigError):  # OutputSpecError names its field
+        return APIError(400, f"mixture '{model}': {err}", param=getattr(err, "param", "messages"))
+    if isinstance(err, OutputInvalid):
+        return APIError(502, f"mixture '{model}': {err}", code="invalid_output")
     timed_out = isinstance(err, LayerFailed) and err.deadline_expired
     return APIError(
         504 if timed_out else 502,

@@ -1,8 +1,9 @@
 """Typed request models of the OpenAI chat-completions API, and the response shapes we send.
 
 Types are strict (`"max_tokens": "12"` is an error, as it is for OpenAI). Unknown fields are
-ignored, as OpenAI clients send many; fields a mixture cannot honour (tools, n > 1, logprobs,
-a response_format other than text) are refused rather than silently dropped.
+ignored, as OpenAI clients send many; fields a mixture cannot honour (n > 1, logprobs, the old
+`functions`) are refused rather than silently dropped. response_format, tools and tool messages
+are checked by serve/tools.py and answered by the engine (moa/engine/output.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from mixkit.moa import Answer
 from mixkit.serve.errors import APIError
+from mixkit.serve.tools import check_request
 
 StrictFloat = Annotated[float, Field(strict=True)]
 
@@ -28,20 +30,33 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """A conversation turn. `developer` is treated as `system`; tool turns are not supported."""
+    """A conversation turn. `developer` is treated as `system`; an assistant turn may carry
+    `tool_calls`, and a `tool` turn answers one of them (`tool_call_id`)."""
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: StrictStr | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: StrictStr | None = None
 
-    def as_engine_message(self) -> dict[str, str]:
-        """The {role, content} dict the moa engine takes."""
+    def as_engine_message(self) -> dict[str, Any]:
+        """The {role, content} dict the moa engine takes (+ tool_calls / tool_call_id)."""
         text = (
-            self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+            "".join(p.text for p in self.content)
+            if isinstance(self.content, list)
+            else (self.content or "")
         )
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        out: dict[str, Any] = {
+            "role": "system" if self.role == "developer" else self.role,
+            "content": text,
+        }
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.role == "tool":
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class StreamOptions(BaseModel):
@@ -71,14 +86,17 @@ class ChatCompletionRequest(BaseModel):
     stop: StrictStr | list[StrictStr] | None = None
     n: StrictInt | None = Field(None, ge=1, le=1)  # one answer per run
     logprobs: Literal[False] | None = None  # a mixture's answer has no single token distribution
-    tools: None = None  # agents do not call tools
-    functions: None = None
-    response_format: dict[str, Any] | None = None
+    functions: None = None  # the deprecated form of tools
+    response_format: dict[str, Any] | None = None  # checked by serve/tools.py
+    tools: list[Any] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool = True
+    constrain_proposers: StrictBool = False  # mixkit: proposers answer under the schema too
 
     def answer_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def engine_messages(self) -> list[dict[str, str]]:
+    def engine_messages(self) -> list[dict[str, Any]]:
         return [m.as_engine_message() for m in self.messages]
 
 
@@ -124,16 +142,7 @@ def parse_request(data: Any, *, max_messages: int, max_tokens: int) -> ChatCompl
             param=field,
             code="out_of_range",
         )
-    if req.response_format and req.response_format.get("type", "text") != "text":
-        raise APIError(
-            400, "only response_format type 'text' is supported", param="response_format"
-        )
-    if req.messages[-1].role != "user":
-        raise APIError(
-            400,
-            "the last message must come from the user",
-            param=f"messages[{len(req.messages) - 1}].role",
-        )
+    check_request(req)
     return req
 
 
@@ -144,11 +153,21 @@ def usage(answer: Answer) -> dict[str, int]:
 
 
 def finish_reason(answer: Answer, max_tokens: int | None) -> str:
-    """'length' when the aggregator used its whole token budget, else 'stop'."""
+    """'tool_calls' for a call; 'length' when the aggregator used its whole token budget;
+    else 'stop'."""
+    if answer.tool_calls:
+        return "tool_calls"
     final = answer.calls[-1] if answer.calls else None
     if final is None or max_tokens is None or final.completion_tokens is None:
         return "stop"
     return "length" if final.completion_tokens >= max_tokens else "stop"
+
+
+def message(answer: Answer) -> dict[str, Any]:
+    """The answer as an assistant message: its text, or its tool calls."""
+    if answer.tool_calls:
+        return {"role": "assistant", "content": None, "tool_calls": answer.tool_calls}
+    return {"role": "assistant", "content": answer.answer}
 
 
 def mixkit_extension(answer: Answer) -> dict:
@@ -169,7 +188,7 @@ def completion(model: str, answer: Answer, max_tokens: int | None, created: int)
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": answer.answer},
+                "message": message(answer),
                 "logprobs": None,
                 "finish_reason": finish_reason(answer, max_tokens),
             }

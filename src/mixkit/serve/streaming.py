@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from mixkit.serve import schemas
 from mixkit.serve.errors import APIError
 from mixkit.serve.runs import Run, wait_for_disconnect
+from mixkit.serve.tools import tool_call_deltas
 
 
 def sse(obj: dict | str) -> bytes:
@@ -25,18 +26,21 @@ def sse(obj: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-async def chunks(run: Run, first: str, include_usage: bool) -> AsyncIterator[bytes]:
-    """The run as `chat.completion.chunk` events, ending with `[DONE]` (or an error event)."""
+async def chunks(run: Run, first: str | None, include_usage: bool) -> AsyncIterator[bytes]:
+    """The run as `chat.completion.chunk` events, ending with `[DONE]` (or an error event).
+    `first`: the answer's first piece (None: the run ended without text, e.g. a tool call)."""
     created, model, rid = schemas.now(), run.model, run.run_id
     yield sse(schemas.chunk(rid, model, created, {"role": "assistant", "content": first}))
     try:
-        while (piece := await run.next_piece()) is not None:
+        while first is not None and (piece := await run.next_piece()) is not None:
             yield sse(schemas.chunk(rid, model, created, {"content": piece}))
     except APIError as e:  # the status line is long gone: report it in the stream
         yield sse(e.body())
         return
     answer = run.answer
     assert answer is not None
+    for delta in tool_call_deltas(answer.tool_calls or []):  # a call goes out whole, in deltas
+        yield sse(schemas.chunk(rid, model, created, delta))
     finish = schemas.finish_reason(answer, run.effective_max_tokens)
     yield sse(
         schemas.chunk(rid, model, created, {}, finish, mixkit=schemas.mixkit_extension(answer))

@@ -27,6 +27,8 @@ The request's `model` picks the behaviour, as `KIND` or `KIND:ARG` (ARG keeps co
     solve:SKILL   a specialist (`solve`): right on its kind of question, a fixed wrong answer
                   otherwise (add: sums the integers of a question with '+'; reverse: reverses
                   the quoted word), so that a gate has something to learn
+    jsonbad, jsonnever, callbad: structured output gone wrong (see fake_structured.py, which
+                  also makes every model honour response_format, tools and tool results)
 
 The first answer word arrives after --ttft seconds. GET /stats counts requests started,
 completed and abandoned by their client (`disconnected`) and the last sampling parameters per
@@ -50,6 +52,7 @@ from typing import Any
 
 import uvicorn
 
+from mixkit.testing import fake_structured
 from mixkit.testing.processes import free_port, http_ready, start_process, stop_process
 
 WORDS = "the a mixture of agents answers layer by layer while each proposer writes its own".split()
@@ -191,6 +194,11 @@ class FakeOpenAI:
     async def _answer(self, req: Message, model: str, send: Any) -> None:
         kind = model.partition(":")[0]
         words = self._words(req, model)
+        # response_format / tools / a tool result (fake_structured.py) replace the usual words
+        text, calls = fake_structured.reply(req, kind, self.counts[model])
+        if text is not None or calls:
+            parts = (text or "").split(" ") if text else []
+            words = [w + " " for w in parts[:-1]] + parts[-1:]
         prompt = "\n".join(str(m.get("content")) for m in req.get("messages", []))
         n_in = len(prompt.split())
         usage = {
@@ -220,7 +228,9 @@ class FakeOpenAI:
                 if kind == "die":
                     os._exit(3)  # the whole backend dies with this request half-sent
                 raise ConnectionAbortedError("fake backend cut the stream")
-        await _event(send, _chunk(model, {}, "stop"))
+        for delta in fake_structured.call_chunks(calls or []):
+            await _event(send, _chunk(model, delta))
+        await _event(send, _chunk(model, {}, "tool_calls" if calls else "stop"))
         if (req.get("stream_options") or {}).get("include_usage"):
             await _event(send, {**_chunk(model, {}), "choices": [], "usage": usage})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})

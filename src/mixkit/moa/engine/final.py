@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
 from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
-from mixkit.moa.agents.providers.base import Message
+from mixkit.moa.agents.providers.base import Constraint, Message
 from mixkit.moa.events import Emitter
 from mixkit.moa.gate.model import GateDecision
 
@@ -28,12 +29,22 @@ class FinalCall:
     threads: Callable[[list[str]], int | None]  # local threads for a call of these agents
     temperature: float | None = None  # the run's overrides of the answer's sampling
     top_p: float | None = None
+    constraint: Constraint | None = None  # structured output: what this call must write
+    output: Any = None  # an engine.output.OutputRun: it makes the final answer when set
 
 
 async def stream_final(
     agent: Agent, prompt: list[Message], deadline: float, run: FinalCall, *, layer: int, label: str
 ) -> AsyncGenerator[str, None]:
     """The pieces of `agent`'s answer to `prompt`, as it makes them; a failure is LayerFailed."""
+    if run.output is not None:  # structured output or tools: engine/output.py
+        pieces = run.output.final(agent, prompt, deadline, run, layer=layer, label=label)
+        try:
+            async for piece in pieces:
+                yield piece
+            return
+        finally:
+            await pieces.aclose()
     record = agent.new_record(layer, label)
     run.calls.append(record)
     sampling = agent.sampling(0, run.max_tokens)
@@ -41,6 +52,7 @@ async def stream_final(
         sampling.temperature = run.temperature
     if run.top_p is not None:
         sampling.top_p = run.top_p
+    sampling.constraint = run.constraint
     run.emit.call_start(record)
     on_piece, on_retry = run.emit.call_hooks(record)
     threads = run.threads([agent.name])

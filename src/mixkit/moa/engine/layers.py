@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
 from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
-from mixkit.moa.agents.providers.base import Message, Sampling
+from mixkit.moa.agents.providers.base import Constraint, Message, Sampling
 from mixkit.moa.answers import agreement
 from mixkit.moa.config import EarlyExitConfig, LayerConfig
 from mixkit.moa.events import Emitter
@@ -46,6 +46,7 @@ class LayerRun:
     retries: int
     threads: int | None  # per local call (the core budget split between them)
     emit: Emitter
+    constraint: Constraint | None = None  # structured output / tools (engine/output.py)
 
 
 async def call_proposer(
@@ -80,7 +81,9 @@ async def run_layer(
         agent = agents[name]
         record = agent.new_record(layer_no, label)
         calls.append(record)
-        coro = call_proposer(agent, record, agent.sampling(slot, run.max_tokens), deadline, run)
+        sampling = agent.sampling(slot, run.max_tokens)
+        sampling.constraint = run.constraint
+        coro = call_proposer(agent, record, sampling, deadline, run)
         tasks[asyncio.create_task(coro)] = (slot, record)
     answers, timed_out = await _until_quorum(tasks, layer.quorum or len(tasks), deadline, agree)
     run.emit.layer_end(layer_no, len(answers), len(tasks))

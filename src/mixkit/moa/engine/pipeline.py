@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from typing_extensions import TypedDict, Unpack
 
@@ -30,9 +30,11 @@ from mixkit.moa.answers import final_answer
 from mixkit.moa.config import MoAConfig, resolve
 from mixkit.moa.engine.final import FinalCall, answer_alone, stream_final
 from mixkit.moa.engine.layers import LayerRun, labels, run_layer
+from mixkit.moa.engine.output import OutputRun, make_spec
 from mixkit.moa.engine.prompts import as_conversation, synthesis_messages
 from mixkit.moa.engine.result import Answer, AnswerStream, critical_path
 from mixkit.moa.engine.staircase import staircase
+from mixkit.moa.engine.structured import OutputSpec
 from mixkit.moa.events import Emitter, EventHandler
 from mixkit.moa.gate import model as gates
 from mixkit.moa.gate.plan import Plan, pick_by_vote, plan_run
@@ -58,6 +60,10 @@ class RunOptions(TypedDict, total=False):
     top_p: float | None
     on_layer: LayerCallback | None  # on_layer(layer_no, calls) as each proposer layer ends
     on_event: EventHandler | None  # every RunEvent of the run (events.py)
+    response_format: Any  # JSON mode / a JSON schema / a pydantic model (engine/output.py)
+    tools: list[dict[str, Any]] | None  # OpenAI tool definitions; the answer may call one
+    tool_choice: str | dict[str, Any] | None  # auto | none | required | a named function
+    output: OutputSpec | None  # all of it at once, with parallel_tool_calls, live, ...
 
 
 @dataclasses.dataclass
@@ -120,15 +126,21 @@ class MoA:
         top_p: float | None = None,
         on_layer: LayerCallback | None = None,
         on_event: EventHandler | None = None,
+        response_format: Any = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        output: OutputSpec | None = None,
     ) -> AnswerStream:
         """Answer `question` (after `messages`, a prior conversation); stream the final answer.
 
         The keywords are those of `RunOptions`. `temperature` and `top_p` override only the
         final aggregator's sampling; proposers keep their own, because their diversity is what
         the aggregator works with. `run_id` lets a caller name the run before it starts (the
-        server sends it in a header ahead of the first token).
+        server sends it in a header ahead of the first token). `response_format`, `tools`,
+        `tool_choice` (or `output`): structured output and tool calls (engine/output.py).
         """
         conversation = as_conversation(question, messages)
+        spec = make_spec(response_format, tools, tool_choice, output)
         run_id = run_id or uuid.uuid4().hex
         deadline = deadline_s or self.config.deadline_s
         answer = Answer(
@@ -149,6 +161,7 @@ class MoA:
                 Emitter(run_id, on_event),
                 _AnswerSampling(temperature, top_p),
                 lambda: setattr(holder, "result", answer),
+                OutputRun(spec) if spec is not None else None,
             )
         )
         return holder
@@ -162,6 +175,7 @@ class MoA:
         emit: Emitter,
         answer_sampling: _AnswerSampling,
         done: Callable[[], None],
+        output: OutputRun | None = None,
     ) -> AsyncGenerator[str, None]:
         """The run: proposer layers, then the final answer's pieces; fills in `answer`."""
         cfg = self.config
@@ -179,6 +193,7 @@ class MoA:
         final_call = FinalCall(
             answer.calls, max_tokens, cfg.retries, emit, self._threads_per_call, *answer_sampling
         )
+        final_call.output = output
         run = _Run(answer, max_tokens, deadline_s, emit, on_layer, final_call)
         pieces: list[str] = []
         final: AsyncGenerator[str, None] | None = None
@@ -200,6 +215,8 @@ class MoA:
         finally:
             if final is not None:  # closed early: the final call ends (cancelled) first
                 await final.aclose()
+            if output is not None:
+                answer.structured, answer.tool_calls = output.trace, output.tool_calls
             self._finish(answer, pieces, emit)
             done()
 
@@ -214,11 +231,12 @@ class MoA:
             pieces = answer_alone(
                 self.agents, slots, plan.decision, run.answer.messages, deadline, run.final
             )
-        elif cfg.staircase is not None and plan.layers and plan.combine != "vote":
+        elif cfg.staircase and plan.layers and plan.combine != "vote" and not run.final.output:
             pieces = await self._staircase(run, plan)
         else:
             text, prompt = await self._proposals(run, plan)
             if text is not None:  # early exit, or the gate's vote: no aggregator call
+                # (never with structured output: _proposals ends with the aggregator then)
                 pieces = _once(text)
             else:
                 pieces = stream_final(
@@ -251,7 +269,8 @@ class MoA:
 
     def _plan(self, answer: Answer, emit: Emitter) -> Plan:
         """Ungated: every layer. Gated: what the gate chose for the latest user message."""
-        plan = plan_run(self.config, self.gate, answer.messages[-1]["content"])
+        users = [m["content"] for m in answer.messages if m["role"] == "user"]
+        plan = plan_run(self.config, self.gate, users[-1])  # a tool result may come after it
         if plan.decision is not None:
             answer.gate = plan.decision.to_dict()
             emit("gate", data=answer.gate)
@@ -262,14 +281,16 @@ class MoA:
         (early exit on agreement, or the gate's vote), else None and the aggregator's prompt."""
         cfg, answer = self.config, run.answer
         calls, prompt = answer.calls, list(answer.messages)
+        output = run.final.output  # structured output: proposers see the tools; no shortcuts
         for i, layer in enumerate(plan.layers, 1):
             threads = self._threads_per_call(layer.agents)
             layer_run = LayerRun(
                 prompt, run.max_tokens, run.deadline_s, cfg.retries, threads, run.emit
             )
+            layer_run.constraint = output.proposer_constraint() if output else None
             chosen = plan.decision.chosen if (plan.decision and i == 1) else None
             answers, agreed = await run_layer(
-                self.agents, i, layer, calls, layer_run, chosen, cfg.early_exit
+                self.agents, i, layer, calls, layer_run, chosen, None if output else cfg.early_exit
             )
             if run.on_layer:
                 run.on_layer(i, [c for c in calls if c.layer == i])
@@ -282,7 +303,7 @@ class MoA:
                 }
                 run.emit("early_exit", layer=i, data=answer.early_exit)
                 return answers[agreed], prompt
-            if i == 1 and plan.combine == "vote" and plan.decision is not None:
+            if i == 1 and plan.combine == "vote" and plan.decision is not None and not output:
                 ok = {c.agent for c in calls if c.layer == 1 and c.outcome == "ok"}
                 weights = [
                     w for c, w in zip(plan.decision.chosen, plan.weights, strict=True) if c in ok

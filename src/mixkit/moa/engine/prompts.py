@@ -63,13 +63,16 @@ def as_conversation(question: str | None, messages: list[Message] | None) -> lis
     conversation = [dict(m) for m in (messages or [])]
     if question is not None:
         conversation.append({"role": "user", "content": question})
-    if not conversation or conversation[-1].get("role") != "user":
+    last = conversation[-1].get("role") if conversation else None
+    if last not in ("user", "tool") or all(m.get("role") != "user" for m in conversation):
         raise ConfigError("the conversation must end with a user message (pass a question)")
     for i, m in enumerate(conversation):
-        if m.get("role") not in ("system", "user", "assistant") or not isinstance(
+        if m.get("role") == "tool" or (m.get("role") == "assistant" and m.get("tool_calls")):
+            m["content"] = m.get("content") or ""  # tool turns (providers/constrained.py)
+        if m.get("role") not in ("system", "user", "assistant", "tool") or not isinstance(
             m.get("content"), str
         ):
             raise ConfigError(
-                f"messages[{i}] needs a role (system/user/assistant) and string content"
+                f"messages[{i}] needs a role (system/user/assistant/tool) and string content"
             )
     return conversation

@@ -49,6 +49,9 @@ class Answer(CallTotals):
     gate: dict[str, Any] | None = None  # the gate's decision (GateDecision.to_dict()), if gated
     early_exit: dict[str, Any] | None = None  # {"layer", "agreed", "answers", "skipped_layers"}
     deadline_s: float | None = None  # the per-call deadline this run used
+    # structured output (engine/output.py): what was asked, votes, validation, repairs
+    structured: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # the answer's calls, OpenAI's shape
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `mixkit ask --json`."""
@@ -66,6 +69,8 @@ class Answer(CallTotals):
             "gate": self.gate,
             "early_exit": self.early_exit,
             "deadline_s": self.deadline_s,
+            "structured": self.structured,
+            "tool_calls": self.tool_calls,
             "trace": [c.to_dict() for c in self.calls],
         }
 

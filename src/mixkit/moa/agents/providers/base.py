@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from mixkit.errors import ProviderError
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+# (a tool turn also carries "tool_calls" or "tool_call_id": see providers/constrained.py)
 
 
 class TransientError(ProviderError):
     """A failure worth retrying: connection refused/reset, 5xx, a stream cut midway."""
+
+
+@dataclass
+class Constraint:
+    """What one call's answer must look like (structured output, tools; engine/structured.py).
+
+    schema: the answer is JSON valid for it (a local model decodes under a grammar made from
+    it). tools: OpenAI tool definitions the agent is shown (a local model reads them as text).
+    pass_through: request fields a remote agent is sent as they are (response_format, tools,
+    tool_choice, parallel_tool_calls)."""
+
+    schema: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    pass_through: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -22,6 +38,7 @@ class Sampling:
     temperature: float
     top_p: float
     seed: int | None = None
+    constraint: Constraint | None = None  # structured output / tools; None: free text
 
 
 @dataclass

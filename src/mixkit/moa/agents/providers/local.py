@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mixkit.errors import ProviderError
+from mixkit.moa.agents.providers import constrained
 from mixkit.moa.agents.providers.base import Message, Provider, Sampling, Usage
 from mixkit.moa.agents.providers.model_files import check_model_name, model_path
 
@@ -130,6 +131,12 @@ def _set_threads(llama: Any, threads: int) -> None:
     llama_cpp.llama_set_n_threads(llama.ctx, threads, threads)
 
 
+def _grammar(sampling: Sampling) -> Any:
+    """The grammar a constrained call decodes under (structured output), else None."""
+    c = sampling.constraint
+    return constrained.grammar(c.schema) if c is not None and c.schema is not None else None
+
+
 def _count_tokens(llama: Any, text: str) -> int:
     return len(llama.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
 
@@ -155,6 +162,8 @@ class LocalProvider(Provider):
     ) -> None:
         """Runs in a worker thread: take cores and a model instance, decode, stream pieces out."""
         path = model_path(self.model)
+        tools = sampling.constraint.tools if sampling.constraint else None
+        messages = constrained.text_messages(messages, tools)  # tool turns as text
         if not CORES.acquire(threads, stop):
             return
         try:
@@ -171,6 +180,7 @@ class LocalProvider(Provider):
                     top_p=sampling.top_p,
                     seed=sampling.seed,
                     stream=True,
+                    grammar=_grammar(sampling),
                 )
                 for chunk in chunks:
                     if stop.is_set():

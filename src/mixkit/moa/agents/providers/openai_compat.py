@@ -14,7 +14,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import openai
@@ -48,6 +48,44 @@ def shared_ssl_context() -> ssl.SSLContext:
     """One TLS context (httpx's default) for every call. Building one loads the CA bundle, which
     per call was the server's throughput limit (docs/benchmarks.md, Server)."""
     return httpx.create_ssl_context()
+
+
+def add_tool_call_deltas(calls: dict[int, dict[str, str]], deltas: list) -> None:
+    """Accumulate streamed `tool_calls` deltas (id and name once, arguments in pieces)."""
+    for d in deltas:
+        call = calls.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
+        call["id"] = d.id or call["id"]
+        if d.function is not None:
+            call["name"] = d.function.name or call["name"]
+            call["arguments"] += d.function.arguments or ""
+
+
+def read_chunk(chunk: Any, usage: Usage, calls: dict[int, dict[str, str]]) -> list[str]:
+    """A stream chunk's text pieces; its usage, finish reason and tool-call deltas recorded."""
+    if chunk.usage is not None:
+        usage.prompt_tokens = chunk.usage.prompt_tokens
+        usage.completion_tokens = chunk.usage.completion_tokens
+    texts = []
+    for choice in chunk.choices:
+        if choice.finish_reason:
+            usage.finish_reason = choice.finish_reason
+        if choice.delta and choice.delta.content:
+            texts.append(choice.delta.content)
+        if choice.delta and choice.delta.tool_calls:
+            add_tool_call_deltas(calls, choice.delta.tool_calls)
+    return texts
+
+
+def tool_calls_text(calls: dict[int, dict[str, str]]) -> str:
+    """`{"tool_calls": [{"id", "name", "arguments"}]}`, arguments parsed when they are JSON."""
+    out = []
+    for _, c in sorted(calls.items()):
+        try:
+            arguments: object = json.loads(c["arguments"] or "{}")
+        except json.JSONDecodeError:
+            arguments = c["arguments"]  # kept as sent: the engine's check reports it
+        out.append({"id": c["id"], "name": c["name"], "arguments": arguments})
+    return json.dumps({"tool_calls": out})
 
 
 class OpenAICompatProvider(Provider):
@@ -101,6 +139,17 @@ class OpenAICompatProvider(Provider):
         # an error object inside the stream
         return ProviderError(self._scrub(f"error from {self.base_url}: {message}", key))
 
+    def _extra_body(self, sampling: Sampling) -> dict[str, object]:
+        """Fields sent as JSON body fields (works on every SDK version)."""
+        extra: dict[str, object] = {}
+        if self.stream_usage:
+            extra["stream_options"] = {"include_usage": True}
+        if sampling.seed is not None:
+            extra["seed"] = sampling.seed
+        if sampling.constraint is not None:  # structured output / tools, passed as asked
+            extra.update(sampling.constraint.pass_through)
+        return extra
+
     async def stream(
         self,
         messages: list[Message],
@@ -119,11 +168,8 @@ class OpenAICompatProvider(Provider):
             timeout=openai.Timeout(None, connect=10.0),
             http_client=openai.DefaultAsyncHttpxClient(verify=shared_ssl_context()),
         )
-        extra: dict[str, object] = {}  # sent as JSON body fields (works on every SDK version)
-        if self.stream_usage:
-            extra["stream_options"] = {"include_usage": True}
-        if sampling.seed is not None:
-            extra["seed"] = sampling.seed
+        extra = self._extra_body(sampling)
+        calls: dict[int, dict[str, str]] = {}  # streamed tool calls by index
         pieces = 0
         try:
             stream = await client.chat.completions.create(
@@ -136,15 +182,12 @@ class OpenAICompatProvider(Provider):
                 extra_body=extra or None,
             )
             async for chunk in stream:
-                if chunk.usage is not None:
-                    usage.prompt_tokens = chunk.usage.prompt_tokens
-                    usage.completion_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    if choice.finish_reason:
-                        usage.finish_reason = choice.finish_reason
-                    if choice.delta and choice.delta.content:
-                        pieces += 1
-                        yield choice.delta.content
+                for text in read_chunk(chunk, usage, calls):
+                    pieces += 1
+                    yield text
+            if calls:  # the calls, as the one JSON text the engine reads (engine/tools.py)
+                pieces += 1
+                yield tool_calls_text(calls)
         except (
             openai.APIError,
             httpx.TransportError,
