@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import transformers
@@ -12,8 +10,11 @@ from tests.convert.helpers import LLAMA, MOE, train_run, write_text
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
-# Qwen2-MoE without a shared expert (what mixkit exports) initialises empty tensors
-warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+
+
+def pytest_configure(config):
+    # Qwen2-MoE without a shared expert (what mixkit exports) initialises empty tensors
+    config.addinivalue_line("filterwarnings", "ignore:Initializing zero-element tensors")
 
 
 @pytest.fixture(autouse=True)
