@@ -34,10 +34,9 @@ Seed = Annotated[int, typer.Option("--seed", help="seeds the new router and the 
 
 def _api() -> Any:
     try:
-        # lazy: torch and transformers (the hf extra), which `mixkit --help` never loads
-        import transformers
+        import transformers  # lazy: the hf extra, which `mixkit --help` never loads
 
-        from mixkit import convert as api
+        from mixkit import convert as api  # lazy: torch and transformers
     except ImportError as e:
         raise missing_extra(e, "hf") from None
     transformers.logging.set_verbosity_error()

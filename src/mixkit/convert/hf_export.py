@@ -17,6 +17,7 @@ eval time mixkit's noisy_topk is the renormalised top-k of the clean logits, whi
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,24 @@ def moe_routing(c: TransformerLMConfig) -> tuple[MoEConfig, bool]:
     return lc, renorm
 
 
+def _llama_common(c: TransformerLMConfig) -> dict[str, Any]:
+    """The config fields every Llama-family architecture shares."""
+    return dict(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        num_key_value_heads=c.kv_heads,
+        max_position_embeddings=c.block_size,
+        rms_norm_eps=c.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        tie_word_embeddings=c.tie_embeddings,
+        hidden_act="silu",
+        attention_dropout=0.0,
+        **NO_TOKENS,
+    )
+
+
 def hf_config(c: TransformerLMConfig) -> PretrainedConfig:
     """The HF config of the architecture that computes what `c` computes."""
     if block_family(c) == "gpt2":
@@ -118,26 +137,13 @@ def hf_config(c: TransformerLMConfig) -> PretrainedConfig:
             tie_word_embeddings=c.tie_embeddings,
             **NO_TOKENS,
         )
-    common: dict[str, Any] = dict(
-        vocab_size=c.vocab_size,
-        hidden_size=c.d_model,
-        num_hidden_layers=c.n_layers,
-        num_attention_heads=c.n_heads,
-        num_key_value_heads=c.kv_heads,
-        max_position_embeddings=c.block_size,
-        rms_norm_eps=c.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        tie_word_embeddings=c.tie_embeddings,
-        hidden_act="silu",
-        attention_dropout=0.0,
-        **NO_TOKENS,
-    )
+    common = _llama_common(c)
     if c.moe is None:
         if c.qkv_bias:
             return Qwen2Config(intermediate_size=c.ffn_hidden, **common)
         return LlamaConfig(intermediate_size=c.ffn_hidden, head_dim=c.head_dim, **common)
     lc, renorm = moe_routing(c)
-    moe = dict(num_experts_per_tok=lc.k, router_aux_loss_coef=lc.w_switch)
+    moe: dict[str, Any] = dict(num_experts_per_tok=lc.k, router_aux_loss_coef=lc.w_switch)
     if renorm and c.moe_every == 1 and not c.qkv_bias:
         return MixtralConfig(
             intermediate_size=lc.d_hidden,
@@ -250,7 +256,9 @@ def hf_model(model: TransformerLM) -> Any:
         sd = _gpt2_state_dict(model)
     else:
         sd = _llama_state_dict(model, qwen2_moe=cfg.model_type == "qwen2_moe")
-    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with warnings.catch_warnings():  # Qwen2-MoE's empty shared expert: nothing to initialise
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     hf.load_state_dict({k: v.detach().float().contiguous() for k, v in sd.items()}, strict=True)
     return hf.eval()
 

@@ -141,7 +141,12 @@ def _gpt2_weights(sd: dict[str, torch.Tensor], c: TransformerLMConfig) -> dict[s
                 sd[p + hf + ".weight"],
                 sd[p + hf + ".bias"],
             )
-        for name in ("attn.c_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias", "attn.c_attn.bias"):
+        biases = ["attn.c_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias"]
+        if c.qkv_bias:
+            out[m + "attn.qkv.bias"] = sd[p + "attn.c_attn.bias"]
+        else:
+            biases.append("attn.c_attn.bias")
+        for name in biases:
             if sd[p + name].abs().max() > 0:
                 raise ConfigError(
                     f"GPT-2 weight {p + name} is not zero: mixkit's GPT-2 block has no biases "
@@ -201,6 +206,10 @@ def load_hf(hf_dir: Path) -> TransformerLM:
     cfg = mixkit_config(h)
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     sd = {k: v.detach() for k, v in hf.state_dict().items()}
+    if h.model_type == "gpt2" and any(
+        sd[f"transformer.h.{i}.attn.c_attn.bias"].any() for i in range(cfg.n_layers)
+    ):  # GPT-2's config cannot say so: biased q, k, v are mixkit's qkv_bias
+        cfg = cfg.model_copy(update={"qkv_bias": True})
     model = TransformerLM(cfg)
     model.load_state_dict(mixkit_weights(model, sd), strict=True)
     return model.eval()
@@ -239,7 +248,9 @@ def hf_run(
     return MixkitRun(model, cfg, source or Path(), None), source
 
 
-def import_hf(hf_dir: Path, out: Path, data: str | None = None, sets: list[str] = ()) -> MixkitRun:
+def import_hf(
+    hf_dir: Path, out: Path, data: str | None = None, sets: list[str] | tuple[str, ...] = ()
+) -> MixkitRun:
     """Write HF checkpoint `hf_dir` as a mixkit run folder `out` at step 0."""
     out = Path(out).resolve()
     run, source = hf_run(hf_dir, out / "tokenizer.json", data, list(sets))

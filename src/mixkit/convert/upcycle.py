@@ -103,7 +103,7 @@ def upcycle(
     noise: float = 0.0,
     seed: int = 0,
     data: str | None = None,
-    sets: list[str] = (),
+    sets: list[str] | tuple[str, ...] = (),
 ) -> tuple[MixkitRun, bool]:
     """Upcycle the dense model of a mixkit run or an HF folder into a run at `out` (step 0).
     Returns the run and whether its logits equal the dense model's at step 0."""
@@ -126,7 +126,8 @@ def upcycle(
     cfg = config_from_dict(raw, "the upcycled run (--set)")
     same_data = cfg.data == run.cfg.data
     new = MixkitRun(model, cfg, run.tokenizer_path, run.fingerprint if same_data else None)
-    exact = noise == 0 and keeps_dense_output(spec.layer_config(model.cfg.d_model))
+    layer = spec.layer_config(model.cfg.d_model)
+    exact = noise == 0 and isinstance(layer, MoEConfig) and keeps_dense_output(layer)
     if source is not None:
         return write_hf_run(new, source, out), exact
     with staged(out) as tmp:
