@@ -9,15 +9,18 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    Glm4MoeConfig,
     LlamaConfig,
     MixtralConfig,
     Qwen2Config,
     Qwen2MoeConfig,
 )
 
+from mixkit.models import MoESpec, TransformerLM, TransformerLMConfig
 from mixkit.train.config import config_from_dict
 from mixkit.train.loop import Trainer
 
+V = 61  # the vocabulary of the freshly built models
 LLAMA = {"norm": "rmsnorm", "pos": "rope", "expert": "swiglu"}
 MOE = {"num_experts": 4, "d_hidden": 24, "k": 2, "router": "topk"}
 WORDS = (
@@ -102,6 +105,21 @@ HF_MODELS = {
         decoder_sparse_step=2,
         **SMALL,
     ),
+    "glm4_moe": lambda v: Glm4MoeConfig(
+        vocab_size=v,
+        intermediate_size=48,
+        moe_intermediate_size=24,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        first_k_dense_replace=0,
+        n_group=1,
+        topk_group=1,
+        attention_bias=True,
+        partial_rotary_factor=1.0,
+        head_dim=8,
+        **SMALL,
+    ),
 }
 
 
@@ -117,6 +135,25 @@ def hf_folder(path, config, text):
                 p.add_(torch.randn_like(p) * 0.1)
             elif "gate.weight" in name:  # spread the router so top-k choices are clear
                 p.normal_(std=0.5)
+        for name, b in hf.named_buffers():
+            if "e_score_correction_bias" in name:  # GLM-4-MoE's selection bias
+                b.normal_(std=0.3)
     hf.save_pretrained(path)
     tok.save(str(path / "tokenizer.json"))
     return hf
+
+
+def fresh(**kw) -> TransformerLM:
+    """A freshly initialised tiny model whose norms are not all ones (so they are checked)."""
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=V, d_model=32, n_layers=2, n_heads=4, block_size=16, ffn_hidden=48)
+    model = TransformerLM(TransformerLMConfig(**{**cfg, **kw})).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def moe(**kw) -> MoESpec:
+    return MoESpec(**{"num_experts": 4, "d_hidden": 24, "k": 2, "router": "topk", **kw})

@@ -3,15 +3,18 @@ token ids, the same logits (f32) and the same greedy tokens as in mixkit."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import llama_cpp
 import numpy as np
 import pytest
 import torch
 
-from mixkit.convert import export_gguf, load_run
+from mixkit.convert import MixkitRun, export_gguf, load_run
 from mixkit.errors import ConfigError
 from mixkit.train.tokenizer import load_tokenizer
+from tests.convert.helpers import LLAMA, fresh, moe
 
 PROMPT = "the king and "
 NEW = 24
@@ -72,3 +75,14 @@ def test_gguf_refuses_models_llama_cpp_s_llama_cannot_run(gpt2_run, tmp_path):
     with pytest.raises(ConfigError, match="GELU"):
         export_gguf(load_run(gpt2_run), tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_gguf_refuses_sigmoid_gates_and_sparse_steps(tmp_path):
+    for kw, needle in [
+        ({"moe": moe(router="sigmoid_bias"), "moe_every": 1}, "gates with a softmax"),
+        ({"moe": moe(), "moe_every": 2}, "moe_every 2"),
+        ({"qkv_bias": True}, "model.qkv_bias"),
+    ]:
+        run = MixkitRun(fresh(**LLAMA, **kw), None, Path(), None)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=needle):
+            export_gguf(run, tmp_path / "x.gguf")

@@ -12,29 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2MoeConfig, Qw
 
 from mixkit.convert import export_hf, hf_model, import_hf, load_hf, load_run
 from mixkit.errors import ConfigError
-from mixkit.models import MoESpec, TransformerLM, TransformerLMConfig
+from mixkit.moe.routing import SigmoidBiasRouter
 from mixkit.train.loop import Trainer
 from mixkit.train.tokenizer import load_tokenizer
-from tests.convert.helpers import HF_MODELS, LLAMA, SMALL, hf_folder
-
-V = 61
-
-
-def fresh(**kw) -> TransformerLM:
-    """A freshly initialised tiny model whose norms are not all ones (so they are checked)."""
-    torch.manual_seed(0)
-    cfg = dict(vocab_size=V, d_model=32, n_layers=2, n_heads=4, block_size=16, ffn_hidden=48)
-    model = TransformerLM(TransformerLMConfig(**{**cfg, **kw})).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
-
-
-def moe(**kw) -> MoESpec:
-    return MoESpec(**{"num_experts": 4, "d_hidden": 24, "k": 2, "router": "topk", **kw})
-
+from tests.convert.helpers import HF_MODELS, LLAMA, SMALL, V, fresh, hf_folder, moe
 
 EXPORTS = {
     "gpt2": ({}, "gpt2"),
@@ -47,6 +28,17 @@ EXPORTS = {
     "every-2nd": ({**LLAMA, "moe": moe(), "moe_every": 2}, "qwen2_moe"),
     "switch": ({**LLAMA, "moe": moe(router="switch", k=1), "moe_every": 1}, "qwen2_moe"),
     "moe-qkv-bias": ({**LLAMA, "moe": moe(), "moe_every": 1, "qkv_bias": True}, "qwen2_moe"),
+    "sigmoid-bias": ({**LLAMA, "moe": moe(router="sigmoid_bias"), "moe_every": 1}, "glm4_moe"),
+    "sigmoid-bias-shared-top1": (
+        {
+            **LLAMA,
+            "moe": moe(router="sigmoid_bias", k=1, num_shared_experts=2, route_scale=2.5),
+            "moe_every": 1,
+            "qkv_bias": True,
+            "n_kv_heads": 2,
+        },
+        "glm4_moe",
+    ),
 }
 
 
@@ -54,6 +46,10 @@ EXPORTS = {
 def test_export_gives_the_same_logits_after_a_save_and_load(name, tmp_path):
     kw, arch = EXPORTS[name]
     model = fresh(**kw)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SigmoidBiasRouter):  # a bias that changes which experts are chosen
+                m.bias.normal_(std=0.3)
     hf = hf_model(model)
     assert hf.config.model_type == arch
     hf.save_pretrained(tmp_path)
@@ -68,9 +64,9 @@ def test_export_gives_the_same_logits_after_a_save_and_load(name, tmp_path):
 REFUSED = {
     "relu MoE": ({**LLAMA, "expert": "relu", "moe": moe()}, "model.expert 'relu'"),
     "expert choice": ({**LLAMA, "moe": moe(router="expert_choice")}, "'expert_choice'"),
-    "sigmoid bias": ({**LLAMA, "moe": moe(router="sigmoid_bias")}, "'sigmoid_bias'"),
+    "sigmoid bias every 2nd": ({**LLAMA, "moe": moe(router="sigmoid_bias")}, "first_k_dense"),
     "capacity": ({**LLAMA, "moe": moe(capacity_factor=1.25)}, "model.moe.capacity_factor"),
-    "shared": ({**LLAMA, "moe": moe(num_shared_experts=1)}, "model.moe.num_shared_experts"),
+    "shared top-k": ({**LLAMA, "moe": moe(num_shared_experts=1)}, "model.moe.num_shared_experts"),
     "hierarchical": ({**LLAMA, "moe": moe(num_experts=8, groups=2)}, "model.moe.groups"),
     "GPT-2 MoE": ({"moe": moe()}, "model.moe with model.norm 'layernorm'"),
     "GPT-2 SwiGLU": ({"expert": "swiglu"}, "model.expert 'swiglu'"),

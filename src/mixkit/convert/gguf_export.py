@@ -44,6 +44,11 @@ def check_llama(model: TransformerLM) -> None:
         )
     if model.cfg.qkv_bias:
         raise ConfigError("model.qkv_bias: llama.cpp's llama architecture has no attention biases")
+    if kind == "glm4_moe":
+        raise ConfigError(
+            "model.moe.router 'sigmoid_bias': llama.cpp's llama architecture gates with a "
+            "softmax; GGUF export needs router topk (renormalised) or noisy_topk"
+        )
     if kind == "qwen2_moe":
         raise ConfigError(
             "llama.cpp's llama architecture needs every block an MoE (model.moe_every = 1) with "

@@ -9,6 +9,8 @@ The mapping (any other combination is a ConfigError naming the field that has no
                                           renormalised, k >= 2               is MoE and no qkv_bias
     rmsnorm + rope                        MoE, SwiGLU experts, any other     Qwen2-MoE (no shared expert,
                                           top-k/switch/noisy_topk            norm_topk_prob, sparse step)
+    rmsnorm + rope                        MoE, SwiGLU experts, sigmoid_bias  GLM-4-MoE (one group, full
+                                          (+ shared experts), every block    rotary, no dense blocks)
 
 noisy_topk maps for inference only: HF has no noisy gate, so its noise weights are dropped (at
 eval time mixkit's noisy_topk is the renormalised top-k of the clean logits, which is exact).
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Glm4MoeConfig,
     GPT2Config,
     LlamaConfig,
     MixtralConfig,
@@ -79,25 +82,28 @@ def moe_routing(c: TransformerLMConfig) -> tuple[MoEConfig, bool]:
         raise ConfigError("model.moe.groups: the hierarchical MoE has no Hugging Face twin")
     lc = c.moe.layer_config(c.d_model)
     assert isinstance(lc, MoEConfig)
-    why = {
-        "expert_choice": "experts choose tokens over the whole batch (not causal); no Hugging "
-        "Face architecture routes that way",
-        "sigmoid_bias": "its Hugging Face twin, DeepSeek-V3, has multi-head latent attention, "
-        "which mixkit's attention cannot be written as",
-    }
-    if lc.router in why:
-        raise ConfigError(f"model.moe.router {lc.router!r}: {why[lc.router]}")
+    if lc.router == "expert_choice":
+        raise ConfigError(
+            "model.moe.router 'expert_choice': experts choose tokens over the whole batch (not "
+            "causal); no Hugging Face architecture routes that way"
+        )
+    if lc.router == "sigmoid_bias" and c.moe_every != 1:
+        raise ConfigError(
+            f"model.moe.router 'sigmoid_bias' with model.moe_every ({c.moe_every}): its HF twin, "
+            "GLM-4-MoE, puts its dense blocks first (first_k_dense_replace), not every n-th"
+        )
     if lc.capacity_factor is not None:
         raise ConfigError(
             f"model.moe.capacity_factor ({lc.capacity_factor}): Hugging Face MoE layers are "
             "dropless; only dropless (capacity_factor unset) models export"
         )
-    if lc.num_shared_experts:
+    if lc.num_shared_experts and lc.router != "sigmoid_bias":
         raise ConfigError(
-            f"model.moe.num_shared_experts ({lc.num_shared_experts}): Qwen2-MoE's shared expert "
-            "is scaled by a learned sigmoid gate, mixkit's are not"
+            f"model.moe.num_shared_experts ({lc.num_shared_experts}) with router {lc.router!r}: "
+            "Qwen2-MoE's shared expert is scaled by a learned sigmoid gate, mixkit's are not "
+            "(with router 'sigmoid_bias' they export, to GLM-4-MoE)"
         )
-    renorm = lc.k > 1 and (lc.renormalize or lc.router == "noisy_topk")
+    renorm = lc.k > 1 and (lc.renormalize or lc.router in ("noisy_topk", "sigmoid_bias"))
     return lc, renorm
 
 
@@ -144,6 +150,8 @@ def hf_config(c: TransformerLMConfig) -> PretrainedConfig:
         return LlamaConfig(intermediate_size=c.ffn_hidden, head_dim=c.head_dim, **common)
     lc, renorm = moe_routing(c)
     moe: dict[str, Any] = dict(num_experts_per_tok=lc.k, router_aux_loss_coef=lc.w_switch)
+    if lc.router == "sigmoid_bias":
+        return _glm4_moe_config(c, lc, common)
     if renorm and c.moe_every == 1 and not c.qkv_bias:
         return MixtralConfig(
             intermediate_size=lc.d_hidden,
@@ -165,6 +173,29 @@ def hf_config(c: TransformerLMConfig) -> PretrainedConfig:
         qkv_bias=c.qkv_bias,
         use_sliding_window=False,
         **moe,
+        **common,
+    )
+
+
+def _glm4_moe_config(c: TransformerLMConfig, lc: MoEConfig, common: dict[str, Any]) -> Any:
+    """DeepSeek-V3's routing (sigmoid scores, a selection-only bias, ungated shared experts)
+    with standard attention: GLM-4-MoE, one expert group, rotary on the whole head."""
+    common["rope_parameters"]["partial_rotary_factor"] = 1.0
+    return Glm4MoeConfig(
+        intermediate_size=c.ffn_hidden,
+        moe_intermediate_size=lc.d_hidden,
+        n_routed_experts=lc.num_experts,
+        num_experts_per_tok=lc.k,
+        n_shared_experts=lc.num_shared_experts,
+        first_k_dense_replace=0,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=lc.k > 1,
+        routed_scaling_factor=lc.route_scale,
+        attention_bias=c.qkv_bias,
+        use_qk_norm=False,
+        head_dim=c.head_dim,
+        partial_rotary_factor=1.0,
         **common,
     )
 
@@ -199,7 +230,7 @@ def _gpt2_state_dict(model: TransformerLM) -> dict[str, torch.Tensor]:
     return out
 
 
-def _ffn_state_dict(ffn: Any, prefix: str, shared_slot: bool) -> dict[str, torch.Tensor]:
+def _ffn_state_dict(ffn: Any, prefix: str, arch: str) -> dict[str, torch.Tensor]:
     """A block's FFN in Llama's (dense) or Mixtral's/Qwen2-MoE's (MoE) names."""
     if isinstance(ffn, DenseFFN):
         gate, up = ffn.w_in.weight.detach().chunk(2, dim=0)
@@ -219,7 +250,10 @@ def _ffn_state_dict(ffn: Any, prefix: str, shared_slot: bool) -> dict[str, torch
         .detach(),
         prefix + "experts.down_proj": ex.w_out.detach().transpose(1, 2),  # (E, D, H)
     }
-    if shared_slot:  # Qwen2-MoE always has a shared expert: an empty one adds exactly 0
+    if arch == "glm4_moe":
+        out[prefix + "gate.e_score_correction_bias"] = ffn.router.bias.detach()
+        out.update(_shared_state_dict(ffn, prefix + "shared_experts."))
+    if arch == "qwen2_moe":  # Qwen2-MoE always has a shared expert: an empty one adds exactly 0
         D = ffn.cfg.d_model
         out[prefix + "shared_expert.gate_proj.weight"] = torch.zeros(0, D)
         out[prefix + "shared_expert.up_proj.weight"] = torch.zeros(0, D)
@@ -228,7 +262,24 @@ def _ffn_state_dict(ffn: Any, prefix: str, shared_slot: bool) -> dict[str, torch
     return out
 
 
-def _llama_state_dict(model: TransformerLM, qwen2_moe: bool) -> dict[str, torch.Tensor]:
+def _shared_state_dict(ffn: MoE, prefix: str) -> dict[str, torch.Tensor]:
+    """S shared experts of width H, summed, as one MLP of width S * H."""
+    D = ffn.cfg.d_model
+    sh = ffn.shared_experts
+    if sh is None:  # GLM-4-MoE with n_shared_experts = 0: an empty MLP
+        w_gate = w_in = w_out = torch.zeros(0, D)
+    else:
+        assert sh.w_gate is not None
+        w_gate, w_in = (w.detach().transpose(1, 2).flatten(0, 1) for w in (sh.w_gate, sh.w_in))
+        w_out = sh.w_out.detach().flatten(0, 1)  # (S * H, D)
+    return {
+        prefix + "gate_proj.weight": w_gate,
+        prefix + "up_proj.weight": w_in,
+        prefix + "down_proj.weight": w_out.t(),
+    }
+
+
+def _llama_state_dict(model: TransformerLM, arch: str) -> dict[str, torch.Tensor]:
     sd, c = model.state_dict(), model.cfg
     D, kv = c.d_model, c.kv_heads * c.head_dim
     out = {"model.embed_tokens.weight": sd["tok_emb.weight"]}
@@ -243,7 +294,7 @@ def _llama_state_dict(model: TransformerLM, qwen2_moe: bool) -> dict[str, torch.
         out[p + "self_attn.o_proj.weight"] = sd[m + "attn.proj.weight"]
         out[p + "input_layernorm.weight"] = sd[m + "ln1.weight"]
         out[p + "post_attention_layernorm.weight"] = sd[m + "ln2.weight"]
-        out.update(_ffn_state_dict(block.ffn, p + "mlp.", qwen2_moe))
+        out.update(_ffn_state_dict(block.ffn, p + "mlp.", arch))
     out["model.norm.weight"] = sd["ln_f.weight"]
     out["lm_head.weight"] = sd["lm_head.weight"]
     return out
@@ -255,7 +306,7 @@ def hf_model(model: TransformerLM) -> Any:
     if cfg.model_type == "gpt2":
         sd = _gpt2_state_dict(model)
     else:
-        sd = _llama_state_dict(model, qwen2_moe=cfg.model_type == "qwen2_moe")
+        sd = _llama_state_dict(model, cfg.model_type)
     with warnings.catch_warnings():  # Qwen2-MoE's empty shared expert: nothing to initialise
         warnings.filterwarnings("ignore", "Initializing zero-element tensors")
         hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

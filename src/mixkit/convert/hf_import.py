@@ -22,7 +22,8 @@ from mixkit.models import MoESpec, TransformerLM, TransformerLMConfig
 from mixkit.train.config import RunConfig, config_from_dict
 from mixkit.train.data import prepare_corpus
 
-LLAMA_FAMILY = ("llama", "qwen2", "mixtral", "qwen2_moe")
+LLAMA_FAMILY = ("llama", "qwen2", "mixtral", "qwen2_moe", "glm4_moe")
+MOES = ("mixtral", "qwen2_moe", "glm4_moe")
 NO_TWIN = {
     "qwen3_moe": "its attention normalises queries and keys per head (q_norm, k_norm)",
     "qwen3": "its attention normalises queries and keys per head (q_norm, k_norm)",
@@ -42,11 +43,15 @@ def _rope_theta(h: PretrainedConfig) -> float:
     params = getattr(h, "rope_parameters", None) or {}
     kind = params.get("rope_type", "default")
     _need(kind == "default", "rope_parameters.rope_type", f"{kind!r} scaling")
+    part = params.get("partial_rotary_factor", getattr(h, "partial_rotary_factor", 1.0))
+    _need(part == 1.0, f"partial_rotary_factor ({part})", "rotary positions on part of a head")
     return float(params.get("rope_theta", getattr(h, "rope_theta", 10000.0)))
 
 
 def _moe_spec(h: PretrainedConfig) -> tuple[MoESpec, int]:
     t, k = h.model_type, int(h.num_experts_per_tok)
+    if t == "glm4_moe":
+        return _glm4_spec(h), 1
     if t == "mixtral":
         _need(k > 1, "num_experts_per_tok (1)", "Mixtral renormalises a single weight to 1")
         experts, hidden, renorm, every = h.num_local_experts, h.intermediate_size, True, 1
@@ -67,6 +72,23 @@ def _moe_spec(h: PretrainedConfig) -> tuple[MoESpec, int]:
         w_switch=coef,
     )
     return spec, int(every)
+
+
+def _glm4_spec(h: PretrainedConfig) -> MoESpec:
+    """GLM-4-MoE's sigmoid routing as mixkit's sigmoid_bias router (with shared experts)."""
+    k, groups = int(h.num_experts_per_tok), (h.n_group, h.topk_group)
+    _need(h.first_k_dense_replace == 0, "first_k_dense_replace", "dense blocks first")
+    _need(groups[0] == groups[1], f"n_group/topk_group {groups}", "group-limited routing")
+    _need(not h.use_qk_norm, "use_qk_norm", "query and key norms")
+    _need(bool(h.norm_topk_prob) == (k > 1), "norm_topk_prob", "mixkit normalises iff k > 1")
+    return MoESpec(
+        num_experts=h.n_routed_experts,
+        d_hidden=h.moe_intermediate_size,
+        k=k,
+        router="sigmoid_bias",
+        route_scale=float(h.routed_scaling_factor),
+        num_shared_experts=h.n_shared_experts,
+    )
 
 
 def mixkit_config(h: PretrainedConfig) -> TransformerLMConfig:
@@ -103,10 +125,11 @@ def mixkit_config(h: PretrainedConfig) -> TransformerLMConfig:
     _need(not getattr(h, "use_sliding_window", False), "use_sliding_window", "sliding windows")
     window = getattr(h, "sliding_window", None) if t == "mixtral" else None
     _need(window is None, f"sliding_window ({window})", "sliding windows")
-    _need(not getattr(h, "attention_bias", False), "attention_bias", "a biased output projection")
+    if t != "glm4_moe":  # Llama's attention_bias biases the output projection too
+        _need(not getattr(h, "attention_bias", False), "attention_bias", "a biased o_proj")
     _need(not getattr(h, "mlp_bias", False), "mlp_bias", "biased FFNs")
     kv = h.num_key_value_heads or N
-    spec, every = _moe_spec(h) if t in ("mixtral", "qwen2_moe") else (None, 2)
+    spec, every = _moe_spec(h) if t in MOES else (None, 2)
     return TransformerLMConfig(
         d_model=D,
         n_layers=h.num_hidden_layers,
@@ -121,9 +144,15 @@ def mixkit_config(h: PretrainedConfig) -> TransformerLMConfig:
         norm_eps=h.rms_norm_eps,
         pos="rope",
         rope_theta=_rope_theta(h),
-        qkv_bias=t in ("qwen2", "qwen2_moe") and bool(getattr(h, "qkv_bias", True)),
+        qkv_bias=_qkv_bias(h),
         **common,
     )
+
+
+def _qkv_bias(h: PretrainedConfig) -> bool:
+    if h.model_type == "glm4_moe":
+        return bool(h.attention_bias)
+    return h.model_type in ("qwen2", "qwen2_moe") and bool(getattr(h, "qkv_bias", True))
 
 
 def _gpt2_weights(sd: dict[str, torch.Tensor], c: TransformerLMConfig) -> dict[str, torch.Tensor]:
@@ -159,18 +188,35 @@ def _gpt2_weights(sd: dict[str, torch.Tensor], c: TransformerLMConfig) -> dict[s
     return out
 
 
+def _shared_weights(sd: dict[str, torch.Tensor], p: str, m: str, S: int) -> dict[str, torch.Tensor]:
+    """One MLP of width S * H as S shared experts of width H (their sum)."""
+    if S == 0:
+        return {}
+    D = sd[p + "gate_proj.weight"].shape[1]
+    w_gate, w_in = (
+        sd[p + n].reshape(S, -1, D).transpose(1, 2) for n in ("gate_proj.weight", "up_proj.weight")
+    )
+    w_out = sd[p + "down_proj.weight"].t().reshape(S, -1, D)
+    return {m + "w_gate": w_gate, m + "w_in": w_in, m + "w_out": w_out}
+
+
 def _ffn_weights(sd: dict[str, torch.Tensor], p: str, m: str, moe: bool) -> dict[str, torch.Tensor]:
     if not moe:
         w_in = torch.cat([sd[p + "gate_proj.weight"], sd[p + "up_proj.weight"]], dim=0)
         return {m + "w_in.weight": w_in, m + "w_out.weight": sd[p + "down_proj.weight"]}
     gate_up = sd[p + "experts.gate_up_proj"].transpose(1, 2)  # (E, D, 2H)
     w_gate, w_in = gate_up.chunk(2, dim=2)
-    return {
+    out = {
         m + "router.w_gate": sd[p + "gate.weight"].t(),
         m + "experts.w_gate": w_gate,
         m + "experts.w_in": w_in,
         m + "experts.w_out": sd[p + "experts.down_proj"].transpose(1, 2),
     }
+    if p + "gate.e_score_correction_bias" in sd:  # GLM-4-MoE: sigmoid_bias, shared experts
+        out[m + "router.bias"] = sd[p + "gate.e_score_correction_bias"]
+        S = sd[p + "shared_experts.gate_proj.weight"].shape[0] // w_in.shape[2]
+        out.update(_shared_weights(sd, p + "shared_experts.", m + "shared_experts.", S))
+    return out
 
 
 def mixkit_weights(model: TransformerLM, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
