@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mixkit.cli import main
+from mixkit.convert import export_hf, load_run
 
 MIXKIT = [str(Path(sys.executable).parent / "mixkit")]
 
@@ -81,6 +82,7 @@ MISTAKES = {
     "unknown format": (["convert", "{moe}", "--to", "onnx", "{out}"], "--to 'onnx'"),
     "not a mixkit run": (["convert", "{tmp}", "--to", "hf", "{out}"], "not a mixkit run"),
     "not an HF folder": (["convert", "{tmp}", "--to", "mixkit", "{out}"], "no config.json"),
+    "damaged weights": (["convert", "{broken}", "--to", "mixkit", "{out}"], "cannot load"),
     "no GGUF twin": (["convert", "{gpt2}", "--to", "gguf", "{out}"], "GELU"),
     "bad dtype": (["convert", "{moe}", "--to", "gguf", "{out}", "--dtype", "q4"], "f16 or f32"),
     "already MoE": (["upcycle", "{moe}", "{out}", "-E", "4"], "already an MoE"),
@@ -93,7 +95,13 @@ def test_mistakes_are_one_line_and_exit_2_leaving_nothing(
     name, moe_run, gpt2_run, capsys, monkeypatch, tmp_path
 ):
     args, needle = MISTAKES[name]
+    broken = tmp_path / "broken"
+    if name == "damaged weights":  # an HF folder whose weights file is cut short
+        export_hf(load_run(moe_run), broken)
+        weights = broken / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
     values = {"tmp": tmp_path, "out": tmp_path / "out", "moe": moe_run, "gpt2": gpt2_run}
+    values["broken"] = broken
     code, err = in_process(capsys, monkeypatch, *(a.format(**values) for a in args))
     assert code == 2, err
     assert needle in err and "Traceback" not in err

@@ -250,7 +250,10 @@ def load_hf(hf_dir: Path) -> TransformerLM:
     except (ValueError, OSError, KeyError) as e:
         raise DataError(f"cannot read the Hugging Face config in {str(hf_dir)!r}: {e}") from None
     cfg = mixkit_config(h)
-    hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    except Exception as e:  # transformers and safetensors raise their own error types
+        raise DataError(f"cannot load the Hugging Face weights in {str(hf_dir)!r}: {e}") from None
     sd = {k: v.detach() for k, v in hf.state_dict().items()}
     if h.model_type == "gpt2" and any(
         sd[f"transformer.h.{i}.attn.c_attn.bias"].any() for i in range(cfg.n_layers)
