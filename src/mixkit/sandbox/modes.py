@@ -103,9 +103,13 @@ def _root_links() -> list[tuple[str, str]]:
     return found
 
 
-def bwrap_argv(bwrap: str, python: str, binds: list[str], limits: Limits) -> list[str]:
+def bwrap_argv(
+    bwrap: str, python: str, binds: list[str], limits: Limits, info_fd: int = -1
+) -> list[str]:
     size = str(limits.file_mb << 20)
     argv = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)]
+    if info_fd >= 0:  # bwrap writes the init's PID there (tree.InitPid)
+        argv += ["--info-fd", str(info_fd)]
     argv += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
     argv += ["--ro-bind", "/usr", "/usr"]
     for name, target in _root_links():
@@ -171,11 +175,13 @@ def _inside_env() -> dict[str, str]:
     return {**SANDBOX_ENV, "HOME": "/tmp", "TMPDIR": "/tmp"}
 
 
-def launch(mode: str, python: str, binds: list[str], limits: Limits, workdir: str = "") -> Launch:
-    """How to start one program in `mode` (a concrete mode, not "auto")."""
+def launch(
+    mode: str, python: str, binds: list[str], limits: Limits, workdir: str = "", info_fd: int = -1
+) -> Launch:
+    """How to start one program in `mode` (a concrete mode, not "auto"); `info_fd`: see bwrap_argv."""
     env = {**SANDBOX_ENV, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     if mode == "bwrap":
-        return Launch(mode, bwrap_argv(_tool("bwrap"), python, binds, limits), env)
+        return Launch(mode, bwrap_argv(_tool("bwrap"), python, binds, limits, info_fd), env)
     if mode == "unshare":
         return Launch(mode, unshare_argv(_tool("unshare"), python, binds, limits), env)
     home = {"HOME": workdir, "TMPDIR": workdir}

@@ -7,17 +7,16 @@
 The program never runs in mixkit's process. Its output is read through pipes with a cap; at the
 wall-clock deadline, at the output cap, or when the awaiting task is cancelled, the whole tree is
 killed: in the namespace modes by killing the namespace's init (the kernel then kills every
-process in it, daemons included, before the init is reaped), in rlimits-only by killing its session.
+process in it, daemons included, before the init is reaped), in rlimits-only by killing its
+session (tree.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from mixkit.errors import ConfigError
@@ -34,6 +33,7 @@ from mixkit.sandbox.modes import (
     remove_tree,
 )
 from mixkit.sandbox.result import Limits, RunResult, Status, classify
+from mixkit.sandbox.tree import InitPid, kill_now, reap, until_gone
 
 # (mode, PATH, interpreter, binds, euid) -> "" when the mode works, else why not
 _PROBES: dict[tuple[str, str, str, tuple[str, ...], int], str] = {}
@@ -88,9 +88,12 @@ class Sandbox:
         assert self._chosen is not None
         mode, python, binds = self._chosen
         workdir = make_workdir(self.tmp_dir) if mode == "rlimits-only" else ""
+        init = InitPid(enabled=mode == "bwrap")
         try:
-            return await _run(launch(mode, python, binds, limits, workdir), code, limits)
+            how = launch(mode, python, binds, limits, workdir, info_fd=init.write_fd)
+            return await _run(how, code, limits, init)
         finally:
+            init.close()
             if workdir:
                 remove_tree(workdir)
 
@@ -122,7 +125,7 @@ class _Capture:
         return text
 
 
-async def _run(how: Launch, code: str, limits: Limits) -> RunResult:
+async def _run(how: Launch, code: str, limits: Limits, init: InitPid) -> RunResult:
     """Start the program, watch it to its end or a limit, kill what is left, classify."""
     with tempfile.TemporaryFile() as stdin:  # the code reaches the launcher on stdin
         stdin.write(code.encode("utf-8"))
@@ -132,14 +135,19 @@ async def _run(how: Launch, code: str, limits: Limits) -> RunResult:
             *how.argv, stdin=stdin, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=how.env, cwd=how.cwd, start_new_session=True,
             user=how.user, group=how.user, extra_groups=how.extra_groups,
+            pass_fds=[init.write_fd] if init.write_fd >= 0 else [],
         )  # fmt: skip
+    init.listen()
     out, err = _Capture(limits.output_kb), _Capture(limits.output_kb)
     try:
         stopped = await _watch(proc, out, err, limits.wall_s)
     finally:  # a limit, or the awaiting task cancelled: nothing of the program outlives this
         if proc.returncode is None:
-            _kill_now(proc.pid, how.mode)
-            await _reap(proc)
+            kill_now(proc.pid, how.mode, init.pid)
+            await reap(proc)
+        if init_pid := await init.wait(timeout=1.0):
+            await until_gone(init_pid)
+        proc._transport.close()  # type: ignore[attr-defined]  # its pipes, now, not at GC
     wall = time.monotonic() - start
     stdout, stderr = out.text(), err.text()
     if stopped is not None:
@@ -175,50 +183,3 @@ async def _watch(
     finally:
         for task in (*pumps, exited, over):
             task.cancel()
-
-
-def _kill_now(pid: int, mode: str) -> None:
-    """SIGKILL the program's tree without waiting: the namespace's init (its kernel kills the
-    rest), or, in rlimits-only, the program's session (process group)."""
-    targets = _children(pid) if mode != "rlimits-only" else []
-    for child in targets:
-        _signal(os.kill, child)
-    if not targets:
-        _signal(os.killpg, pid)
-
-
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    """Wait for the outer process (bwrap, unshare): it exits once the namespace's init is reaped,
-    and the init only after every other process of the namespace is gone."""
-    for _ in range(2):
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=3.0)
-            return
-        except asyncio.TimeoutError:
-            _signal(os.killpg, proc.pid)
-
-
-def _signal(send: Callable[[int, int], None], target: int) -> None:
-    """SIGKILL a process (os.kill) or a process group (os.killpg), if still there."""
-    try:
-        send(target, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # already gone
-
-
-def _children(pid: int) -> list[int]:
-    """The direct children of `pid`, from /proc."""
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-        return [int(p) for p in text.split()]
-    except OSError:
-        pass
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
