@@ -27,6 +27,9 @@ from mixkit.convert.vocab import bpe_vocab, bytes_to_unicode, hf_tokenizer_json
 from mixkit.errors import ConfigError
 from mixkit.models import DenseFFN, TransformerLM
 
+# A mixkit LM is a plain language model: as a chat model (a `provider = "local"` agent), it
+# continues the conversation's text, one message a line.
+PLAIN_CHAT = "{% for message in messages %}{{ message['content'] }}\n{% endfor %}"
 DTYPES = {
     "f32": (np.float32, gguf.LlamaFileType.ALL_F32),
     "f16": (np.float16, gguf.LlamaFileType.MOSTLY_F16),
@@ -115,6 +118,7 @@ def _write_vocab(w: gguf.GGUFWriter, tokenizer_path: Path, vocab_size: int) -> N
     w.add_eos_token_id(nul)
     w.add_add_bos_token(False)
     w.add_add_eos_token(False)
+    w.add_chat_template(PLAIN_CHAT)
 
 
 def _write_hparams(w: gguf.GGUFWriter, model: TransformerLM, file_type: int) -> None:
