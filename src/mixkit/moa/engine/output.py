@@ -16,6 +16,7 @@ validated, then sent. A tool call is always whole before it goes out (tools.py: 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -75,6 +76,12 @@ def repair_prompt(prompt: list[Message], text: str, error: str) -> list[Message]
     ]
 
 
+def json_howto(schema: dict[str, Any]) -> str:
+    if schema == {"type": "object"}:
+        return "Reply with only a JSON object."
+    return f"Reply with only a JSON value for this JSON schema: {json.dumps(schema)}"
+
+
 def with_instruction(prompt: list[Message], text: str) -> list[Message]:
     """`prompt` with `text` added to its system message (one is made if it has none)."""
     if prompt and prompt[0]["role"] == "system":
@@ -125,8 +132,10 @@ class _Call:
 class OutputRun:
     """One run's structured output: it makes the final answer and keeps its trace."""
 
-    def __init__(self, spec: OutputSpec):
+    def __init__(self, spec: OutputSpec, conversation: list[Message]):
         self.spec = spec
+        # auto, right after tool results: the mixture answers from them (see `_with_tools`)
+        self.answer_results = spec.tool_choice == "auto" and conversation[-1]["role"] == "tool"
         self.trace: dict[str, Any] = {**spec.to_dict(), "validated": None, "repairs": 0}
         self.trace.update(errors=[], votes=None, decision=None, tool_calls=None)
         self.tool_calls: list[dict[str, Any]] | None = None
@@ -138,10 +147,12 @@ class OutputRun:
         spec, c = self.spec, Constraint()
         if spec.constrain_proposers and spec.schema is not None:
             c.schema, c.pass_through["response_format"] = spec.schema, spec.response_format
-        if spec.calls_tools:
+        if spec.calls_tools and not self.answer_results:
             c.tools = spec.tools
             c.pass_through.update(self._remote_tools(spec.tool_choice))
-        return c if c.schema is not None or c.tools else None
+        elif spec.tools:
+            c.pass_through.update(self._remote_tools("none"))
+        return c if c.schema is not None or c.tools or c.pass_through else None
 
     def _remote_tools(self, choice: Any) -> dict[str, Any]:
         if not self.spec.tools:
@@ -178,7 +189,9 @@ class OutputRun:
     async def _with_tools(self, call: _Call, proposals: list[str]) -> AsyncGenerator[str, None]:
         spec = self.spec
         assert spec.tools is not None
-        if proposals:
+        if self.answer_results:  # small models tend to call again and again: answer instead
+            choice = tl.ANSWER
+        elif proposals:
             choice, votes = tl.vote(proposals, spec.tools, spec.tool_choice)
             self.trace["votes"] = votes
         elif (named := tl.forced_name(spec.tool_choice)) is not None:
@@ -267,6 +280,10 @@ class OutputRun:
             return
         c.pass_through["response_format"] = self.spec.response_format
         local_grammar(call.agent, schema, "response_format.json_schema.schema")
+        if call.local:  # a remote agent is told by its API; a local one reads the schema
+            call = dataclasses.replace(
+                call, prompt=with_instruction(call.prompt, json_howto(schema))
+            )
         if first is None and self.spec.live and call.local:  # grammar-constrained: live
             pieces: list[str] = []
             async for piece in call.stream(c):

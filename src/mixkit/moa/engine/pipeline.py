@@ -161,7 +161,7 @@ class MoA:
                 Emitter(run_id, on_event),
                 _AnswerSampling(temperature, top_p),
                 lambda: setattr(holder, "result", answer),
-                OutputRun(spec) if spec is not None else None,
+                OutputRun(spec, conversation) if spec is not None else None,
             )
         )
         return holder

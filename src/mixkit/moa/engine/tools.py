@@ -24,6 +24,7 @@ from typing import Any
 from mixkit.moa.engine.structured import OutputSpecError, check_schema, check_value, strip_fence
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+CALL_START = re.compile(r'^\{\s*"name"\s*:\s*"([a-zA-Z0-9_-]{1,64})"')
 ANSWER = "(answer)"  # a vote for answering in prose
 ANY = "(any)"  # "required", and no proposal named a function: the final agent picks one
 CHOICE_HELP = "'auto', 'none', 'required' or {'type': 'function', 'function': {'name': ...}}"
@@ -143,13 +144,19 @@ def check_calls(calls: list[Call], tools: list[Tool]) -> str | None:
     return None
 
 
+def _named(text: str) -> str | None:
+    """The function a call cut short (no closing brace) names: `{"name": "add", ...`."""
+    match = CALL_START.match(strip_fence(text))
+    return match.group(1) if match else None
+
+
 def vote(proposals: list[str], tools: list[Tool], tool_choice: Any) -> tuple[str, dict[str, int]]:
     """The mixture's choice from its proposals: a function name, ANSWER or ANY; and the votes."""
     names = set(by_name(tools))
     votes: Counter[str] = Counter()
     for text in proposals:
         calls = read_calls(text, names)
-        first = calls[0].get("name") if calls else None
+        first = calls[0].get("name") if calls else _named(text)  # cut short: still a call
         votes[first if first in names else ANSWER] += 1
     if (named := forced_name(tool_choice)) is not None:
         return named, dict(votes)

@@ -2,9 +2,9 @@
 
 A conversation may carry tool turns in OpenAI's shape: an assistant message with `tool_calls`,
 and `role: "tool"` messages with the results. The embedded models' chat templates know nothing
-of them, so `text_messages` rewrites them as text: a call as the JSON object the model is asked
-to write (`{"name": ..., "arguments": {...}}`), a result as a user turn that says which call it
-answers. The tool definitions go into the system message with how to call one.
+of them, so `text_messages` rewrites them as text: each call and its result as a note on the
+user's message. The tool definitions go into the system message with how to call one (the
+JSON object `{"name": ..., "arguments": {...}}`).
 
 `grammar(schema)` is the llama.cpp grammar (GBNF) that makes a model's decode follow a JSON
 schema (llama-cpp-python's converter); every token it samples keeps the text a prefix of a
@@ -27,6 +27,9 @@ CALL_HOWTO = (
 )
 
 
+RESULT_NOTE = "Answer using this result."
+
+
 def describe_tools(tools: list[dict[str, Any]]) -> str:
     """The tool definitions as text for a system prompt."""
     lines = [CALL_HOWTO, "", "Functions:"]
@@ -35,11 +38,6 @@ def describe_tools(tools: list[dict[str, Any]]) -> str:
         params = json.dumps(fn.get("parameters") or {"type": "object"}, separators=(",", ":"))
         lines.append(f"- {fn['name']}: {fn.get('description') or ''} Parameters: {params}")
     return "\n".join(lines)
-
-
-def call_text(name: str, arguments: Any) -> str:
-    """A call as the JSON text a model writes (and reads back in the conversation)."""
-    return json.dumps({"name": name, "arguments": arguments})
 
 
 def _arguments(raw: Any) -> Any:
@@ -52,28 +50,32 @@ def _arguments(raw: Any) -> Any:
 
 
 def text_messages(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[Message]:
-    """`messages` with tool turns rewritten as text, and `tools` described in the system text."""
-    names: dict[str, str] = {}  # tool_call id -> function name
+    """`messages` with tool turns rewritten as text, and `tools` described in the system text.
+
+    Each call and its result become a note on the user's message they answer ("The tool add was
+    called with {...} and returned: 3."), and a conversation that ends with results asks for the
+    answer: tried here, the 0.5B models used a result given this way, and echoed or repeated
+    the call when it came as separate assistant and user turns."""
+    calls: dict[str, str] = {}  # tool_call id -> "add with {...}"
     out: list[Message] = []
     for m in messages:
         turn: dict[str, Any] = dict(m)
         if turn.get("role") == "assistant" and turn.get("tool_calls"):
-            calls = []
             for c in turn["tool_calls"]:
                 fn = c.get("function", {})
-                names[c.get("id", "")] = fn.get("name", "")
-                calls.append(call_text(fn.get("name", ""), _arguments(fn.get("arguments"))))
-            text = "\n".join([turn.get("content") or "", *calls]).strip()
-            out.append({"role": "assistant", "content": text})
+                args = json.dumps(_arguments(fn.get("arguments")))
+                calls[c.get("id", "")] = f"{fn.get('name', '')} was called with {args}"
         elif turn.get("role") == "tool":
-            call_id = turn.get("tool_call_id", "")
-            text = f"Result of {names.get(call_id, 'the function')} (call {call_id}):\n{turn.get('content') or ''}"
-            if out and out[-1]["role"] == "user" and out[-1]["content"].startswith("Result of "):
-                out[-1] = {"role": "user", "content": out[-1]["content"] + "\n\n" + text}
-            else:
-                out.append({"role": "user", "content": text})
+            what = calls.get(turn.get("tool_call_id", ""), "a tool was called and")
+            note = f"The tool {what} and returned: {turn.get('content') or ''}"
+            users = [i for i, t in enumerate(out) if t["role"] == "user"]
+            if users:
+                i = users[-1]
+                out[i] = {"role": "user", "content": f"{out[i]['content']}\n\n{note}"}
         else:
             out.append({"role": str(turn["role"]), "content": str(turn.get("content") or "")})
+    if messages and messages[-1].get("role") == "tool" and out and out[-1]["role"] == "user":
+        out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n\n{RESULT_NOTE}"}
     if tools:
         howto = describe_tools(tools)
         if out and out[0]["role"] == "system":
@@ -83,16 +85,32 @@ def text_messages(messages: list[Message], tools: list[dict[str, Any]] | None) -
     return out
 
 
+def property_order(schema: Any, out: list[str] | None = None) -> list[str]:
+    """Every property name of `schema`, in the order the schema declares them."""
+    out = [] if out is None else out
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "properties" and isinstance(value, dict):
+                out.extend(k for k in value if k not in out)
+            property_order(value, out)
+    elif isinstance(schema, list):
+        for value in schema:
+            property_order(value, out)
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def _grammar(schema_json: str) -> Any:
-    from llama_cpp.llama_grammar import LlamaGrammar  # lazy: llama.cpp only for local models
+    # lazy: llama.cpp only for local models
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
-    try:
-        return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+    order = property_order(json.loads(schema_json))
+    try:  # properties in the schema's order (the converter's default is alphabetical)
+        return LlamaGrammar.from_string(json_schema_to_gbnf(schema_json, order), verbose=False)
     except Exception as e:  # noqa: BLE001 - the converter raises plain exceptions
         raise ConfigError(f"this JSON schema cannot be made into a grammar: {e}") from None
 
 
 def grammar(schema: dict[str, Any]) -> Any:
     """The llama.cpp grammar for `schema` (cached); ConfigError if it cannot be converted."""
-    return _grammar(json.dumps(schema, sort_keys=True))
+    return _grammar(json.dumps(schema))
