@@ -85,6 +85,7 @@ MISTAKES = {
     "damaged weights": (["convert", "{broken}", "--to", "mixkit", "{out}"], "cannot load"),
     "no GGUF twin": (["convert", "{gpt2}", "--to", "gguf", "{out}"], "GELU"),
     "bad dtype": (["convert", "{moe}", "--to", "gguf", "{out}", "--dtype", "q4"], "f16 or f32"),
+    "already mixkit": (["convert", "{moe}", "--to", "mixkit", "{out}"], "already a mixkit run"),
     "already MoE": (["upcycle", "{moe}", "{out}", "-E", "4"], "already an MoE"),
     "output exists": (["convert", "{moe}", "--to", "hf", "{tmp}"], "already exists"),
 }

@@ -16,7 +16,7 @@ from mixkit.errors import ConfigError
 from mixkit.train.tokenizer import load_tokenizer
 from tests.convert.helpers import LLAMA, fresh, moe
 
-PROMPT = "the king and "
+PROMPT = "the king é and "  # é: two bytes outside ASCII
 NEW = 24
 
 

@@ -13,9 +13,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2MoeConfig, Qw
 from mixkit.convert import export_hf, hf_model, import_hf, load_hf, load_run
 from mixkit.errors import ConfigError
 from mixkit.moe.routing import SigmoidBiasRouter
+from mixkit.train.config import config_from_dict
 from mixkit.train.loop import Trainer
 from mixkit.train.tokenizer import load_tokenizer
-from tests.convert.helpers import HF_MODELS, LLAMA, SMALL, V, fresh, hf_folder, moe
+from tests.convert.helpers import (
+    HF_MODELS,
+    LLAMA,
+    SMALL,
+    V,
+    fresh,
+    hf_folder,
+    moe,
+    run_config,
+)
 
 EXPORTS = {
     "gpt2": ({}, "gpt2"),
@@ -141,3 +151,13 @@ def test_import_refuses_architectures_without_a_twin(text, tmp_path):
     config = json.loads((tmp_path / "q2" / "config.json").read_text())
     assert config["model_type"] == "qwen2_moe"
     assert not (tmp_path / "out").exists()
+
+
+def test_an_lstm_run_is_refused_by_name(text, tmp_path):
+    raw = run_config(text, {}).to_dict()
+    raw["model"] = {"arch": "lstm", "d_model": 16, "ffn_hidden": 16, "vocab_size": 0}
+    trainer = Trainer(config_from_dict(raw, "test"), tmp_path / "lstm")
+    trainer.step()
+    trainer.checkpoint()
+    with pytest.raises(ConfigError, match="model.arch 'lstm'"):
+        load_run(tmp_path / "lstm")

@@ -37,6 +37,15 @@ def test_step_0_logits_equal_the_dense_model_s_exactly_when_gate_weights_sum_to_
     assert (diff < 1e-5) == exact, diff
 
 
+def test_gpt2_block_relu_experts_upcycle_exactly(gpt2_run, tmp_path):
+    dense = load_run(gpt2_run)
+    run, exact = upcycle(gpt2_run, tmp_path / "up", experts=3, every=2)
+    assert exact and run.model.cfg.moe.num_experts == 3 and run.model.cfg.expert == "relu"
+    x_BT = torch.randint(0, 256, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(x_BT), dense.model(x_BT), atol=1e-5, rtol=0)
+
+
 def test_every_nth_block_and_noise(dense_run, tmp_path):
     dense = load_run(dense_run)
     run, exact = upcycle(dense_run, tmp_path / "up", experts=4, every=2, noise=0.01)
@@ -83,4 +92,6 @@ def test_upcycle_refuses_an_moe_and_bad_options(moe_run, dense_run, tmp_path):
         upcycle(dense_run, tmp_path / "b", experts=4, options={"router": "switch", "k": 2})
     with pytest.raises(ConfigError, match="--every"):
         upcycle(dense_run, tmp_path / "c", experts=4, every=0)
+    with pytest.raises(ConfigError, match="not model"):
+        upcycle(dense_run, tmp_path / "d", experts=4, sets=["model.d_model=64"])
     assert not any(tmp_path.iterdir())

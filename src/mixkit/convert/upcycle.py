@@ -124,6 +124,8 @@ def upcycle(
         raw["data"]["path"] = str(Path(data).expanduser().resolve())
     apply_overrides(raw, list(sets))
     cfg = config_from_dict(raw, "the upcycled run (--set)")
+    if cfg.model != model.cfg:
+        raise ConfigError("--set may change the run's data, optim and train sections, not model")
     same_data = cfg.data == run.cfg.data
     new = MixkitRun(model, cfg, run.tokenizer_path, run.fingerprint if same_data else None)
     layer = spec.layer_config(model.cfg.d_model)
