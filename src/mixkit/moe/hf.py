@@ -1,0 +1,151 @@
+"""mixkit's experts as a transformers experts backend: `experts_implementation="mixkit"`.
+
+    import mixkit.moe.hf  # registers "mixkit" with transformers' ExpertsInterface
+    model = AutoModelForCausalLM.from_pretrained(path, experts_implementation="mixkit")
+    model = AutoModelForCausalLM.from_config(config, experts_implementation="mixkit")
+    model.set_experts_implementation("mixkit")  # on a model already built
+
+Only the experts change. HF's router still picks each token's experts and their weights (so the
+top-k indices, the router logits that `output_router_logits` records and the aux loss are HF's
+own), and HF's shared experts (Qwen2-MoE, DeepSeek-V3) run as before. The experts then run as
+mixkit's own MoE layer runs them (see dispatch.py and grouped.py): mixkit's local dispatcher sorts
+the k assignments of each token by expert with gathers, not scatter-adds; the fused grouped
+SwiGLU (one autograd Function, weight gradients written into stacked buffers) runs them on the
+CPU, and torch._grouped_mm where mixkit uses it (bf16 on CUDA); combine sums each token's k slots.
+
+HF keeps every expert's gate and up projections in one `gate_up_proj` (E, 2H, D) and the down
+projection as `down_proj` (E, D, H); mixkit's kernels take (E, D, H) and (E, H, D) matrices, so
+they get transposed views of those parameters, no copies.
+
+Supported: experts registered with `@use_experts_implementation` with the default layout (gate and
+up concatenated, not transposed, no biases, no post-expert norm) and a SiLU-gated FFN: Mixtral,
+Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-V3 among others. Anything else (GPT-OSS's biased,
+clamped SwiGLU with interleaved gate/up columns, another activation, integer weights,
+transformers' own expert parallelism) is a ConfigError naming what does not fit, at the first
+forward (transformers gives a backend no earlier hook), never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixkit.errors import ConfigError
+from mixkit.moe.dispatch import LocalDispatcher
+from mixkit.moe.experts import _grouped_mm_ok
+from mixkit.moe.grouped import GroupedSwiGLUFFN
+from mixkit.moe.routing import RoutingDecision
+
+try:
+    from transformers.activations import SiLUActivation
+    from transformers.integrations.moe import ExpertsInterface, _default_apply_gate
+except ImportError as e:  # the hf extra is optional; say how to get it
+    raise ImportError(
+        f"mixkit.moe.hf needs transformers 5 (pip install 'mixkit[hf]'): {e}"
+    ) from None
+
+NAME = "mixkit"
+__all__ = ["NAME", "experts_forward", "check_experts", "register"]
+
+
+def check_experts(experts: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gate_up_proj, down_proj) of experts mixkit can run; otherwise a ConfigError naming what
+    keeps it from running them."""
+    name = type(experts).__name__
+    why = _unsupported(experts)
+    if why:
+        raise ConfigError(
+            f'experts_implementation="mixkit" cannot run {name}: {why}. mixkit runs SiLU-gated '
+            "experts with gate and up concatenated in gate_up_proj (E, 2H, D), down_proj (E, D, H), "
+            'no biases; use experts_implementation="grouped_mm" (or "eager") for this model'
+        )
+    return experts.gate_up_proj, experts.down_proj  # type: ignore[return-value]  # checked above
+
+
+def _unsupported(experts: nn.Module) -> str | None:
+    flags = {  # set by transformers' @use_experts_implementation(...)
+        "has_bias": "its experts have biases",
+        "has_post_expert_norm": "it normalises each expert's output",
+        "is_transposed": "its expert weights are stored transposed (E, D, 2H)",
+        "_is_expert_parallel": "transformers' own expert parallelism is on (sentinel expert ids)",
+    }
+    found = [why for attr, why in flags.items() if getattr(experts, attr, False)]
+    if not getattr(experts, "has_gate", True):
+        found.append("its experts are not gated (up_proj only)")
+    if not getattr(experts, "is_concatenated", True):
+        found.append("its gate and up columns are interleaved in gate_up_proj")
+    act = getattr(experts, "act_fn", None)
+    if getattr(type(experts), "_apply_gate", _default_apply_gate) is not _default_apply_gate:
+        found.append(f"it has its own gated activation ({type(experts).__name__}._apply_gate)")
+    elif not isinstance(act, SiLUActivation | nn.SiLU):
+        found.append(f"its activation is {type(act).__name__}, and mixkit's fused path is SiLU's")
+    if found:
+        return "; ".join(found)
+    w = getattr(experts, "gate_up_proj", None)
+    down = getattr(experts, "down_proj", None)
+    if not isinstance(w, torch.Tensor) or not isinstance(down, torch.Tensor):
+        return "it has no gate_up_proj and down_proj tensors"
+    if w.dim() != 3 or down.dim() != 3 or w.shape[1] != 2 * down.shape[2]:
+        return f"gate_up_proj {tuple(w.shape)} and down_proj {tuple(down.shape)} are not (E, 2H, D), (E, D, H)"
+    if not (w.dtype.is_floating_point and down.dtype == w.dtype):
+        return f"its expert weights are {w.dtype} and {down.dtype}; mixkit needs one floating dtype"
+    return None
+
+
+def _decision(top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> RoutingDecision:
+    """HF's (T, k) choices as mixkit's flat, slot-major assignments (dispatch.py's input)."""
+    T, k = top_k_index.shape
+    token_A = torch.arange(T, device=top_k_index.device).repeat(k)
+    expert_A = top_k_index.t().reshape(-1).long()
+    weight_A = top_k_weights.t().reshape(-1)
+    # logits are the router's business (HF records them); dispatch does not read them
+    return RoutingDecision(token_A, expert_A, weight_A, logits_TE=top_k_weights.new_empty(T, 0))
+
+
+def experts_forward(
+    self: nn.Module,
+    hidden_states: torch.Tensor,
+    top_k_index: torch.Tensor,
+    top_k_weights: torch.Tensor,
+) -> torch.Tensor:
+    """The "mixkit" experts implementation: (T, D) hidden states and HF's (T, k) routing -> (T, D),
+    the sum over each token's k experts of weight * down(silu(gate(x)) * up(x))."""
+    gate_up, down = check_experts(self)
+    E, H = gate_up.shape[0], down.shape[2]
+    x_TD = hidden_states.to(gate_up.dtype)  # as HF's grouped_mm does under autocast
+    # views, no copies: (E, 2H, D) -> gate and up as (E, D, H); (E, D, H) -> down as (E, H, D)
+    w_gate, w_up = gate_up[:, :H].transpose(1, 2), gate_up[:, H:].transpose(1, 2)
+    w_down = down.transpose(1, 2)
+    dispatcher = LocalDispatcher(E)
+    x_SD, counts, plan = dispatcher.dispatch(x_TD, _decision(top_k_index, top_k_weights), None)
+    if _grouped_mm_ok(x_SD):
+        out_SD = _grouped_swiglu(x_SD, counts, w_gate, w_up, w_down)
+        out_SD = out_SD * plan.weight_S.to(out_SD.dtype).unsqueeze(-1)
+    else:
+        source = (x_TD, plan.token_idx_S)  # backward gathers from x_TD, not a k-times copy
+        out_SD = GroupedSwiGLUFFN.apply(
+            x_SD, plan.weight_S.to(x_SD.dtype), w_gate, w_up, w_down, counts, source
+        )
+    return dispatcher.combine(out_SD, plan).to(hidden_states.dtype)
+
+
+def _grouped_swiglu(
+    x_SD: torch.Tensor,
+    counts: list[int],
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+) -> torch.Tensor:
+    """One torch._grouped_mm per matrix, as mixkit's Experts does where _grouped_mm_ok."""
+    offs = torch.tensor(counts, device=x_SD.device).cumsum(0).to(torch.int32)
+    h = torch.nn.functional.silu(torch._grouped_mm(x_SD, w_gate, offs=offs))
+    h = h * torch._grouped_mm(x_SD, w_up, offs=offs)
+    return torch._grouped_mm(h, w_down, offs=offs)
+
+
+def register() -> None:
+    """Register `experts_forward` as "mixkit" (done on import; calling it again is harmless)."""
+    ExpertsInterface.register(NAME, experts_forward)
+
+
+register()
