@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -104,7 +105,7 @@ def test_json_object_is_parseable_json_streamed_too(client):
     assert isinstance(json.loads("".join(pieces)), dict)
 
 
-def test_an_off_schema_answer_is_repaired_once_and_the_repair_is_logged(client, home):
+def test_an_off_schema_answer_is_repaired_once_and_the_repair_is_logged(client, home, server):
     raw = client.chat.completions.with_raw_response.parse(
         model="repair-mix", messages=Q, response_format=Order
     )
@@ -114,6 +115,8 @@ def test_an_off_schema_answer_is_repaired_once_and_the_repair_is_logged(client, 
     assert structured["validated"] is True and structured["repairs"] == 1
     assert "required property" in structured["errors"][0]
     assert [c["agent"] for c in calls] == ["p-ok", "agg", "agg@repair"]
+    web = httpx.get(f"{server.base}/api/runs/{raw.headers[RUN_ID_HEADER]}", timeout=10).json()
+    assert web["structured"] == structured  # the web run view shows it
 
 
 def test_an_answer_still_invalid_after_its_repair_is_an_error_never_text(client, server):

@@ -108,6 +108,7 @@ def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
     run = dict(row)
     run["messages"] = json.loads(run.pop("messages_json"))
     gate, early_exit = _json_column(run, "gate_json"), _json_column(run, "early_exit_json")
+    structured = _json_column(run, "structured_json")  # response_format, tools, validation
     rows = db.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY layer, id", (run_id,))
     calls = [dict(c) for c in rows]
     turns = db.execute(
@@ -120,6 +121,7 @@ def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
         "calls": calls,
         "gate": gate,
         "early_exit": early_exit,
+        "structured": structured,
         "conversation": [dict(t) for t in turns],
     }
 

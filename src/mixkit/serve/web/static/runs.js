@@ -74,7 +74,7 @@ export async function showRun(runId, callId) {
   if (callId) showCall(runId, Number(callId));
 }
 
-function runHead({ run, calls, conversation, gate, early_exit: early }) {
+function runHead({ run, calls, conversation, gate, early_exit: early, structured }) {
   const tokensIn = calls.reduce((n, c) => n + (c.prompt_tokens || 0), 0);
   const tokensOut = calls.reduce((n, c) => n + (c.completion_tokens || 0), 0);
   const link = `${location.origin}${location.pathname}#/runs/${encodeURIComponent(run.id)}`;
@@ -93,11 +93,28 @@ function runHead({ run, calls, conversation, gate, early_exit: early }) {
     gate ? el("div.small", {}, `gate (${gate.strategy}): chose ${(gate.chosen || []).join(", ")}`
       + ((gate.skipped || []).length ? `, skipped ${gate.skipped.join(", ")}` : "")) : null,
     early ? el("div.small", {}, `early exit after layer ${early.layer}: ${early.answers} answers agreed`) : null,
+    structuredLine(structured),
     el("div.muted.small", {},
       `wall ${fmt.s(run.wall_s)} s · TTFT ${fmt.s(run.ttft_s)} s · critical path ${fmt.s(run.critical_path_s)} s`
       + ` · ${tokensIn} tokens in / ${tokensOut} out · ${calls.length} calls`
       + (run.cost_usd ? ` · $${Number(run.cost_usd).toFixed(4)}` : "")),
     turns);
+}
+
+// What a run with structured output or tools was asked for, and how its answer fared.
+function structuredLine(s) {
+  if (!s) return null;
+  const parts = [];
+  const rf = s.response_format || {};
+  if (rf.type === "json_schema") parts.push(`JSON schema ${(rf.json_schema || {}).name || ""}`);
+  else if (rf.type === "json_object") parts.push("JSON object");
+  if (s.tools) parts.push(`tools ${s.tools.map((t) => t.function.name).join(", ")} (choice ${JSON.stringify(s.tool_choice)})`);
+  if (s.votes) parts.push(`votes ${Object.entries(s.votes).map(([k, v]) => `${k}: ${v}`).join(", ")}`);
+  for (const c of s.tool_calls || []) parts.push(`called ${c.function.name}(${c.function.arguments})`);
+  parts.push(s.validated === true ? "validated" : s.validated === false ? "NOT valid" : "not checked");
+  if (s.repairs) parts.push(`${s.repairs} repair`);
+  if ((s.errors || []).length) parts.push(`errors: ${s.errors.join("; ")}`);
+  return el("div.small.structured", {}, "structured output: " + parts.join(" · "));
 }
 
 // Per layer, the call that ended last held the layer up: it is on the critical path.
