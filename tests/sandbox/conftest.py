@@ -6,6 +6,8 @@ runs as root on Debian with bubblewrap and util-linux, where both modes must wor
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,12 @@ def ns_sandbox(request, tmp_path) -> Sandbox:
     sb = sandbox_or_skip(request.param, tmp_dir=work)
     yield sb
     assert not list(work.iterdir()), "the sandbox left files behind"
+
+
+@pytest.fixture
+def open_tmp() -> Path:
+    """An empty folder every user can traverse (rlimits-only runs as nobody when we are root)."""
+    path = Path(tempfile.mkdtemp(prefix="mixkit-sandbox-test-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path)

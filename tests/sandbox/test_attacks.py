@@ -163,7 +163,7 @@ def test_a_memory_bomb_runs_out_of_memory(ns_sandbox: Sandbox):
 
 def test_100_mb_of_output_is_cut_at_the_output_limit(ns_sandbox: Sandbox):
     body = "import sys\nchunk = 'x' * 65536\nfor _ in range(1600):\n    sys.stdout.write(chunk)\n"
-    result, _ = run(ns_sandbox, body, FAST.model_copy(update={"output_kb": 16}))
+    result, _ = run(ns_sandbox, body, FAST.model_copy(update={"output_kb": 16, "wall_s": 2.0}))
     assert result.status == "output_limit", result.error_summary()
     kept, cut = result.stdout.split("\n")
     assert kept == "x" * 16384, len(kept)  # the first 16 KB, then the mark

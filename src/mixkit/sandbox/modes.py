@@ -233,6 +233,14 @@ def make_workdir(parent: str | None) -> str:
     path = tempfile.mkdtemp(prefix="mixkit-sandbox-", dir=parent)
     if os.geteuid() == 0:
         os.chown(path, NOBODY, NOBODY)
+        closed = [p for p in Path(path).parents if not os.stat(p).st_mode & 0o001]
+        if closed:
+            os.rmdir(path)
+            raise SandboxUnavailable(
+                f"rlimits-only: the sandbox user nobody cannot enter {closed[0]} (to reach its "
+                f"working folder under {parent}); give Sandbox a tmp_dir every user can traverse, "
+                "such as /tmp"
+            )
     return path
 
 

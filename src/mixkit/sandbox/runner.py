@@ -144,6 +144,7 @@ async def _run(how: Launch, code: str, limits: Limits, init: InitPid) -> RunResu
     finally:  # a limit, or the awaiting task cancelled: nothing of the program outlives this
         if proc.returncode is None:
             kill_now(proc.pid, how.mode, init.pid)
+            await _drain(proc)  # asyncio's wait() returns once the pipes are closed too
             await reap(proc)
         if init_pid := await init.wait(timeout=1.0):
             await until_gone(init_pid)
@@ -183,3 +184,17 @@ async def _watch(
     finally:
         for task in (*pumps, exited, over):
             task.cancel()
+
+
+async def _drain(proc: asyncio.subprocess.Process, timeout: float = 2.0) -> None:
+    """Read the pipes to their end, discarding: every writer is being killed. (In rlimits-only a
+    process that left the session may hold them open: stop after `timeout`.)"""
+
+    async def empty(stream: asyncio.StreamReader | None) -> None:
+        while stream is not None and await stream.read(1 << 16):
+            pass
+
+    try:
+        await asyncio.wait_for(asyncio.gather(empty(proc.stdout), empty(proc.stderr)), timeout)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,145 @@
+"""The sandbox's API: results of ordinary programs, refusals, limits, and the rlimits-only mode."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from mixkit.errors import ConfigError
+from mixkit.sandbox import MODES, Limits, Sandbox, SandboxUnavailable
+
+from .conftest import leftovers, marked, sandbox_or_skip
+
+
+def test_a_program_prints_its_answer(ns_sandbox: Sandbox):
+    result = asyncio.run(ns_sandbox.run_python("print(6 * 7)\nprint('héllo ✓')\n"))
+    assert result.status == "ok" and result.ok, result
+    assert result.stdout == "42\nhéllo ✓\n" and result.stderr == ""
+    assert result.exit_code == 0 and result.error_summary() == ""
+    assert result.mode == ns_sandbox.check() and result.limits == Limits()
+
+
+def test_an_exception_is_an_error_with_the_end_of_its_traceback(ns_sandbox: Sandbox):
+    code = "def f(x):\n    return x / 0\n\nprint('before')\nf(1)\n"
+    result = ns_sandbox.run_python_sync(code)
+    assert result.status == "error" and result.exit_code == 1, result
+    assert result.stdout == "before\n"
+    summary = result.error_summary()
+    assert summary.endswith("ZeroDivisionError: division by zero"), summary
+    assert "line 2, in f" in summary and "return x / 0" in summary
+    assert "Traceback" in result.stderr  # the whole of it is still there
+
+
+@pytest.mark.parametrize(
+    "code, status, summary",
+    [
+        ("import sys\nsys.exit(3)\n", "error", "exited with code 3"),
+        ("x = 1\n", "no_output", "the program printed nothing (print the answer)"),
+        ("input()\n", "error", "EOFError: EOF when reading a line"),  # stdin is empty
+        (
+            "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n",
+            "killed",
+            "killed by SIGTERM",
+        ),
+    ],
+)
+def test_statuses_and_their_summaries(ns_sandbox: Sandbox, code, status, summary):
+    result = ns_sandbox.run_python_sync(code)
+    assert result.status == status, result
+    assert result.error_summary().endswith(summary), result.error_summary()
+
+
+def test_a_file_over_the_file_limit_cannot_be_written(ns_sandbox: Sandbox):
+    code = "open('big', 'wb').write(b'x' * (5 << 20))\n"
+    result = ns_sandbox.run_python_sync(code, Limits(file_mb=4))
+    assert result.status == "error", result
+    assert "File too large" in result.stderr or "No space left" in result.stderr
+
+
+def test_auto_chooses_a_mode_with_guarantees():
+    sb = sandbox_or_skip("auto")
+    assert sb.check() in ("bwrap", "unshare")
+    if shutil.which("bwrap"):
+        assert sb.check() == "bwrap"
+
+
+def test_modes_refuse_with_what_is_missing_and_how_to_fix_it(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither bwrap nor unshare on it
+    with pytest.raises(SandboxUnavailable, match="bwrap not on PATH") as e:
+        Sandbox("bwrap").check()
+    assert "apt-get install bubblewrap" in str(e.value) and "mode='rlimits-only'" in str(e.value)
+    with pytest.raises(SandboxUnavailable, match="unshare: unshare, mount, pivot_root, setpriv"):
+        Sandbox("unshare").check()
+    with pytest.raises(SandboxUnavailable, match="no sandbox mode with guarantees") as e:
+        asyncio.run(Sandbox().run_python("print(1)"))
+    assert "user namespaces" in str(e.value) and "rlimits-only" in str(e.value)
+
+
+def test_a_bwrap_that_cannot_make_namespaces_is_refused(open_tmp: Path, monkeypatch):
+    """A host without user namespaces, simulated: a `bwrap` that fails the way bwrap does there."""
+    fake = open_tmp / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{open_tmp}:{os.environ['PATH']}")
+    with pytest.raises(SandboxUnavailable, match="No permissions to create new namespace"):
+        Sandbox("bwrap").check()
+
+
+def test_an_unknown_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown sandbox mode 'docker'.*rlimits-only"):
+        Sandbox("docker")
+    assert MODES == ("auto", "bwrap", "unshare", "rlimits-only")
+
+
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"wall_s": 0}, "wall_s"),
+        ({"cpu_s": -1}, "cpu_s"),
+        ({"memory_mb": 1}, "memory_mb"),
+        ({"file_mb": 0}, "file_mb"),
+        ({"procs": 1}, "procs"),
+        ({"output_kb": "lots"}, "output_kb"),
+        ({"wall": 3}, "wall"),  # a misspelt field is an error, not ignored
+    ],
+)
+def test_invalid_limits_name_the_field(bad, field):
+    with pytest.raises(ValidationError) as e:
+        Limits(**bad)
+    assert field in str(e.value)
+
+
+def test_limits_validate_from_a_config_table():
+    assert Limits.model_validate({"wall_s": 2, "procs": 8}) == Limits(wall_s=2.0, procs=8)
+
+
+def test_rlimits_only_runs_in_a_fresh_folder_it_removes(open_tmp: Path, monkeypatch):
+    secret = uuid.uuid4().hex
+    monkeypatch.setenv("MIXKIT_SANDBOX_TEST_SECRET", secret)
+    sb = sandbox_or_skip("rlimits-only", tmp_dir=open_tmp)
+    code = (
+        "import os\n"
+        "open('scratch.txt', 'w').write('x')\n"
+        "print(sorted(os.listdir('.')), dict(os.environ))\n"
+    )
+    result = sb.run_python_sync(code)
+    assert result.status == "ok" and result.mode == "rlimits-only", result
+    assert result.stdout.startswith("['main.py', 'scratch.txt']")
+    assert secret not in result.stdout
+    assert not list(open_tmp.iterdir()), "the working folder was not removed"
+
+
+def test_rlimits_only_kills_its_session_at_the_deadline(open_tmp: Path):
+    sb = sandbox_or_skip("rlimits-only", tmp_dir=open_tmp)
+    marker = f"mixkit-sandbox-test-{uuid.uuid4().hex}"
+    body = "import os, time\nos.fork()\nwhile True:\n    time.sleep(0.1)\n"
+    result = sb.run_python_sync(marked(body, marker), Limits(wall_s=1, procs=256))
+    assert result.status == "timeout" and result.wall_s <= 2, result
+    assert not leftovers(marker)
+    assert not list(open_tmp.iterdir())
