@@ -134,7 +134,7 @@ def test_a_fork_bomb_is_held_to_the_process_limit(ns_sandbox: Sandbox):
         "            top = n\n"
         "            print('processes', n, flush=True)\n"
     )
-    limits = FAST.model_copy(update={"wall_s": 2.0, "procs": 12})
+    limits = FAST.model_copy(update={"wall_s": 1.0, "procs": 12})
     result, _ = run(ns_sandbox, body, limits)
     assert result.status in ("timeout", "error"), result
     counts = [int(line.split()[1]) for line in result.stdout.splitlines() if line]
@@ -222,3 +222,15 @@ def test_cancelling_the_awaiting_task_kills_the_tree(ns_sandbox: Sandbox):
 
     assert asyncio.run(start_then_cancel()), "the program never started"
     assert not leftovers(marker)
+
+
+def test_a_nested_user_namespace_is_refused(ns_sandbox: Sandbox):
+    body = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER\n"
+        "    raise OSError(ctypes.get_errno(), 'unshare: ' + os.strerror(ctypes.get_errno()))\n"
+        "print('made a user namespace')\n"
+    )
+    result, _ = run(ns_sandbox, body)
+    assert result.status == "error" and "OSError" in result.error_summary(), result

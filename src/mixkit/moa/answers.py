@@ -50,7 +50,11 @@ def normalize_answer(answer: str | None) -> str | None:
 
 
 def final_answer(response: str) -> str | None:
-    """extract + normalise: the key two proposals must share to count as agreeing."""
+    """extract + normalise: the key two proposals must share to count as agreeing. A program
+    agent's answer (agents/program.ProgramAnswer) brings its own key."""
+    key = getattr(response, "answer_key", None)
+    if key is not None:
+        return str(key)
     return normalize_answer(extract_answer(response))
 
 

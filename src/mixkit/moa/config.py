@@ -27,12 +27,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mixkit.config import Presets, read_toml_file, validate
 from mixkit.errors import ConfigError
+from mixkit.sandbox import Limits
 
 DEFAULT_PRESET = "gated"
 
 
+PROGRAM_FIELDS = ("retries", "sandbox", "limits")  # what only a program agent may set
+
+
 class AgentConfig(BaseModel):
-    """One agent: a provider, a model, sampling parameters and an optional persona."""
+    """One agent: a provider, a model, sampling parameters and an optional persona.
+
+    `kind = "program"` (agents/program.py): the agent writes a Python program, which runs in a
+    sandbox (mixkit.sandbox, mode `sandbox`, within `limits`), and answers with what it printed;
+    after a failed program it writes `retries` more, shown the error."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -49,11 +57,18 @@ class AgentConfig(BaseModel):
     stream_usage: bool = True  # openai: ask for token usage in the stream (stream_options)
     price_in: float | None = Field(None, ge=0)  # USD per million prompt tokens (cost reports, gate)
     price_out: float | None = Field(None, ge=0)  # USD per million completion tokens
+    kind: Literal["text", "program"] = "text"  # program: answers with what its program prints
+    retries: int = Field(1, ge=0, le=5)  # program: new programs after a failed one
+    sandbox: Literal["auto", "bwrap", "unshare", "rlimits-only"] = "auto"  # program: the mode
+    limits: Limits = Field(default_factory=Limits)  # program: [agents.NAME.limits]
 
     @model_validator(mode="after")
     def _check_provider_fields(self) -> AgentConfig:
         if self.provider == "openai" and not self.base_url:
             raise ValueError("provider 'openai' needs base_url (e.g. 'http://127.0.0.1:8080/v1')")
+        misplaced = [f for f in PROGRAM_FIELDS if f in self.model_fields_set]
+        if self.kind == "text" and misplaced:
+            raise ValueError(f"{', '.join(misplaced)}: only for kind = 'program' agents")
         return self
 
 

@@ -13,6 +13,8 @@ ignored (a viewer must never break a run). Event types, in the order they occur:
     layer_end     layer; data: ok, calls (the final aggregator's layer too)
     gate          data: scores, chosen, skipped, strategy            (the gated MoA)
     early_exit    layer; data: agreed, answers                       (the gated MoA)
+    answer_reasoning  text: a program agent's program as it is written, before the answer
+                  (the stream yields these pieces as agents.program.Reasoning)
     answer_token  text: the final answer's pieces, the same text the caller's stream yields
     run_end       data: outcome, error, wall_s, critical_path_s, ttft_s, prompt_tokens,
                   completion_tokens
@@ -42,6 +44,7 @@ EVENT_TYPES = (
     "layer_end",
     "gate",
     "early_exit",
+    "answer_reasoning",
     "answer_token",
     "run_end",
 )

@@ -16,6 +16,7 @@ process limit (RLIMIT_NPROC), and owns every file it could reach.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -111,6 +112,8 @@ def bwrap_argv(
     if info_fd >= 0:  # bwrap writes the init's PID there (tree.InitPid)
         argv += ["--info-fd", str(info_fd)]
     argv += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    if "--disable-userns" in _help(bwrap):  # bwrap >= 0.8: no user namespaces inside
+        argv += ["--disable-userns"]
     argv += ["--ro-bind", "/usr", "/usr"]
     for name, target in _root_links():
         argv += (
@@ -150,6 +153,7 @@ ln -s /proc/self/fd/1 dev/stdout; ln -s /proc/self/fd/2 dev/stderr
 mount -t tmpfs -o "size=$size,mode=1777,nosuid,nodev" tmpfs tmp
 mount -t tmpfs -o "size=$size,mode=777,nosuid,nodev" tmpfs work
 mount -t proc -o nosuid,nodev,noexec proc proc
+echo 0 2>/dev/null >proc/sys/user/max_user_namespaces || true  # no user namespaces inside
 while [ "$1" != "--" ]; do
   mkdir -p ".$1"; mount --rbind "$1" ".$1"; mount -o remount,bind,ro,nosuid,nodev ".$1"; shift
 done
@@ -186,6 +190,16 @@ def launch(
         return Launch(mode, unshare_argv(_tool("unshare"), python, binds, limits), env)
     home = {"HOME": workdir, "TMPDIR": workdir}
     return Launch(mode, launcher_args(python, limits), {**SANDBOX_ENV, **home}, cwd=workdir)
+
+
+@functools.lru_cache(maxsize=8)
+def _help(tool: str) -> str:
+    """`tool --help`, to see which options this version has."""
+    try:
+        done = subprocess.run([tool, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout + done.stderr
 
 
 def _tool(name: str) -> str:

@@ -128,7 +128,7 @@ class _Capture:
 async def _run(how: Launch, code: str, limits: Limits, init: InitPid) -> RunResult:
     """Start the program, watch it to its end or a limit, kill what is left, classify."""
     with tempfile.TemporaryFile() as stdin:  # the code reaches the launcher on stdin
-        stdin.write(code.encode("utf-8"))
+        stdin.write(code.encode("utf-8", errors="replace"))  # a lone surrogate becomes "?"
         stdin.seek(0)
         start = time.monotonic()
         proc = await asyncio.create_subprocess_exec(

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from mixkit.errors import ConfigError, ProviderError, RateLimited, Timeout
 from mixkit.moa.agents.providers.base import Message, Provider, Sampling, TransientError, Usage
@@ -39,6 +40,9 @@ class CallRecord:
     error: str | None = None
     response: str = ""
     cost_usd: float | None = None  # from the agent's declared prices; None when unpriced
+    # a program agent's programs (agents/program.py), one dict per attempt: program, status,
+    # output, error, wall_s, mode; None for a text agent
+    programs: list[dict[str, Any]] | None = None
 
     def price(self, cfg: AgentConfig) -> None:
         """Fill `cost_usd` from the agent's declared prices (USD per million tokens)."""

@@ -1,7 +1,8 @@
 """The call that writes a run's final answer, streamed: the aggregator, or one agent alone.
 
 When a gate lets one agent answer alone and that agent fails before its first token, the next
-agent in the gate's ranking answers instead, all within the one deadline (`answer_alone`).
+agent in the gate's ranking answers instead, all within the one deadline (`answer_alone`); a
+program agent's reasoning (its program) is no token of the answer, so a failed program falls back too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
 from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.program import Reasoning
 from mixkit.moa.agents.providers.base import Constraint, Message
 from mixkit.moa.events import Emitter
 from mixkit.moa.gate.model import GateDecision
@@ -94,7 +96,7 @@ async def answer_alone(
         pieces = stream_final(agents[name], conversation, deadline, run, layer=1, label=label)
         try:
             async for piece in pieces:
-                started = True
+                started = started or not isinstance(piece, Reasoning)  # a program is no answer
                 yield piece
             return
         except LayerFailed:
