@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 from typing_extensions import TypedDict, Unpack
 
 from mixkit.errors import MixkitError
-from mixkit.moa.agents.agent import Agent, CallRecord
+from mixkit.moa.agents.agent import CallRecord
+from mixkit.moa.agents.program import ProgramAnswer, Reasoning, make_agent
 from mixkit.moa.agents.providers.base import Message
 from mixkit.moa.agents.providers.local import CORES
 from mixkit.moa.answers import final_answer
@@ -44,7 +45,10 @@ LayerCallback = Callable[[int, list[CallRecord]], None]
 
 
 async def _once(text: str) -> AsyncGenerator[str, None]:
-    """A final answer that is already whole (an early exit, a vote): one piece."""
+    """A final answer that is already whole (an early exit, a vote): one piece, after the
+    program that printed it when a program agent's answer won (as Reasoning)."""
+    if isinstance(text, ProgramAnswer):
+        yield Reasoning(f"```python\n{text.program}\n```\n\nThe program printed: {text}\n")
     yield text
 
 
@@ -96,7 +100,7 @@ class MoA:
         self, config: MoAConfig, *, log: bool | str | Path = True, sink: LogSink | None = None
     ):
         self.config = config
-        self.agents = {name: Agent.from_config(name, cfg) for name, cfg in config.agents.items()}
+        self.agents = {name: make_agent(name, cfg) for name, cfg in config.agents.items()}
         path = None if isinstance(log, bool) else log
         self.sink: LogSink | None = (sink or SQLiteLog(path)) if log is not False else None
         self.gate: gates.Gate | None = None
@@ -200,10 +204,13 @@ class MoA:
         try:
             final = self._final_answer(run, self._plan(answer, emit))
             async for piece in final:
-                if answer.ttft_s is None:
+                if answer.ttft_s is None:  # a program agent's reasoning counts: it is streamed
                     answer.ttft_s = time.monotonic() - emit.start
-                pieces.append(piece)
-                emit("answer_token", text=piece)
+                if isinstance(piece, Reasoning):  # shown, not part of the answer
+                    emit("answer_reasoning", text=piece)
+                else:
+                    pieces.append(piece)
+                    emit("answer_token", text=piece)
                 yield piece
             answer.outcome = "ok"
         except MixkitError as e:
