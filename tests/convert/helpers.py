@@ -14,6 +14,8 @@ from transformers import (
     MixtralConfig,
     Qwen2Config,
     Qwen2MoeConfig,
+    Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 from mixkit.models import MoESpec, TransformerLM, TransformerLMConfig
@@ -105,6 +107,19 @@ HF_MODELS = {
         decoder_sparse_step=2,
         **SMALL,
     ),
+    "qwen3-head-dim-12": lambda v: Qwen3Config(
+        vocab_size=v, intermediate_size=48, head_dim=12, attention_bias=True, **SMALL
+    ),
+    "qwen3_moe": lambda v: Qwen3MoeConfig(
+        vocab_size=v,
+        intermediate_size=48,
+        moe_intermediate_size=24,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        decoder_sparse_step=2,
+        **SMALL,
+    ),
     "glm4_moe": lambda v: Glm4MoeConfig(
         vocab_size=v,
         intermediate_size=48,
@@ -116,6 +131,7 @@ HF_MODELS = {
         n_group=1,
         topk_group=1,
         attention_bias=True,
+        use_qk_norm=True,
         partial_rotary_factor=1.0,
         head_dim=8,
         **SMALL,
@@ -131,7 +147,8 @@ def hf_folder(path, config, text):
     hf = AutoModelForCausalLM.from_config(config(tok.get_vocab_size())).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
-            if p.dim() == 1:  # norms at 1 and biases at 0 would hide a wrong mapping
+            if p.dim() == 1 and "o_proj" not in name:  # (mixkit's o_proj has no bias)
+                # norms at 1 and biases at 0 would hide a wrong mapping
                 p.add_(torch.randn_like(p) * 0.1)
             elif "gate.weight" in name:  # spread the router so top-k choices are clear
                 p.normal_(std=0.5)

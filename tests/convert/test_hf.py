@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from tokenizers import Tokenizer
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2MoeConfig, Qwen3MoeConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, OlmoeConfig, Qwen2MoeConfig
 
 from mixkit.convert import export_hf, hf_model, import_hf, load_hf, load_run
 from mixkit.errors import ConfigError
@@ -38,6 +38,9 @@ EXPORTS = {
     "every-2nd": ({**LLAMA, "moe": moe(), "moe_every": 2}, "qwen2_moe"),
     "switch": ({**LLAMA, "moe": moe(router="switch", k=1), "moe_every": 1}, "qwen2_moe"),
     "moe-qkv-bias": ({**LLAMA, "moe": moe(), "moe_every": 1, "qkv_bias": True}, "qwen2_moe"),
+    "qwen3": ({**LLAMA, "qk_norm": True, "qkv_bias": True, "head_dim": 12}, "qwen3"),
+    "qwen3-moe": ({**LLAMA, "moe": moe(), "moe_every": 1, "qk_norm": True}, "qwen3_moe"),
+    "llama-head-dim": ({**LLAMA, "head_dim": 16, "n_kv_heads": 2}, "llama"),
     "sigmoid-bias": ({**LLAMA, "moe": moe(router="sigmoid_bias"), "moe_every": 1}, "glm4_moe"),
     "sigmoid-bias-shared-top1": (
         {
@@ -45,6 +48,7 @@ EXPORTS = {
             "moe": moe(router="sigmoid_bias", k=1, num_shared_experts=2, route_scale=2.5),
             "moe_every": 1,
             "qkv_bias": True,
+            "qk_norm": True,
             "n_kv_heads": 2,
         },
         "glm4_moe",
@@ -136,12 +140,12 @@ def test_an_hf_checkpoint_imports_with_the_same_logits_and_trains_on(arch, text,
 
 
 def test_import_refuses_architectures_without_a_twin(text, tmp_path):
-    qwen3 = lambda v: Qwen3MoeConfig(  # noqa: E731
-        vocab_size=v, intermediate_size=48, moe_intermediate_size=24, num_experts=4, **SMALL
+    olmoe = lambda v: OlmoeConfig(  # noqa: E731
+        vocab_size=v, intermediate_size=24, num_experts=4, num_experts_per_tok=2, **SMALL
     )
-    hf_folder(tmp_path / "q3", qwen3, text)
+    hf_folder(tmp_path / "olmoe", olmoe, text)
     with pytest.raises(ConfigError, match="q_norm, k_norm"):
-        import_hf(tmp_path / "q3", tmp_path / "out")
+        import_hf(tmp_path / "olmoe", tmp_path / "out")
     shared = lambda v: Qwen2MoeConfig(  # noqa: E731
         vocab_size=v, intermediate_size=48, moe_intermediate_size=24, num_experts=4, **SMALL
     )

@@ -45,6 +45,8 @@ def check_llama(model: TransformerLM) -> None:
             "architecture has GELU FFNs; GGUF export needs model.norm = 'rmsnorm', "
             "model.pos = 'rope' and model.expert = 'swiglu'"
         )
+    if model.cfg.qk_norm:
+        raise ConfigError("model.qk_norm: llama.cpp's llama architecture has no q/k norms")
     if model.cfg.qkv_bias:
         raise ConfigError("model.qkv_bias: llama.cpp's llama architecture has no attention biases")
     if kind == "glm4_moe":
@@ -72,13 +74,13 @@ def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 def gguf_tensors(model: TransformerLM) -> dict[str, torch.Tensor]:
     """llama.cpp tensor name -> tensor, shaped as the converter writes them (PyTorch order)."""
     c, sd = model.cfg, model.state_dict()
-    D, kv = c.d_model, c.kv_heads * c.head_dim
+    qw, kv = c.n_heads * c.dh, c.kv_heads * c.dh
     out = {"token_embd.weight": sd["tok_emb.weight"], "output_norm.weight": sd["ln_f.weight"]}
     if not c.tie_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
     for i, block in enumerate(model.blocks):
         b, m = f"blk.{i}.", f"blocks.{i}."
-        q, k, v = sd[m + "attn.qkv.weight"].split([D, kv, kv])
+        q, k, v = sd[m + "attn.qkv.weight"].split([qw, kv, kv])
         out[b + "attn_q.weight"] = _permute(q, c.n_heads)
         out[b + "attn_k.weight"] = _permute(k, c.kv_heads)
         out[b + "attn_v.weight"] = v
@@ -131,7 +133,9 @@ def _write_hparams(w: gguf.GGUFWriter, model: TransformerLM, file_type: int) -> 
     w.add_feed_forward_length(c.ffn_hidden if c.moe is None else c.moe.d_hidden)
     w.add_head_count(c.n_heads)
     w.add_head_count_kv(c.kv_heads)
-    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_dimension_count(c.dh)
+    w.add_key_length(c.dh)
+    w.add_value_length(c.dh)
     w.add_rope_freq_base(c.rope_theta)
     w.add_layer_norm_rms_eps(c.norm_eps)
     w.add_file_type(file_type)

@@ -1,19 +1,5 @@
-"""A mixkit transformer LM as a Hugging Face `transformers` folder in its closest architecture.
-
-The mapping (any other combination is a ConfigError naming the field that has no twin):
-
-    mixkit block                          FFNs                               HF architecture
-    layernorm + learned positions         dense ReLU                         GPT-2 (biases zero)
-    rmsnorm + rope                        dense SwiGLU                       Llama (Qwen2 with qkv_bias)
-    rmsnorm + rope                        MoE, SwiGLU experts, top-k         Mixtral when every block
-                                          renormalised, k >= 2               is MoE and no qkv_bias
-    rmsnorm + rope                        MoE, SwiGLU experts, any other     Qwen2-MoE (no shared expert,
-                                          top-k/switch/noisy_topk            norm_topk_prob, sparse step)
-    rmsnorm + rope                        MoE, SwiGLU experts, sigmoid_bias  GLM-4-MoE (one group, full
-                                          (+ shared experts), every block    rotary, no dense blocks)
-
-noisy_topk maps for inference only: HF has no noisy gate, so its noise weights are dropped (at
-eval time mixkit's noisy_topk is the renormalised top-k of the clean logits, which is exact).
+"""A mixkit transformer LM as a Hugging Face `transformers` folder, in the architecture hf_arch
+chooses: its config, its weights in that architecture's names, and the tokenizer files.
 """
 
 from __future__ import annotations
@@ -24,180 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    Glm4MoeConfig,
-    GPT2Config,
-    LlamaConfig,
-    MixtralConfig,
-    PretrainedConfig,
-    Qwen2Config,
-    Qwen2MoeConfig,
-)
+from transformers import AutoModelForCausalLM
 
+from mixkit.convert.hf_arch import hf_config
 from mixkit.convert.runs import MixkitRun, staged
 from mixkit.convert.vocab import hf_tokenizer_json
-from mixkit.errors import ConfigError
 from mixkit.models import DenseFFN, TransformerLM, TransformerLMConfig
-from mixkit.moe import MoE, MoEConfig
+from mixkit.moe import MoE
 
 NO_TOKENS = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-
-
-def block_family(c: TransformerLMConfig) -> str:
-    """ "gpt2" or "llama": the HF block family a mixkit block matches exactly, or a ConfigError."""
-    if (c.norm, c.pos) == ("layernorm", "learned"):
-        if c.moe is not None:
-            raise ConfigError(
-                "model.moe with model.norm 'layernorm' and model.pos 'learned' (GPT-2's block): no "
-                "Hugging Face MoE architecture has that block; train MoE models to export with "
-                "model.norm = 'rmsnorm' and model.pos = 'rope'"
-            )
-        if c.expert != "relu":
-            raise ConfigError(
-                "model.expert 'swiglu' with GPT-2's block (layernorm, learned positions): GPT-2's "
-                "FFN is not gated; use model.norm = 'rmsnorm' and model.pos = 'rope' (Llama)"
-            )
-        if c.kv_heads != c.n_heads:
-            raise ConfigError("model.n_kv_heads: GPT-2 has no grouped-query attention")
-        return "gpt2"
-    if (c.norm, c.pos) == ("rmsnorm", "rope"):
-        if c.expert != "swiglu":
-            raise ConfigError(
-                "model.expert 'relu' with model.norm 'rmsnorm': Llama-family FFNs and experts "
-                "are SwiGLU; train with model.expert = 'swiglu'"
-            )
-        return "llama"
-    raise ConfigError(
-        f"model.norm {c.norm!r} with model.pos {c.pos!r}: no Hugging Face architecture has this "
-        "block; use layernorm + learned (GPT-2) or rmsnorm + rope (Llama and its MoEs)"
-    )
-
-
-def moe_routing(c: TransformerLMConfig) -> tuple[MoEConfig, bool]:
-    """(the MoE layer config, whether its top-k weights are renormalised), or a ConfigError
-    naming the option that HF's top-k MoE blocks cannot express."""
-    assert c.moe is not None
-    if c.moe.groups is not None:
-        raise ConfigError("model.moe.groups: the hierarchical MoE has no Hugging Face twin")
-    lc = c.moe.layer_config(c.d_model)
-    assert isinstance(lc, MoEConfig)
-    if lc.router == "expert_choice":
-        raise ConfigError(
-            "model.moe.router 'expert_choice': experts choose tokens over the whole batch (not "
-            "causal); no Hugging Face architecture routes that way"
-        )
-    if lc.router == "sigmoid_bias" and c.moe_every != 1:
-        raise ConfigError(
-            f"model.moe.router 'sigmoid_bias' with model.moe_every ({c.moe_every}): its HF twin, "
-            "GLM-4-MoE, puts its dense blocks first (first_k_dense_replace), not every n-th"
-        )
-    if lc.capacity_factor is not None:
-        raise ConfigError(
-            f"model.moe.capacity_factor ({lc.capacity_factor}): Hugging Face MoE layers are "
-            "dropless; only dropless (capacity_factor unset) models export"
-        )
-    if lc.num_shared_experts and lc.router != "sigmoid_bias":
-        raise ConfigError(
-            f"model.moe.num_shared_experts ({lc.num_shared_experts}) with router {lc.router!r}: "
-            "Qwen2-MoE's shared expert is scaled by a learned sigmoid gate, mixkit's are not "
-            "(with router 'sigmoid_bias' they export, to GLM-4-MoE)"
-        )
-    renorm = lc.k > 1 and (lc.renormalize or lc.router in ("noisy_topk", "sigmoid_bias"))
-    return lc, renorm
-
-
-def _llama_common(c: TransformerLMConfig) -> dict[str, Any]:
-    """The config fields every Llama-family architecture shares."""
-    return dict(
-        vocab_size=c.vocab_size,
-        hidden_size=c.d_model,
-        num_hidden_layers=c.n_layers,
-        num_attention_heads=c.n_heads,
-        num_key_value_heads=c.kv_heads,
-        max_position_embeddings=c.block_size,
-        rms_norm_eps=c.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        tie_word_embeddings=c.tie_embeddings,
-        hidden_act="silu",
-        attention_dropout=0.0,
-        **NO_TOKENS,
-    )
-
-
-def hf_config(c: TransformerLMConfig) -> PretrainedConfig:
-    """The HF config of the architecture that computes what `c` computes."""
-    if block_family(c) == "gpt2":
-        return GPT2Config(
-            vocab_size=c.vocab_size,
-            n_positions=c.block_size,
-            n_embd=c.d_model,
-            n_layer=c.n_layers,
-            n_head=c.n_heads,
-            n_inner=c.ffn_hidden,
-            activation_function="relu",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            layer_norm_epsilon=c.norm_eps,
-            tie_word_embeddings=c.tie_embeddings,
-            **NO_TOKENS,
-        )
-    common = _llama_common(c)
-    if c.moe is None:
-        if c.qkv_bias:
-            return Qwen2Config(intermediate_size=c.ffn_hidden, **common)
-        return LlamaConfig(intermediate_size=c.ffn_hidden, head_dim=c.head_dim, **common)
-    lc, renorm = moe_routing(c)
-    moe: dict[str, Any] = dict(num_experts_per_tok=lc.k, router_aux_loss_coef=lc.w_switch)
-    if lc.router == "sigmoid_bias":
-        return _glm4_moe_config(c, lc, common)
-    if renorm and c.moe_every == 1 and not c.qkv_bias:
-        return MixtralConfig(
-            intermediate_size=lc.d_hidden,
-            num_local_experts=lc.num_experts,
-            head_dim=c.head_dim,
-            router_jitter_noise=0.0,
-            sliding_window=None,
-            **moe,
-            **common,
-        )
-    return Qwen2MoeConfig(
-        intermediate_size=c.ffn_hidden,
-        moe_intermediate_size=lc.d_hidden,
-        shared_expert_intermediate_size=0,
-        num_experts=lc.num_experts,
-        norm_topk_prob=renorm,
-        decoder_sparse_step=c.moe_every,
-        mlp_only_layers=[],
-        qkv_bias=c.qkv_bias,
-        use_sliding_window=False,
-        **moe,
-        **common,
-    )
-
-
-def _glm4_moe_config(c: TransformerLMConfig, lc: MoEConfig, common: dict[str, Any]) -> Any:
-    """DeepSeek-V3's routing (sigmoid scores, a selection-only bias, ungated shared experts)
-    with standard attention: GLM-4-MoE, one expert group, rotary on the whole head."""
-    common["rope_parameters"]["partial_rotary_factor"] = 1.0
-    return Glm4MoeConfig(
-        intermediate_size=c.ffn_hidden,
-        moe_intermediate_size=lc.d_hidden,
-        n_routed_experts=lc.num_experts,
-        num_experts_per_tok=lc.k,
-        n_shared_experts=lc.num_shared_experts,
-        first_k_dense_replace=0,
-        n_group=1,
-        topk_group=1,
-        norm_topk_prob=lc.k > 1,
-        routed_scaling_factor=lc.route_scale,
-        attention_bias=c.qkv_bias,
-        use_qk_norm=False,
-        head_dim=c.head_dim,
-        partial_rotary_factor=1.0,
-        **common,
-    )
 
 
 def _gpt2_state_dict(model: TransformerLM) -> dict[str, torch.Tensor]:
@@ -279,19 +100,30 @@ def _shared_state_dict(ffn: MoE, prefix: str) -> dict[str, torch.Tensor]:
     }
 
 
+def _attention_state_dict(sd: dict, c: TransformerLMConfig, p: str, m: str, arch: str) -> dict:
+    """One block's attention in Llama's names (q/k/v split, Qwen3's q/k norms and o_proj bias)."""
+    q, kv = c.n_heads * c.dh, c.kv_heads * c.dh
+    names, out = ("q_proj", "k_proj", "v_proj"), {}
+    for name, w in zip(names, sd[m + "attn.qkv.weight"].split([q, kv, kv]), strict=True):
+        out[f"{p}self_attn.{name}.weight"] = w
+    if c.qkv_bias:
+        for name, b in zip(names, sd[m + "attn.qkv.bias"].split([q, kv, kv]), strict=True):
+            out[f"{p}self_attn.{name}.bias"] = b
+        if arch in ("qwen3", "qwen3_moe"):  # Qwen3's attention_bias biases o_proj too
+            out[p + "self_attn.o_proj.bias"] = torch.zeros(c.d_model)
+    if c.qk_norm:
+        out[p + "self_attn.q_norm.weight"] = sd[m + "attn.q_norm.weight"]
+        out[p + "self_attn.k_norm.weight"] = sd[m + "attn.k_norm.weight"]
+    out[p + "self_attn.o_proj.weight"] = sd[m + "attn.proj.weight"]
+    return out
+
+
 def _llama_state_dict(model: TransformerLM, arch: str) -> dict[str, torch.Tensor]:
     sd, c = model.state_dict(), model.cfg
-    D, kv = c.d_model, c.kv_heads * c.head_dim
     out = {"model.embed_tokens.weight": sd["tok_emb.weight"]}
     for i, block in enumerate(model.blocks):
         p, m = f"model.layers.{i}.", f"blocks.{i}."
-        names = ("q_proj", "k_proj", "v_proj")
-        for name, w in zip(names, sd[m + "attn.qkv.weight"].split([D, kv, kv]), strict=True):
-            out[f"{p}self_attn.{name}.weight"] = w
-        if c.qkv_bias:
-            for name, b in zip(names, sd[m + "attn.qkv.bias"].split([D, kv, kv]), strict=True):
-                out[f"{p}self_attn.{name}.bias"] = b
-        out[p + "self_attn.o_proj.weight"] = sd[m + "attn.proj.weight"]
+        out.update(_attention_state_dict(sd, c, p, m, arch))
         out[p + "input_layernorm.weight"] = sd[m + "ln1.weight"]
         out[p + "post_attention_layernorm.weight"] = sd[m + "ln2.weight"]
         out.update(_ffn_state_dict(block.ffn, p + "mlp.", arch))

@@ -22,12 +22,11 @@ from mixkit.models import MoESpec, TransformerLM, TransformerLMConfig
 from mixkit.train.config import RunConfig, config_from_dict
 from mixkit.train.data import prepare_corpus
 
-LLAMA_FAMILY = ("llama", "qwen2", "mixtral", "qwen2_moe", "glm4_moe")
-MOES = ("mixtral", "qwen2_moe", "glm4_moe")
+LLAMA_FAMILY = ("llama", "qwen2", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "glm4_moe")
+MOES = ("mixtral", "qwen2_moe", "qwen3_moe", "glm4_moe")
+QWEN3 = ("qwen3", "qwen3_moe")  # q/k norms per head; attention_bias biases o_proj too
 NO_TWIN = {
-    "qwen3_moe": "its attention normalises queries and keys per head (q_norm, k_norm)",
-    "qwen3": "its attention normalises queries and keys per head (q_norm, k_norm)",
-    "olmoe": "its attention normalises queries and keys (q_norm, k_norm)",
+    "olmoe": "its attention normalises the whole query and key projections (q_norm, k_norm)",
     "deepseek_v3": "it has multi-head latent attention",
     "gpt_oss": "its experts have biases and a clamped activation, and attention has sinks",
 }
@@ -56,7 +55,7 @@ def _moe_spec(h: PretrainedConfig) -> tuple[MoESpec, int]:
         _need(k > 1, "num_experts_per_tok (1)", "Mixtral renormalises a single weight to 1")
         experts, hidden, renorm, every = h.num_local_experts, h.intermediate_size, True, 1
     else:
-        shared = h.shared_expert_intermediate_size
+        shared = getattr(h, "shared_expert_intermediate_size", 0)  # Qwen3-MoE has none
         _need(shared == 0, f"shared_expert_intermediate_size ({shared})", "a sigmoid-gated one")
         _need(not h.mlp_only_layers, "mlp_only_layers", "dense layers off the sparse step")
         renorm = bool(h.norm_topk_prob)
@@ -79,7 +78,6 @@ def _glm4_spec(h: PretrainedConfig) -> MoESpec:
     k, groups = int(h.num_experts_per_tok), (h.n_group, h.topk_group)
     _need(h.first_k_dense_replace == 0, "first_k_dense_replace", "dense blocks first")
     _need(groups[0] == groups[1], f"n_group/topk_group {groups}", "group-limited routing")
-    _need(not h.use_qk_norm, "use_qk_norm", "query and key norms")
     _need(bool(h.norm_topk_prob) == (k > 1), "norm_topk_prob", "mixkit normalises iff k > 1")
     return MoESpec(
         num_experts=h.n_routed_experts,
@@ -120,12 +118,11 @@ def mixkit_config(h: PretrainedConfig) -> TransformerLMConfig:
         )
     D, N = h.hidden_size, h.num_attention_heads
     head_dim = getattr(h, "head_dim", None) or D // N
-    _need(head_dim * N == D, f"head_dim ({head_dim})", "heads narrower or wider than d_model")
     _need(h.hidden_act == "silu", f"hidden_act ({h.hidden_act!r})", "a non-SwiGLU FFN")
     _need(not getattr(h, "use_sliding_window", False), "use_sliding_window", "sliding windows")
     window = getattr(h, "sliding_window", None) if t == "mixtral" else None
     _need(window is None, f"sliding_window ({window})", "sliding windows")
-    if t != "glm4_moe":  # Llama's attention_bias biases the output projection too
+    if t not in ("glm4_moe", *QWEN3):  # Llama's attention_bias biases o_proj too
         _need(not getattr(h, "attention_bias", False), "attention_bias", "a biased o_proj")
     _need(not getattr(h, "mlp_bias", False), "mlp_bias", "biased FFNs")
     kv = h.num_key_value_heads or N
@@ -135,6 +132,8 @@ def mixkit_config(h: PretrainedConfig) -> TransformerLMConfig:
         n_layers=h.num_hidden_layers,
         n_heads=N,
         n_kv_heads=None if kv == N else kv,
+        head_dim=0 if head_dim * N == D else head_dim,
+        qk_norm=t in QWEN3 or bool(getattr(h, "use_qk_norm", False)),
         block_size=h.max_position_embeddings,
         ffn_hidden=h.intermediate_size,
         expert="swiglu",
@@ -150,7 +149,7 @@ def mixkit_config(h: PretrainedConfig) -> TransformerLMConfig:
 
 
 def _qkv_bias(h: PretrainedConfig) -> bool:
-    if h.model_type == "glm4_moe":
+    if h.model_type in ("glm4_moe", *QWEN3):
         return bool(h.attention_bias)
     return h.model_type in ("qwen2", "qwen2_moe") and bool(getattr(h, "qkv_bias", True))
 
@@ -232,6 +231,12 @@ def mixkit_weights(model: TransformerLM, sd: dict[str, torch.Tensor]) -> dict[st
         if c.qkv_bias:
             out[m + "attn.qkv.bias"] = torch.cat([sd[f"{p}self_attn.{n}.bias"] for n in names])
         out[m + "attn.proj.weight"] = sd[p + "self_attn.o_proj.weight"]
+        o_bias = sd.get(p + "self_attn.o_proj.bias")
+        if o_bias is not None and o_bias.any():  # Qwen3's attention_bias: zero when mixkit's
+            raise ConfigError(f"{p}self_attn.o_proj.bias is not zero: mixkit's has no bias")
+        if c.qk_norm:
+            out[m + "attn.q_norm.weight"] = sd[p + "self_attn.q_norm.weight"]
+            out[m + "attn.k_norm.weight"] = sd[p + "self_attn.k_norm.weight"]
         out[m + "ln1.weight"] = sd[p + "input_layernorm.weight"]
         out[m + "ln2.weight"] = sd[p + "post_attention_layernorm.weight"]
         out.update(_ffn_weights(sd, p + "mlp.", m + "ffn.", model.is_moe_block(i)))

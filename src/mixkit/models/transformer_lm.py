@@ -3,8 +3,8 @@
     tokens -> tok_emb + pos_emb -> [ x + attn(LN(x)); x + ffn(LN(x)) ] x n_layers -> LN -> softmax
 
 That is GPT-2's block (LayerNorm, learned absolute positions). `norm = "rmsnorm"`,
-`pos = "rope"`, `n_kv_heads` (grouped-query attention) and `qkv_bias` give Llama's and Qwen2's
-block instead (no position table; rotary positions inside attention), the form that Hugging Face
+`pos = "rope"`, `n_kv_heads` (grouped-query attention), `qkv_bias`, `qk_norm` and `head_dim` give
+Llama's, Qwen2's and Qwen3's block instead (no position table; rotary positions inside attention), the form that Hugging Face
 and llama.cpp MoE models share (see mixkit.convert).
 
 Block i (0-based) gets an MoE FFN when (i + 1) % moe_every == 0 and `moe` is set, else a dense
@@ -50,10 +50,12 @@ class TransformerLMConfig(BaseModel):
     rope_theta: float = Field(10000.0, gt=0)
     n_kv_heads: int | None = Field(None, ge=1, description="grouped-query attention; None: n_heads")
     qkv_bias: bool = False
+    qk_norm: bool = Field(False, description="RMSNorm on each head's queries and keys (Qwen3)")
+    head_dim: int = Field(0, ge=0, description="0: d_model // n_heads")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerLMConfig:
-        if self.d_model % self.n_heads:
+        if not self.head_dim and self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
             )
@@ -61,8 +63,8 @@ class TransformerLMConfig(BaseModel):
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
             )
-        if self.pos == "rope" and (self.d_model // self.n_heads) % 2:
-            raise ValueError("pos 'rope' needs an even head dim (d_model / n_heads)")
+        if self.pos == "rope" and self.dh % 2:
+            raise ValueError(f"pos 'rope' needs an even head dim, not {self.dh}")
         return self
 
     @property
@@ -70,18 +72,23 @@ class TransformerLMConfig(BaseModel):
         return self.n_kv_heads or self.n_heads
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+    def dh(self) -> int:
+        """The width of one attention head."""
+        return self.head_dim or self.d_model // self.n_heads
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: TransformerLMConfig):
         super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        kv_width = self.n_kv * self.head_dim
-        # q, k, v in one matmul: D + 2 * kv_width outputs (3 * D without grouped-query attention)
-        self.qkv = nn.Linear(cfg.d_model, cfg.d_model + 2 * kv_width, bias=cfg.qkv_bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.dh
+        q_width, kv_width = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        # q, k, v in one matmul: 3 * D outputs, fewer with grouped-query attention
+        self.qkv = nn.Linear(cfg.d_model, q_width + 2 * kv_width, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(q_width, cfg.d_model, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
         self.dropout = cfg.dropout
 
     def forward(
@@ -93,10 +100,12 @@ class CausalSelfAttention(nn.Module):
         """Causal self-attention; with `kv`, attend to its past keys/values too and append the new.
         `rope`: (cos, sin) of the new tokens' positions, for rotary positions."""
         B, T, D = x_BTD.shape
-        Dh, kv_width = self.head_dim, self.n_kv * self.head_dim
-        q, k, v = self.qkv(x_BTD).split([D, kv_width, kv_width], dim=2)
-        q = q.view(B, T, self.n_heads, Dh).transpose(1, 2)  # (B, N, T, Dh)
-        k, v = (t.view(B, T, self.n_kv, Dh).transpose(1, 2) for t in (k, v))  # (B, Nkv, T, Dh)
+        Dh, N, kv_width = self.head_dim, self.n_heads, self.n_kv * self.head_dim
+        q, k, v = self.qkv(x_BTD).split([N * Dh, kv_width, kv_width], dim=2)
+        q, k, v = q.view(B, T, N, Dh), k.view(B, T, self.n_kv, Dh), v.view(B, T, self.n_kv, Dh)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, N or Nkv, T, Dh)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
@@ -117,7 +126,7 @@ class CausalSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv != self.n_heads,
         )
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, T, N * Dh))  # (B, T, D)
 
 
 class KVCache:
@@ -211,7 +220,7 @@ class TransformerLM(LanguageModel):
         if self.cfg.pos == "learned":
             x = x + self.pos_emb(pos_T)
         else:
-            rope = rope_cos_sin(pos_T, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+            rope = rope_cos_sin(pos_T, self.cfg.dh, self.cfg.rope_theta, x.dtype)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
             x = block(x, cache[i] if cache else None, rope)
@@ -245,7 +254,8 @@ class TransformerLM(LanguageModel):
         D, T = c.d_model, c.block_size
         # Per token per layer: qkv + output projection, plus QK^T and AV at full context (the
         # nanoGPT/PaLM convention, an upper bound for a causal mask).
-        qkv = D * (D + 2 * c.kv_heads * c.head_dim)  # 3 * D * D without grouped-query attention
-        attn = c.n_layers * (qkv + D * D + 2 * T * D)
+        q = c.n_heads * c.dh  # = D unless head_dim says otherwise
+        qkv = D * (q + 2 * c.kv_heads * c.dh)  # 3 * D * D without grouped-query attention
+        attn = c.n_layers * (qkv + q * D + 2 * T * q)
         ffn = sum(int(f.active_macs_per_token()) for f in self.ffns)
         return {"embedding": 0, "attention": attn, "ffn": ffn, "softmax": D * c.vocab_size}
