@@ -203,7 +203,7 @@ def _help(tool: str) -> str:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
+    path = _which(name)
     if path is None:
         raise SandboxUnavailable(f"mode '{name}': `{name}` is not on PATH; {FIX}")
     return path
@@ -212,7 +212,12 @@ def _tool(name: str) -> str:
 def missing_tools(mode: str) -> list[str]:
     """The commands `mode` needs that are not on PATH."""
     needs = {"bwrap": ["bwrap"], "unshare": ["unshare", "mount", "pivot_root", "setpriv"]}
-    return [tool for tool in needs.get(mode, []) if shutil.which(tool) is None]
+    return [tool for tool in needs.get(mode, []) if _which(tool) is None]
+
+
+def _which(tool: str) -> str | None:
+    """`tool` on PATH, or in /usr/sbin and /sbin (pivot_root's home, off most users' PATH)."""
+    return shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
 
 
 def probe(mode: str, python: str, binds: list[str]) -> str:
