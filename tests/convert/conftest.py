@@ -48,3 +48,11 @@ def dense_run(tmp_path_factory, text):
 def gpt2_run(tmp_path_factory, text):
     """mixkit's default block (GPT-2's), dense ReLU."""
     return train_run(tmp_path_factory.mktemp("runs") / "gpt2", text, {"block_size": 32}, steps=10)
+
+
+@pytest.fixture(scope="session")
+def qwen3_moe_run(tmp_path_factory, text):
+    """Qwen3-MoE-shaped: q/k norms, heads wider than d_model / n_heads, GQA, byte tokenizer."""
+    model = {**LLAMA, "moe": MOE, "moe_every": 1, "n_kv_heads": 2, "block_size": 64}
+    model.update(qk_norm=True, head_dim=12)
+    return train_run(tmp_path_factory.mktemp("runs") / "qwen3moe", text, model, steps=60)

@@ -37,10 +37,13 @@ def greedy_llama_cpp(llm: llama_cpp.Llama, prompt: list[int]) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("which", ["moe_run", "dense_run"])
-def test_llama_cpp_gives_mixkit_s_tokens_and_logits(which, request, tmp_path):
-    run = load_run(request.getfixturevalue(which))  # MoE + byte tokenizer, dense + BPE
+@pytest.mark.parametrize(
+    ("which", "arch"), [("moe_run", "llama"), ("dense_run", "llama"), ("qwen3_moe_run", "qwen3moe")]
+)
+def test_llama_cpp_gives_mixkit_s_tokens_and_logits(which, arch, request, tmp_path):
+    run = load_run(request.getfixturevalue(which))  # MoE + byte tokenizer, dense + BPE, Qwen3
     export_gguf(run, tmp_path / "m.gguf", "f32")
+    assert gguf.GGUFReader(tmp_path / "m.gguf").fields["general.architecture"].contents() == arch
     tokenizer = load_tokenizer(run.tokenizer_path)
     prompt = [int(i) for i in tokenizer.encode(PROMPT)]
     llm = llama(tmp_path / "m.gguf")
@@ -77,10 +80,11 @@ def test_gguf_refuses_models_llama_cpp_s_llama_cannot_run(gpt2_run, tmp_path):
     assert not (tmp_path / "x.gguf").exists()
 
 
-def test_gguf_refuses_sigmoid_gates_and_sparse_steps(tmp_path):
+def test_gguf_refuses_sigmoid_gates_sparse_steps_and_unnormalised_gates(tmp_path):
     for kw, needle in [
-        ({"moe": moe(router="sigmoid_bias"), "moe_every": 1}, "gates with a softmax"),
+        ({"moe": moe(router="sigmoid_bias"), "moe_every": 1}, "gate with a softmax"),
         ({"moe": moe(), "moe_every": 2}, "moe_every 2"),
+        ({"moe": moe(renormalize=False), "moe_every": 1}, "renormalised top-k"),
         ({"qkv_bias": True}, "model.qkv_bias"),
     ]:
         run = MixkitRun(fresh(**LLAMA, **kw), None, Path(), None)  # type: ignore[arg-type]

@@ -2,15 +2,19 @@
 
 llama.cpp's own converter (convert_hf_to_gguf.py) is not part of any package mixkit installs
 (llama-cpp-python ships the library, not the script), so the file is written here with
-`gguf.GGUFWriter`, in the tensor names and metadata of llama.cpp's `llama` architecture, which
-covers Llama (dense) and Mixtral (every block an MoE: blk.N.ffn_gate_inp, ffn_{gate,up,down}_exps,
-softmax gate, top-k renormalised). So a model exports when hf_export maps it to Llama or Mixtral:
-norm = "rmsnorm", pos = "rope", SwiGLU FFNs/experts, no qkv_bias, and for an MoE moe_every = 1
-with a renormalised top-k (topk or noisy_topk, k >= 2).
+`gguf.GGUFWriter`, in the tensor names and metadata of llama.cpp's architectures:
 
-The tokenizer becomes a "gpt2" (byte-level BPE) vocabulary: mixkit's byte tokenizer as 256 byte
-symbols without merges, a BPE tokenizer with its merges. llama.cpp rotates query/key halves in
-pairs, so q and k rows are permuted as llama.cpp's converter does for Llama.
+    mixkit model (Llama block, SwiGLU)                       llama.cpp architecture
+    dense                                                     llama
+    MoE in every block, renormalised softmax top-k, k >= 2    llama with experts (Mixtral's layout:
+                                                              blk.N.ffn_gate_inp, ffn_{gate,up,down}_exps)
+    the same with qk_norm (Qwen3's per-head q/k RMSNorm)      qwen3 (dense), qwen3moe (MoE)
+
+Everything else (GPT-2's block, qkv_bias, sigmoid_bias, moe_every > 1, an unnormalised gate) is
+a ConfigError naming the field. The tokenizer becomes a "gpt2" (byte-level BPE) vocabulary:
+mixkit's byte tokenizer as 256 byte symbols, a BPE tokenizer with its merges. llama.cpp's llama
+rotates query/key pairs, so q and k rows are permuted as llama.cpp's converter does for Llama;
+qwen3 rotates halves, as HF and mixkit do.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import gguf
 import numpy as np
 import torch
 
-from mixkit.convert.hf_export import hf_config
+from mixkit.convert.hf_arch import hf_config, moe_routing
 from mixkit.convert.runs import MixkitRun, staged
 from mixkit.convert.vocab import bpe_vocab, bytes_to_unicode, hf_tokenizer_json
 from mixkit.errors import ConfigError
@@ -36,8 +40,9 @@ DTYPES = {
 }
 
 
-def check_llama(model: TransformerLM) -> None:
-    """A ConfigError naming the field unless llama.cpp's llama architecture computes `model`."""
+def gguf_arch(model: TransformerLM) -> str:
+    """llama.cpp's architecture for `model` ("llama", "qwen3" or "qwen3moe"), or a ConfigError
+    naming the field that none of them computes."""
     kind = hf_config(model.cfg).model_type  # the same block and routing checks as HF export
     if kind == "gpt2":
         raise ConfigError(
@@ -45,21 +50,23 @@ def check_llama(model: TransformerLM) -> None:
             "architecture has GELU FFNs; GGUF export needs model.norm = 'rmsnorm', "
             "model.pos = 'rope' and model.expert = 'swiglu'"
         )
-    if model.cfg.qk_norm:
-        raise ConfigError("model.qk_norm: llama.cpp's llama architecture has no q/k norms")
     if model.cfg.qkv_bias:
-        raise ConfigError("model.qkv_bias: llama.cpp's llama architecture has no attention biases")
+        raise ConfigError("model.qkv_bias: llama.cpp's llama and qwen3 have no attention biases")
     if kind == "glm4_moe":
         raise ConfigError(
-            "model.moe.router 'sigmoid_bias': llama.cpp's llama architecture gates with a "
+            "model.moe.router 'sigmoid_bias': llama.cpp's llama and qwen3moe gate with a "
             "softmax; GGUF export needs router topk (renormalised) or noisy_topk"
         )
-    if kind == "qwen2_moe":
+    cfg = model.cfg
+    if cfg.moe is not None and not (cfg.moe_every == 1 and moe_routing(cfg)[1]):
         raise ConfigError(
-            "llama.cpp's llama architecture needs every block an MoE (model.moe_every = 1) with "
+            "llama.cpp's llama and qwen3moe need every block an MoE (model.moe_every = 1) with "
             "a renormalised top-k gate (router topk with renormalize, or noisy_topk, k >= 2); "
-            f"this model has moe_every {model.cfg.moe_every}"
+            f"this model has moe_every {cfg.moe_every}"
         )
+    if cfg.qk_norm:  # Qwen3's block, the only llama.cpp one with per-head q/k norms
+        return "qwen3" if cfg.moe is None else "qwen3moe"
+    return "llama"
 
 
 def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -71,7 +78,7 @@ def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     )
 
 
-def gguf_tensors(model: TransformerLM) -> dict[str, torch.Tensor]:
+def gguf_tensors(model: TransformerLM, arch: str = "llama") -> dict[str, torch.Tensor]:
     """llama.cpp tensor name -> tensor, shaped as the converter writes them (PyTorch order)."""
     c, sd = model.cfg, model.state_dict()
     qw, kv = c.n_heads * c.dh, c.kv_heads * c.dh
@@ -81,8 +88,12 @@ def gguf_tensors(model: TransformerLM) -> dict[str, torch.Tensor]:
     for i, block in enumerate(model.blocks):
         b, m = f"blk.{i}.", f"blocks.{i}."
         q, k, v = sd[m + "attn.qkv.weight"].split([qw, kv, kv])
-        out[b + "attn_q.weight"] = _permute(q, c.n_heads)
-        out[b + "attn_k.weight"] = _permute(k, c.kv_heads)
+        if arch == "llama":  # llama.cpp's llama rotates pairs; qwen3 rotates halves, as HF does
+            q, k = _permute(q, c.n_heads), _permute(k, c.kv_heads)
+        out[b + "attn_q.weight"], out[b + "attn_k.weight"] = q, k
+        if c.qk_norm:
+            out[b + "attn_q_norm.weight"] = sd[m + "attn.q_norm.weight"]
+            out[b + "attn_k_norm.weight"] = sd[m + "attn.k_norm.weight"]
         out[b + "attn_v.weight"] = v
         out[b + "attn_output.weight"] = sd[m + "attn.proj.weight"]
         out[b + "attn_norm.weight"] = sd[m + "ln1.weight"]
@@ -142,19 +153,20 @@ def _write_hparams(w: gguf.GGUFWriter, model: TransformerLM, file_type: int) -> 
     if c.moe is not None:
         w.add_expert_count(c.moe.num_experts)
         w.add_expert_used_count(c.moe.k)
+        w.add_expert_feed_forward_length(c.moe.d_hidden)
 
 
 def export_gguf(run: MixkitRun, out: Path, dtype: str = "f16") -> None:
     """Write `run` as a GGUF file at `out` (f16 or f32 matrices; norms and the router in f32)."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: choose f16 or f32")
-    check_llama(run.model)
+    arch = gguf_arch(run.model)
     np_dtype, file_type = DTYPES[dtype]
     with staged(Path(out)) as tmp:
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(tmp, arch)
         _write_hparams(w, run.model, int(file_type))
         _write_vocab(w, run.tokenizer_path, run.model.cfg.vocab_size)
-        for name, t in gguf_tensors(run.model).items():
+        for name, t in gguf_tensors(run.model, arch).items():
             keep_f32 = t.dim() == 1 or name.endswith("ffn_gate_inp.weight")
             w.add_tensor(name, t.numpy().astype(np.float32 if keep_f32 else np_dtype))
         w.write_header_to_file()
