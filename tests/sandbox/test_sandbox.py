@@ -143,3 +143,13 @@ def test_rlimits_only_kills_its_session_at_the_deadline(open_tmp: Path):
     assert result.status == "timeout" and result.wall_s <= 2, result
     assert not leftovers(marker)
     assert not list(open_tmp.iterdir())
+
+
+def test_rlimits_only_kills_the_children_left_in_its_process_group(open_tmp: Path):
+    sb = sandbox_or_skip("rlimits-only", tmp_dir=open_tmp)
+    marker = f"mixkit-sandbox-test-{uuid.uuid4().hex}"
+    body = "import os, time\nif os.fork() == 0:\n    time.sleep(30)\nprint('parent done')\n"
+    result = sb.run_python_sync(marked(body, marker), Limits(wall_s=5, procs=256))
+    # the child holds the pipes open, yet the program's own exit decides its status
+    assert result.status == "ok" and result.stdout == "parent done\n", result
+    assert not leftovers(marker)

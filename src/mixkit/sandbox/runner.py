@@ -33,7 +33,7 @@ from mixkit.sandbox.modes import (
     remove_tree,
 )
 from mixkit.sandbox.result import Limits, RunResult, Status, classify
-from mixkit.sandbox.tree import InitPid, kill_now, reap, until_gone
+from mixkit.sandbox.tree import InitPid, kill_group, kill_now, poll, reap, until_gone
 
 # (mode, PATH, interpreter, binds, euid) -> "" when the mode works, else why not
 _PROBES: dict[tuple[str, str, str, tuple[str, ...], int], str] = {}
@@ -144,8 +144,9 @@ async def _run(how: Launch, code: str, limits: Limits, init: InitPid) -> RunResu
     finally:  # a limit, or the awaiting task cancelled: nothing of the program outlives this
         if proc.returncode is None:
             kill_now(proc.pid, how.mode, init.pid)
-            await _drain(proc)  # asyncio's wait() returns once the pipes are closed too
             await reap(proc)
+        if how.mode == "rlimits-only":
+            await kill_group(proc.pid)  # its children that stayed in its process group
         if init_pid := await init.wait(timeout=1.0):
             await until_gone(init_pid)
         proc._transport.close()  # type: ignore[attr-defined]  # its pipes, now, not at GC
@@ -169,7 +170,7 @@ async def _watch(
         asyncio.ensure_future(out.pump(proc.stdout, overflow)),
         asyncio.ensure_future(err.pump(proc.stderr, overflow)),
     ]
-    exited = asyncio.ensure_future(proc.wait())
+    exited = asyncio.ensure_future(poll(lambda: proc.returncode is not None))
     over = asyncio.ensure_future(overflow.wait())
     try:
         done, _ = await asyncio.wait({exited, over}, timeout=wall_s, return_when="FIRST_COMPLETED")
@@ -184,17 +185,3 @@ async def _watch(
     finally:
         for task in (*pumps, exited, over):
             task.cancel()
-
-
-async def _drain(proc: asyncio.subprocess.Process, timeout: float = 2.0) -> None:
-    """Read the pipes to their end, discarding: every writer is being killed. (In rlimits-only a
-    process that left the session may hold them open: stop after `timeout`.)"""
-
-    async def empty(stream: asyncio.StreamReader | None) -> None:
-        while stream is not None and await stream.read(1 << 16):
-            pass
-
-    try:
-        await asyncio.wait_for(asyncio.gather(empty(proc.stdout), empty(proc.stderr)), timeout)
-    except asyncio.TimeoutError:
-        pass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -82,29 +83,58 @@ def kill_now(pid: int, mode: str, init: int | None) -> None:
         _signal(os.killpg, pid)
 
 
+async def poll(done: Callable[[], bool], timeout: float = math.inf, every: float = 0.005) -> bool:
+    """Wait until `done()` is true (True) or `timeout` seconds pass (False)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done():
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(every)
+    return True
+
+
 async def reap(proc: asyncio.subprocess.Process) -> None:
     """Wait for the outer process (bwrap, unshare, the rlimits-only program) to exit; kill its
-    process group if it takes more than a few seconds."""
+    process group if it takes more than a few seconds. (Not proc.wait(): asyncio's waits for the
+    pipes to close too, which a process that left the session can hold open in rlimits-only.)"""
     for _ in range(2):
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=3.0)
+        if await poll(lambda: proc.returncode is not None, timeout=3.0):
             return
-        except asyncio.TimeoutError:
-            _signal(os.killpg, proc.pid)
+        _signal(os.killpg, proc.pid)
+
+
+async def kill_group(pgid: int, timeout: float = 3.0) -> None:
+    """SIGKILL what is left of a process group (rlimits-only: the program's), and wait until its
+    last member has died."""
+    _signal(os.killpg, pgid)
+    await poll(lambda: not _members(pgid), timeout)
+
+
+def _members(pgid: int) -> list[int]:
+    """The live processes (not zombies) of process group `pgid`, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
 
 
 async def until_gone(pid: int, timeout: float = 5.0) -> None:
     """Wait until process `pid` is a zombie or gone (for an init: its namespace is empty)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return
-        if state in ("Z", "X"):
-            return
-        await asyncio.sleep(0.005)
+    await poll(lambda: _gone(pid), timeout)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def _signal(send: Callable[[int, int], None], target: int) -> None:
