@@ -55,6 +55,14 @@ def test_statuses_and_their_summaries(ns_sandbox: Sandbox, code, status, summary
     assert result.error_summary().endswith(summary), result.error_summary()
 
 
+def test_programs_run_side_by_side(ns_sandbox: Sandbox):
+    async def four() -> list[str]:
+        runs = [ns_sandbox.run_python(f"print({i} * {i})") for i in range(4)]
+        return [result.stdout for result in await asyncio.gather(*runs)]
+
+    assert asyncio.run(four()) == ["0\n", "1\n", "4\n", "9\n"]
+
+
 def test_a_file_over_the_file_limit_cannot_be_written(ns_sandbox: Sandbox):
     code = "open('big', 'wb').write(b'x' * (5 << 20))\n"
     result = ns_sandbox.run_python_sync(code, Limits(file_mb=4))

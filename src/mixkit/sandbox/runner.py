@@ -178,8 +178,9 @@ async def _watch(
             return "output_limit"
         if exited not in done:
             return "timeout"
-        # Ended: read what is left. In the namespace modes every writer is gone by now; in
-        # rlimits-only a process that left the session may hold the pipes, so stop waiting soon.
+        # Ended: read what is left. In the namespace modes every writer is gone or going (the
+        # namespace ends with its init); in rlimits-only a process that left the program's
+        # session may hold the pipes open, so stop waiting soon.
         await asyncio.wait(pumps, timeout=1.0)
         return "output_limit" if overflow.is_set() else None
     finally:
