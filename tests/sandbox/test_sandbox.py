@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -23,6 +26,18 @@ def test_a_program_prints_its_answer(ns_sandbox: Sandbox):
     assert result.stdout == "42\nhéllo ✓\n" and result.stderr == ""
     assert result.exit_code == 0 and result.error_summary() == ""
     assert result.mode == ns_sandbox.check() and result.limits == Limits()
+
+
+def test_a_result_is_json_ready(ns_sandbox: Sandbox):
+    result = ns_sandbox.run_python_sync("print(1)", Limits(wall_s=2))
+    table = json.loads(json.dumps(result.as_dict()))
+    assert table["status"] == "ok" and table["stdout"] == "1\n" and table["limits"]["wall_s"] == 2
+
+
+def test_the_sandbox_imports_neither_torch_nor_moa():
+    code = "import sys, mixkit.sandbox; print(sorted(m for m in sys.modules if m.startswith(('torch', 'mixkit.moa'))))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "[]\n"
 
 
 def test_an_exception_is_an_error_with_the_end_of_its_traceback(ns_sandbox: Sandbox):

@@ -64,6 +64,11 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    def as_dict(self) -> dict[str, object]:
+        """Plain JSON-ready fields (for a run log), the limits as a table."""
+        fields = {k: v for k, v in self.__dict__.items() if k != "limits"}
+        return {**fields, "limits": self.limits.model_dump()}
+
     def error_summary(self) -> str:
         """A short message for the model: empty when ok, else what went wrong (for an error, the
         end of its traceback)."""
