@@ -114,6 +114,17 @@ def test_a_bwrap_that_cannot_make_namespaces_is_refused(open_tmp: Path, monkeypa
         Sandbox("bwrap").check()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="as root, programs run as nobody")
+def test_as_root_places_nobody_cannot_enter_are_refused(open_tmp: Path):
+    closed = open_tmp / "closed"
+    closed.mkdir(mode=0o700)
+    with pytest.raises(SandboxUnavailable, match=f"lies under {closed}, which the sandbox user"):
+        Sandbox("bwrap", python=str(closed / "bin" / "python3")).check()
+    with pytest.raises(SandboxUnavailable, match=f"nobody cannot enter {closed}.*such as /tmp"):
+        Sandbox("rlimits-only", tmp_dir=closed).run_python_sync("print(1)")
+    assert not list(closed.iterdir())
+
+
 def test_an_unknown_mode_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown sandbox mode 'docker'.*rlimits-only"):
         Sandbox("docker")

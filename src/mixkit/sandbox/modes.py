@@ -77,13 +77,28 @@ def interpreter(python: str | None = None) -> tuple[str, list[str]]:
         prefix = os.path.realpath(sys.base_prefix)
     if prefix.startswith("/usr/") or prefix == "/usr":
         return path, []
-    home = os.path.realpath(Path.home())
-    if prefix in ("/", home) or home.startswith(prefix + "/"):
+    private = [Path.home(), Path(os.environ.get("MIXKIT_HOME") or Path.home() / ".mixkit")]
+    for folder in map(os.path.realpath, private):
+        if prefix == "/" or folder == prefix or folder.startswith(prefix + "/"):
+            raise SandboxUnavailable(
+                f"the interpreter {path} lives in {prefix}, which holds {folder}; install python3 "
+                "under /usr (apt-get install python3) or pass Sandbox(python=...)"
+            )
+    if os.geteuid() == 0 and (closed := closed_to_others(prefix)):
         raise SandboxUnavailable(
-            f"the interpreter {path} lives in {prefix}, which holds the home folder; install "
-            "python3 under /usr (apt-get install python3) or pass Sandbox(python=...)"
+            f"the interpreter {path} lies under {closed}, which the sandbox user nobody (as root, "
+            "mixkit runs programs as nobody) cannot enter; install python3 under /usr "
+            "(apt-get install python3) or pass Sandbox(python=...)"
         )
     return path, [prefix]
+
+
+def closed_to_others(path: str) -> str:
+    """The first folder above `path` (or itself) that other users cannot enter, else ""."""
+    for folder in [*reversed(Path(path).parents), Path(path)]:
+        if not os.stat(folder).st_mode & 0o001:
+            return str(folder)
+    return ""
 
 
 def launcher_args(python: str, limits: Limits) -> list[str]:
@@ -252,11 +267,10 @@ def make_workdir(parent: str | None) -> str:
     path = tempfile.mkdtemp(prefix="mixkit-sandbox-", dir=parent)
     if os.geteuid() == 0:
         os.chown(path, NOBODY, NOBODY)
-        closed = [p for p in Path(path).parents if not os.stat(p).st_mode & 0o001]
-        if closed:
+        if closed := closed_to_others(os.path.dirname(path)):
             os.rmdir(path)
             raise SandboxUnavailable(
-                f"rlimits-only: the sandbox user nobody cannot enter {closed[0]} (to reach its "
+                f"rlimits-only: the sandbox user nobody cannot enter {closed} (to reach its "
                 f"working folder under {parent}); give Sandbox a tmp_dir every user can traverse, "
                 "such as /tmp"
             )
