@@ -324,3 +324,8 @@ def test_without_the_import_transformers_refuses_the_name():
     assert run.returncode != 0
     assert "ValueError" in run.stderr
     assert 'experts_implementation="mixkit"` is not supported' in run.stderr
+
+
+def test_mixkit_moe_alone_does_not_load_transformers():
+    code = "import sys, mixkit.moe, mixkit.models; assert 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

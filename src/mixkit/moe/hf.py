@@ -27,10 +27,14 @@ forward (transformers gives a backend no earlier hook), never a silent fallback.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from mixkit.errors import ConfigError
+from mixkit.moe.buffers import gradients
 from mixkit.moe.dispatch import LocalDispatcher
 from mixkit.moe.experts import _grouped_mm_ok
 from mixkit.moe.grouped import GroupedSwiGLUFFN
@@ -102,6 +106,40 @@ def _decision(top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> Routing
     return RoutingDecision(token_A, expert_A, weight_A, logits_TE=top_k_weights.new_empty(T, 0))
 
 
+class _ExpertViews(torch.autograd.Function):
+    """HF's (E, 2H, D) gate_up_proj and (E, D, H) down_proj -> the gate, up (E, D, H) and down
+    (E, H, D) matrices mixkit's kernels take: views, no copies.
+
+    Backward writes the gate and up gradients into one (E, 2H, D) buffer and down's into one
+    (E, D, H), both from buffers.gradients (memory last step's gradients used, once the optimizer
+    has dropped them). Plain slicing would have autograd build a zero-filled (E, 2H, D) tensor per
+    slice and add the two: measured 16% of a training step (E=64, d=512, T=2048, k=8)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, gate_up: torch.Tensor, down: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(gate_up, down)
+        H = down.shape[2]
+        return gate_up[:, :H].mT, gate_up[:, H:].mT, down.mT
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, g_gate: torch.Tensor, g_up: torch.Tensor, g_down: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        gate_up, down = ctx.saved_tensors
+        H = down.shape[2]
+        g_gate_up = g_down_out = None
+        if ctx.needs_input_grad[0]:
+            g_gate_up = gradients.take(gate_up)
+            g_gate_up[:, :H].copy_(g_gate.mT)
+            g_gate_up[:, H:].copy_(g_up.mT)
+        if ctx.needs_input_grad[1]:
+            g_down_out = gradients.take(down).copy_(g_down.mT)
+        return g_gate_up, g_down_out
+
+
 def experts_forward(
     self: nn.Module,
     hidden_states: torch.Tensor,
@@ -111,11 +149,9 @@ def experts_forward(
     """The "mixkit" experts implementation: (T, D) hidden states and HF's (T, k) routing -> (T, D),
     the sum over each token's k experts of weight * down(silu(gate(x)) * up(x))."""
     gate_up, down = check_experts(self)
-    E, H = gate_up.shape[0], down.shape[2]
+    E = gate_up.shape[0]
     x_TD = hidden_states.to(gate_up.dtype)  # as HF's grouped_mm does under autocast
-    # views, no copies: (E, 2H, D) -> gate and up as (E, D, H); (E, D, H) -> down as (E, H, D)
-    w_gate, w_up = gate_up[:, :H].transpose(1, 2), gate_up[:, H:].transpose(1, 2)
-    w_down = down.transpose(1, 2)
+    w_gate, w_up, w_down = _ExpertViews.apply(gate_up, down)
     dispatcher = LocalDispatcher(E)
     x_SD, counts, plan = dispatcher.dispatch(x_TD, _decision(top_k_index, top_k_weights), None)
     if _grouped_mm_ok(x_SD):
