@@ -155,10 +155,14 @@ def test_a_sleeping_loop_is_stopped_at_the_wall_clock_deadline(ns_sandbox: Sandb
 
 
 def test_a_memory_bomb_runs_out_of_memory(ns_sandbox: Sandbox):
-    body = "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))\n"
+    body = (
+        "print(open('/proc/self/oom_score_adj').read().strip())\n"
+        "chunks = []\nwhile True:\n    chunks.append(bytearray(10**7))\n"
+    )
     result, _ = run(ns_sandbox, body, FAST.model_copy(update={"memory_mb": 128}))
     assert result.status == "memory", result
     assert result.error_summary().startswith("ran out of memory (limit 128 MB)")
+    assert result.stdout == "1000\n"  # and under host memory pressure, the first to go
 
 
 def test_100_mb_of_output_is_cut_at_the_output_limit(ns_sandbox: Sandbox):

@@ -2,7 +2,8 @@
 `python -I -S -c <this file> CONFIG` (stdlib only), with the program's code on stdin.
 
 It writes the code to `main.py` in the working directory, points stdin at /dev/null, closes every
-other inherited descriptor, starts a new session, sets the rlimits, and replaces itself with
+other inherited descriptor, starts a new session, makes its tree the out-of-memory killer's first
+choice (oom_score_adj 1000), sets the rlimits, and replaces itself with
 `python -I main.py` (isolated mode: no PYTHON* variables, no user site, no script folder on sys.path).
 """
 
@@ -25,6 +26,11 @@ def main() -> None:
         os.setsid()
     except OSError:
         pass  # already a session leader (bwrap --new-session)
+    try:  # when memory runs out, the kernel kills the program's processes first, not mixkit
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass  # not Linux
     for name, soft, hard in config["rlimits"]:
         try:
             resource.setrlimit(getattr(resource, name), (soft, hard))
