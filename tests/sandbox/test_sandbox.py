@@ -78,6 +78,22 @@ def test_programs_run_side_by_side(ns_sandbox: Sandbox):
     assert asyncio.run(four()) == ["0\n", "1\n", "4\n", "9\n"]
 
 
+def test_runs_leave_no_open_descriptors_behind(ns_sandbox: Sandbox):
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    ns_sandbox.run_python_sync("print(1)")  # the probe and first-run set-up done
+    before = open_fds()
+    for code, limits in [
+        ("print(1)", Limits()),
+        ("import time\ntime.sleep(5)", Limits(wall_s=0.3)),
+        ("print('x' * 100000)", Limits(output_kb=1)),
+        ("1 / 0", Limits()),
+    ]:
+        ns_sandbox.run_python_sync(code, limits)
+    assert open_fds() == before
+
+
 def test_a_file_over_the_file_limit_cannot_be_written(ns_sandbox: Sandbox):
     code = "open('big', 'wb').write(b'x' * (5 << 20))\n"
     result = ns_sandbox.run_python_sync(code, Limits(file_mb=4))

@@ -39,6 +39,7 @@ class InitPid:
         if self.read_fd < 0:
             return
         os.close(self.write_fd)
+        self.write_fd = -1
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         os.set_blocking(self.read_fd, False)
@@ -65,8 +66,13 @@ class InitPid:
         return self.pid
 
     def close(self) -> None:
+        """Stop reading; close both ends (the write end too, if bwrap never started)."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
         if self.read_fd >= 0:
-            asyncio.get_running_loop().remove_reader(self.read_fd)
+            if self._done is not None:
+                asyncio.get_running_loop().remove_reader(self.read_fd)
             os.close(self.read_fd)
             self.read_fd = -1
         if self._done is not None and not self._done.done():
