@@ -69,8 +69,9 @@ def interpreter(python: str | None = None) -> tuple[str, list[str]]:
 
     Debian's /usr/bin/python3 first (it needs only /usr); else this Python's own prefix, bound
     read-only by itself (never the home folder it may live in)."""
-    if python is None and os.path.exists("/usr/bin/python3"):
-        return "/usr/bin/python3", []
+    debian = os.path.realpath("/usr/bin/python3")  # not an /etc/alternatives link: no /etc inside
+    if python is None and os.path.exists(debian) and debian.startswith("/usr/"):
+        return debian, []
     path = os.path.realpath(python or sys.executable)
     prefix = os.path.dirname(os.path.dirname(path))
     if python is None:
