@@ -33,7 +33,13 @@ PROGRAM_SYSTEM = (
     "code block. The program computes the answer and prints only the final answer (the value "
     "alone, no words) with print(). It reads no input: write the task's data into the program."
 )
-ASK = "Write a complete Python program that computes and prints only the final answer."
+# The task goes in quotes, as data: asked plainly ("Task: ... Write a program"), the 0.5B coder
+# followed a task's own "end your reply with 'Answer: X'" and answered instead of writing a program
+# (chain_sum: 1 of 8 programs ran; quoted: 6 of 6)
+ASK = (
+    "Write a complete Python program that computes the answer to the task below and prints only "
+    'the final answer.\n\nTask:\n"""\n{task}\n"""\n\nReply with the program in a ```python code block.'
+)
 RETRY = (
     "The program failed ({status}):\n{error}\n\nFix it. Reply with the complete corrected "
     "program in a ```python code block; it must print only the final answer."
@@ -74,13 +80,13 @@ class ProgramFailed(ProviderError):
 
 def program_messages(conversation: list[Message]) -> list[Message]:
     """The conversation as a request for a program: PROGRAM_SYSTEM (+ the caller's system text)
-    first, the latest user message followed by ASK."""
+    first, the latest user message quoted inside ASK."""
     system = [m["content"] for m in conversation if m["role"] == "system"]
     turns = [dict(m) for m in conversation if m["role"] != "system"]
     users = [i for i, m in enumerate(turns) if m["role"] == "user"]
     if users:
         last = turns[users[-1]]
-        last["content"] = f"{last['content'].rstrip()}\n\n{ASK}"
+        last["content"] = ASK.format(task=last["content"].strip())
     return [{"role": "system", "content": "\n\n".join([PROGRAM_SYSTEM, *system])}, *turns]
 
 
