@@ -49,6 +49,9 @@ def test_an_exception_is_an_error_with_the_end_of_its_traceback(ns_sandbox: Sand
     assert summary.endswith("ZeroDivisionError: division by zero"), summary
     assert "line 2, in f" in summary and "return x / 0" in summary
     assert "Traceback" in result.stderr  # the whole of it is still there
+    syntax = ns_sandbox.run_python_sync("x = 1\nprint(x\n")
+    assert syntax.status == "error" and "SyntaxError" in syntax.error_summary(), syntax
+    assert 'File "/work/main.py", line 2' in syntax.error_summary()
 
 
 @pytest.mark.parametrize(
