@@ -39,7 +39,8 @@ ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # merged /usr: 
 FIX = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), or enable unprivileged user "
     "namespaces (sysctl user.max_user_namespaces=15000, and kernel.unprivileged_userns_clone=1 "
-    "where that exists), or opt in to the weaker mode by name: Sandbox(mode='rlimits-only') "
+    "where that exists; on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0 for "
+    "unshare), or opt in to the weaker mode by name: Sandbox(mode='rlimits-only') "
     "(limits and a clean environment only: no network or file-system isolation)"
 )
 
