@@ -19,7 +19,7 @@ from rich.table import Table
 
 from mixkit.cli.app import app
 from mixkit.cli.gate import gate_line
-from mixkit.moa import Answer, CallRecord, MoA, MoAConfig, resolve
+from mixkit.moa import Answer, CallRecord, MoA, MoAConfig, Reasoning, resolve
 from mixkit.moa import logs as run_log  # `logs` is the command below
 from mixkit.moa.engine.output import check_spec
 from mixkit.moa.engine.structured import OutputSpec, OutputSpecError, describe
@@ -52,6 +52,23 @@ def _cost(usd: float | None) -> str:
 
 def _failures(calls: list[CallRecord]) -> list[str]:
     return [f"layer {c.layer} {c.agent}: {c.error}" for c in calls if c.error]
+
+
+def _programs(calls: list[CallRecord], code: bool) -> list[str]:
+    """Rich markup lines: each program agent attempt's status, sandbox mode, time and output
+    (or error), and with `code` the program itself (dim)."""
+    lines = []
+    for c in calls:
+        for p in c.programs or []:
+            printed = (p.get("output") or "").strip().splitlines()
+            what = f"printed {printed[-1]!r}" if p["status"] == "ok" and printed else p.get("error")
+            lines.append(
+                f"[blue]layer {c.layer} {escape(c.agent)} program {p['attempt']}: {p['status']}"
+                f" ({p.get('mode')}, {p.get('wall_s') or 0:.2f}s) {escape(str(what or ''))}[/]"
+            )
+            if code:
+                lines.append(f"[dim]{escape(p['program'])}[/]")
+    return lines
 
 
 # `mixkit ask`'s options, one line each in its signature
@@ -156,9 +173,13 @@ def ask(
 
     async def consume() -> None:
         async for piece in stream:
-            if not as_json:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+            if as_json:
+                continue
+            if isinstance(piece, Reasoning):  # a program agent's program: dim, on stderr
+                err.print(escape(piece), style="dim", end="", highlight=False, soft_wrap=True)
+                continue
+            sys.stdout.write(piece)
+            sys.stdout.flush()
 
     asyncio.run(consume())
     answer = stream.result
@@ -184,6 +205,8 @@ def _summary(answer: Answer, name: str) -> None:
     err.print(_layer_table(answer.calls, f"run {answer.run_id[:12]} ({name})"))
     for line in _failures(answer.calls):
         err.print(f"[yellow]{escape(line)}[/]")
+    for line in _programs(answer.calls, code=False):
+        err.print(line, highlight=False)
     gate = gate_line(answer.gate, answer.early_exit)
     if gate:
         err.print(f"[magenta]{escape(gate)}[/]", highlight=False)
@@ -230,6 +253,8 @@ def logs(
         console.print(_layer_table(r.calls, ""))
         for line in _failures(r.calls):
             console.print(f"[yellow]{escape(line)}[/]")
+        for line in _programs(r.calls, code=True):
+            console.print(line, highlight=False)
         gate = gate_line(r.gate, r.early_exit)
         if gate:
             console.print(f"[magenta]{escape(gate)}[/]", highlight=False)

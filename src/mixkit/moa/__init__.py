@@ -10,12 +10,16 @@
     moa.ask("Why?", on_event=lambda e: print(e.type, e.layer, e.agent))   # watch the run
     moa.logs.recent_runs(3)                                                # read the run log
 
+A program agent's program streams before its answer, as `Reasoning` pieces (a str subclass):
+`isinstance(piece, moa.Reasoning)` tells them apart; `Answer.answer` holds only the answer.
+
 This package imports nothing from `mixkit.moe` and touches no network or model at import.
 """
 
 from mixkit.errors import LayerFailed, ProviderError, RateLimited, Timeout
 from mixkit.moa import logs
 from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.program import ProgramAgent, ProgramAnswer, ProgramFailed, Reasoning
 from mixkit.moa.agents.providers.base import Message
 from mixkit.moa.config import (
     DEFAULT_PRESET,
@@ -30,7 +34,9 @@ from mixkit.moa.config import (
 )
 from mixkit.moa.engine.pipeline import MoA, RunOptions, ask, stream
 from mixkit.moa.engine.prompts import synthesis_messages
+from mixkit.moa.engine.output import check_spec
 from mixkit.moa.engine.result import Answer, AnswerStream, critical_path
+from mixkit.moa.engine.structured import OutputInvalid, OutputSpec, OutputSpecError
 from mixkit.moa.events import EVENT_TYPES, Emitter, EventHandler, RunEvent
 from mixkit.moa.logs import Conversation, LayerSummary, LoggedRun, LogSink, SQLiteLog
 
@@ -54,13 +60,21 @@ __all__ = [
     "Message",
     "MoA",
     "MoAConfig",
+    "OutputInvalid",
+    "OutputSpec",
+    "OutputSpecError",
+    "ProgramAgent",
+    "ProgramAnswer",
+    "ProgramFailed",
     "ProviderError",
     "RateLimited",
+    "Reasoning",
     "RunEvent",
     "RunOptions",
     "SQLiteLog",
     "Timeout",
     "ask",
+    "check_spec",
     "critical_path",
     "list_presets",
     "load_config",

@@ -105,11 +105,15 @@ class LayerSummary:
     errors: list[str] = field(default_factory=list)  # "agent: error" per failed call
 
 
+def _call(row: dict[str, Any]) -> CallRecord:
+    """A logged call; a program agent's attempts come back as CallRecord.programs."""
+    raw = row.pop("programs_json", None)
+    row["programs"] = json.loads(raw) if raw else None
+    return CallRecord(**{k: v for k, v in row.items() if k in _CALL_FIELDS})
+
+
 def _run(db: Any, row: dict[str, Any]) -> LoggedRun:
-    calls = [
-        CallRecord(**{k: v for k, v in c.items() if k in _CALL_FIELDS})
-        for c in trace.run_calls(db, row["id"])
-    ]
+    calls = [_call(c) for c in trace.run_calls(db, row["id"])]
     messages = json.loads(row.pop("messages_json"))
     for key in ("gate", "early_exit", "structured"):
         raw = row.pop(f"{key}_json", None)

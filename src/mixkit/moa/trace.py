@@ -101,6 +101,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE runs ADD COLUMN structured_json TEXT;
         """,
     ),
+    (
+        # program agents (agents/program.py): each attempt's program, status, output and error
+        "m005_call_programs",
+        """
+        ALTER TABLE calls ADD COLUMN programs_json TEXT;
+        """,
+    ),
 ]
 
 
@@ -171,10 +178,18 @@ def record_run(db: sqlite3.Connection, answer: Answer) -> None:
         )
         db.executemany(
             "INSERT INTO calls (run_id, layer, agent, provider, model, started_at, latency_s, ttft_s,"
-            " prompt_tokens, completion_tokens, attempts, outcome, error, response, cost_usd)"
-            " VALUES (:run_id, :layer, :agent, :provider, :model, :started_at, :latency_s, :ttft_s,"
-            " :prompt_tokens, :completion_tokens, :attempts, :outcome, :error, :response, :cost_usd)",
-            [{**c.to_dict(), "run_id": answer.run_id} for c in answer.calls],
+            " prompt_tokens, completion_tokens, attempts, outcome, error, response, cost_usd,"
+            " programs_json) VALUES (:run_id, :layer, :agent, :provider, :model, :started_at,"
+            " :latency_s, :ttft_s, :prompt_tokens, :completion_tokens, :attempts, :outcome, :error,"
+            " :response, :cost_usd, :programs_json)",
+            [
+                {
+                    **c.to_dict(),
+                    "run_id": answer.run_id,
+                    "programs_json": json.dumps(c.programs) if c.programs is not None else None,
+                }
+                for c in answer.calls
+            ],
         )
 
 
