@@ -39,8 +39,9 @@ ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # merged /usr: 
 FIX = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap), or enable unprivileged user "
     "namespaces (sysctl user.max_user_namespaces=15000, and kernel.unprivileged_userns_clone=1 "
-    "where that exists; on Ubuntu 24.04 kernel.apparmor_restrict_unprivileged_userns=0 for "
-    "unshare), or opt in to the weaker mode by name: Sandbox(mode='rlimits-only') "
+    "where that exists; kernel.apparmor_restrict_unprivileged_userns=0 where AppArmor restricts "
+    "them, as on Ubuntu 23.10 and later), or opt in to the weaker mode by name: "
+    "Sandbox(mode='rlimits-only') "
     "(limits and a clean environment only: no network or file-system isolation)"
 )
 
