@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 from starlette.types import Receive
 
 from mixkit.errors import ConfigError, MixkitError
-from mixkit.moa import Answer, EventHandler, LayerFailed, MoA, RunEvent
-from mixkit.moa.engine.structured import OutputInvalid
+from mixkit.moa import Answer, EventHandler, LayerFailed, MoA, OutputInvalid, RunEvent
 from mixkit.serve.errors import APIError
 from mixkit.serve.mixtures import LogWriter
 from mixkit.serve.schemas import ChatCompletionRequest

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mixkit.moa.engine.output import check_spec
-from mixkit.moa.engine.structured import OutputSpec, OutputSpecError
+from mixkit.moa import OutputSpec, OutputSpecError, check_spec
 from mixkit.serve.errors import APIError
 
 if TYPE_CHECKING:  # the types only: schemas.py imports this module
