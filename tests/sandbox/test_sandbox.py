@@ -178,12 +178,14 @@ def test_rlimits_only_runs_in_a_fresh_folder_it_removes(open_tmp: Path, monkeypa
     sb = sandbox_or_skip("rlimits-only", tmp_dir=open_tmp)
     code = (
         "import os\n"
+        "os.makedirs('locked/in')\n"
+        "os.chmod('locked', 0)  # its folder must still be removed\n"
         "open('scratch.txt', 'w').write('x')\n"
         "print(sorted(os.listdir('.')), dict(os.environ))\n"
     )
     result = sb.run_python_sync(code)
     assert result.status == "ok" and result.mode == "rlimits-only", result
-    assert result.stdout.startswith("['main.py', 'scratch.txt']")
+    assert result.stdout.startswith("['locked', 'main.py', 'scratch.txt']")
     assert secret not in result.stdout
     assert not list(open_tmp.iterdir()), "the working folder was not removed"
 
