@@ -32,9 +32,9 @@ from mixkit.moa.config import (
     parse_config,
     resolve,
 )
+from mixkit.moa.engine.output import check_spec
 from mixkit.moa.engine.pipeline import MoA, RunOptions, ask, stream
 from mixkit.moa.engine.prompts import synthesis_messages
-from mixkit.moa.engine.output import check_spec
 from mixkit.moa.engine.result import Answer, AnswerStream, critical_path
 from mixkit.moa.engine.structured import OutputInvalid, OutputSpec, OutputSpecError
 from mixkit.moa.events import EVENT_TYPES, Emitter, EventHandler, RunEvent

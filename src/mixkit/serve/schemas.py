@@ -167,6 +167,12 @@ def message(answer: Answer) -> dict[str, Any]:
     """The answer as an assistant message: its text, or its tool calls."""
     if answer.tool_calls:
         return {"role": "assistant", "content": None, "tool_calls": answer.tool_calls}
+    if answer.reasoning:  # a program agent's program, as reasoning servers send their thinking
+        return {
+            "role": "assistant",
+            "content": answer.answer,
+            "reasoning_content": answer.reasoning,
+        }
     return {"role": "assistant", "content": answer.answer}
 
 

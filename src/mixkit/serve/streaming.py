@@ -1,5 +1,8 @@
 """Server-sent events for `stream: true`: chunks go out as the aggregator makes its tokens.
 
+When the final answer comes from a program agent, its program streams first as
+`reasoning_content` deltas, then the answer as `content` deltas.
+
 `SSEResponse` owns the run's end: whether the stream finishes, fails midway (an OpenAI-shaped
 `{"error": ...}` event, which the `openai` SDK raises as an APIError) or the client goes away
 (the run is cancelled), its cleanup runs exactly once.
@@ -14,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from mixkit.moa import Reasoning
 from mixkit.serve import schemas
 from mixkit.serve.errors import APIError
 from mixkit.serve.runs import Run, wait_for_disconnect
@@ -26,14 +30,21 @@ def sse(obj: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+def piece_delta(piece: str) -> dict[str, str]:
+    """A piece's delta: a program agent's program (Reasoning) goes out as `reasoning_content`,
+    as OpenAI-compatible reasoning servers send their thinking; the answer as `content`."""
+    return {"reasoning_content": piece} if isinstance(piece, Reasoning) else {"content": piece}
+
+
 async def chunks(run: Run, first: str | None, include_usage: bool) -> AsyncIterator[bytes]:
     """The run as `chat.completion.chunk` events, ending with `[DONE]` (or an error event).
     `first`: the answer's first piece (None: the run ended without text, e.g. a tool call)."""
     created, model, rid = schemas.now(), run.model, run.run_id
-    yield sse(schemas.chunk(rid, model, created, {"role": "assistant", "content": first}))
+    opening = piece_delta(first) if first is not None else {"content": None}
+    yield sse(schemas.chunk(rid, model, created, {"role": "assistant", **opening}))
     try:
         while first is not None and (piece := await run.next_piece()) is not None:
-            yield sse(schemas.chunk(rid, model, created, {"content": piece}))
+            yield sse(schemas.chunk(rid, model, created, piece_delta(piece)))
     except APIError as e:  # the status line is long gone: report it in the stream
         yield sse(e.body())
         return

@@ -12,6 +12,7 @@ The request's `model` picks the behaviour, as `KIND` or `KIND:ARG` (ARG keeps co
 
     ok:TEXT       stream TEXT word by word, then stop
     ok            (and any other name) --tokens words that depend on the prompt, --gap apart
+    seq:A|||B     the model's 1st request gets text A, its 2nd B, and so on (the last repeats)
     gated         one word, then wait for POST /release (at most 30 s), then the rest
     slow          a word every 0.1 s for 60 s (until the client goes away)
     hang          headers, then nothing for 60 s (until the client goes away)
@@ -184,6 +185,9 @@ class FakeOpenAI:
         }.get(kind)
         if kind == "solve":
             fixed = solve(arg, str(req.get("messages", [{}])[-1].get("content")))
+        if kind == "seq":  # scripted replies, e.g. a failing program, then its fix
+            texts = arg.split("|||")
+            fixed = texts[min(self.counts[model], len(texts)) - 1]
         if fixed is not None:
             words = fixed.split(" ") if fixed else []
             return [w + " " for w in words[:-1]] + words[-1:]

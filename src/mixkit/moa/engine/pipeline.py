@@ -207,6 +207,7 @@ class MoA:
                 if answer.ttft_s is None:  # a program agent's reasoning counts: it is streamed
                     answer.ttft_s = time.monotonic() - emit.start
                 if isinstance(piece, Reasoning):  # shown, not part of the answer
+                    answer.reasoning = (answer.reasoning or "") + piece
                     emit("answer_reasoning", text=piece)
                 else:
                     pieces.append(piece)

@@ -10,12 +10,14 @@ Each reference sits between `<response id=N>` and `</response>` tags, so an answ
 its own numbered list cannot be mistaken for the reference numbering, and each is cut to a
 character budget so that one long-winded proposer cannot crowd out the others. The user's message
 stays last and untouched: with the references appended to it instead, the 0.5B models we ship
-often echoed the question or the tags back (tried here on a handful of prompts).
+often echoed the question or the tags back (tried here on a handful of prompts). A program agent's
+proposal shows its program, its status and what it printed (`as_reference`), not just the number.
 """
 
 from __future__ import annotations
 
 from mixkit.errors import ConfigError
+from mixkit.moa.agents.program import ProgramAnswer
 from mixkit.moa.agents.providers.base import Message
 
 SYNTHESIZE = (
@@ -32,11 +34,22 @@ def clip(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[:max_chars].rstrip() + " [...truncated]"
 
 
+def as_reference(answer: str) -> str:
+    """A proposal as the aggregator reads it: a program agent's answer (agents/program.py) as
+    its program, how it ran and what it printed, so that a program can be weighed against prose."""
+    if not isinstance(answer, ProgramAnswer):
+        return answer
+    return (
+        f"A Python program, run in a sandbox:\n```python\n{answer.program}\n```\n"
+        f"It ran ({answer.status}) and printed:\n{answer.output.strip()}\n\nAnswer: {answer}"
+    )
+
+
 def format_references(answers: list[str], max_chars: int) -> str:
     """Number and delimit each previous-layer answer."""
     n = len(answers)
     blocks = [
-        f'<response id="{i}" of="{n}">\n{clip(a, max_chars)}\n</response>'
+        f'<response id="{i}" of="{n}">\n{clip(as_reference(a), max_chars)}\n</response>'
         for i, a in enumerate(answers, 1)
     ]
     return f"Candidate responses ({n}):\n\n" + "\n\n".join(blocks)

@@ -52,6 +52,7 @@ class Answer(CallTotals):
     # structured output (engine/output.py): what was asked, votes, validation, repairs
     structured: dict[str, Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None  # the answer's calls, OpenAI's shape
+    reasoning: str | None = None  # streamed before the answer: a program agent's program
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of `mixkit ask --json`."""
@@ -71,6 +72,7 @@ class Answer(CallTotals):
             "deadline_s": self.deadline_s,
             "structured": self.structured,
             "tool_calls": self.tool_calls,
+            "reasoning": self.reasoning,
             "trace": [c.to_dict() for c in self.calls],
         }
 
