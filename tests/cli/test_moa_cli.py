@@ -169,6 +169,67 @@ def test_eval_scores_the_moa_and_each_agent(home, tmp_path):
         assert 0.0 <= s["accuracy"] <= 1.0 and s["completion_tokens"] <= s["calls"] * 8
 
 
+def test_eval_scores_the_moa_and_each_agent_on_a_tasks_file_and_several_tasks(home, tmp_path):
+    """Without --strategies, a tasks file (and several -t) work as one -t does: a table of the
+    mixture and each of its agents per task; --json gives one result per task."""
+    cfg = tmp_path / "smol.toml"
+    cfg.write_text(
+        'aggregator = "s"\n[agents.s]\nprovider = "local"\nmodel = "smollm2-135m"\nn_ctx = 1024\n'
+        '[[layers]]\nagents = ["s", "s"]\n'
+    )
+    tasks = tmp_path / "my-set.jsonl"
+    lines = [
+        {"question": "What is 2 + 3?", "expected": "5", "scorer": "number"},
+        {"question": "Spell cat backwards.", "expected": "tac", "scorer": "exact"},
+        {"question": "What is 10 - 4?", "expected": "6", "scorer": "number"},
+    ]
+    tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    base = (
+        "eval",
+        "--config",
+        str(cfg),
+        "--tasks-file",
+        str(tasks),
+        "-n",
+        "2",
+        "--max-tokens",
+        "4",
+    )
+    out = mixkit(home, *base, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"{tasks}, n=2, max_tokens=4" in out.stdout
+    assert "moa:smol" in out.stdout and "single:s (smollm2-135m" in out.stdout
+
+    out = mixkit(home, *base, "-t", "basic_arithmetic", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr
+    from_file, arithmetic = json.loads(out.stdout)
+    assert (from_file["task"], from_file["source"]) == ("my-set", str(tasks))
+    assert (arithmetic["task"], arithmetic["source"]) == ("basic_arithmetic", "reasoning-gym")
+    for result in (from_file, arithmetic):
+        moa, single = result["scores"]
+        assert moa["system"] == "moa:smol" and single["system"].startswith("single:s")
+        assert moa["n"] == single["n"] == 2 and moa["calls"] == 2 * 3 and single["calls"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--tasks-file", "BAD"], "my-set.jsonl:2: missing expected"),
+        (["--tasks-file", "BAD", "-t", "basic_arithmetic"], "my-set.jsonl:2: missing expected"),
+        (["-t", "basic_arithmetic", "--samples", "2"], "--samples and --plot need --strategies"),
+        (["--strategies", "nope", "-t", "basic_arithmetic"], "unknown strategy 'nope'"),
+    ],
+)
+def test_eval_mistakes_without_strategies_exit_2_naming_them(home, tmp_path, args, words):
+    bad = tmp_path / "my-set.jsonl"
+    bad.write_text('{"question": "What is 2 + 3?", "expected": "5", "scorer": "number"}\n'
+                   '{"question": "What is 1 + 1?", "scorer": "number"}\n')  # fmt: skip
+    out = mixkit(home, "eval", "-p", "moa-tiny", *[str(bad) if a == "BAD" else a for a in args])
+    assert out.returncode == 2, out.stderr
+    assert words in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2
+
+
 def test_readme_moa_section_matches_the_cli(home):
     """Every preset is documented, and every flag the README shows exists in `--help`."""
     import re

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from mixkit.cli.app import app
 from mixkit.errors import ConfigError
-from mixkit.evals import run_eval
+from mixkit.evals import EvalResult, run_eval
 from mixkit.evals.collect import AnyTask, ItemResult, new_eval_id
 from mixkit.evals.strategies import (
     Row,
@@ -31,9 +31,10 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _legacy(cfg: MoAConfig, task: str, n: int, seed: int, max_tokens: int, singles: bool,
+def _legacy(cfg: MoAConfig, tasks: list[AnyTask], max_tokens: int, singles: bool,
             as_json: bool, verbose: bool) -> None:  # fmt: skip
-    """The MoA and each of its agents alone, one task (the table of earlier releases)."""
+    """The MoA and each of its agents alone, task by task: one table per task (JSON: the one
+    task's result, or a list of them for several tasks)."""
 
     def on_item(label: str, item: Item, score: float, answer: Answer | None) -> None:
         if verbose:
@@ -42,15 +43,23 @@ def _legacy(cfg: MoAConfig, task: str, n: int, seed: int, max_tokens: int, singl
                 f"[dim]{label} #{item.index}: {score:.2f} expected {item.expected!r}, last line {got[0][:60]!r}[/]"
             )
 
-    result = run_eval(
-        cfg, task, n=n, seed=seed, max_tokens=max_tokens, singles=singles, on_item=on_item
-    )
+    results = []
+    for task in tasks:
+        result = run_eval(cfg, task, max_tokens=max_tokens, singles=singles, on_item=on_item)
+        results.append(result.to_dict())
+        if not as_json:
+            console.print(_scores_table(result))
     if as_json:
-        console.print_json(json.dumps(result.to_dict()))
-        return
-    table = Table(
-        title=f"{task}, n={n}, seed={seed}, max_tokens={max_tokens}", title_justify="left"
+        console.print_json(json.dumps(results[0] if len(results) == 1 else results))
+
+
+def _scores_table(result: EvalResult) -> Table:
+    where = (
+        f"{result.task}, n={result.n}, seed={result.seed}"
+        if result.source == "reasoning-gym"
+        else f"{result.source}, n={result.n}"
     )
+    table = Table(title=f"{where}, max_tokens={result.max_tokens}", title_justify="left")
     for col in ("system", "accuracy", "failed", "calls", "tokens in", "tokens out", "wall s"):
         table.add_column(col, justify="left" if col == "system" else "right")
     for s in result.scores:
@@ -58,7 +67,15 @@ def _legacy(cfg: MoAConfig, task: str, n: int, seed: int, max_tokens: int, singl
             s.system, f"{s.accuracy:.1%}", str(s.failed), str(s.calls), str(s.prompt_tokens),
             str(s.completion_tokens), f"{s.wall_s:.1f}",
         )  # fmt: skip
-    console.print(table)
+    return table
+
+
+def _tasks(names: list[str], tasks_file: Path | None, n: int, seed: int) -> list[AnyTask]:
+    """The file's items (checked line by line first), then each named reasoning-gym task;
+    basic_arithmetic when neither is given."""
+    tasks: list[AnyTask] = [FileTask(tasks_file, n=n)] if tasks_file else []
+    defaults = [] if tasks_file else ["basic_arithmetic"]
+    return tasks + [Task(t, n=n, seed=seed) for t in (names or defaults)]
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -113,7 +130,9 @@ def eval_(
         [], "--task", "-t", help="a reasoning-gym task name (repeatable; default basic_arithmetic)"
     ),  # noqa: B008
     tasks_file: Path | None = typer.Option(
-        None, "--tasks-file", help="your own checkable set: JSONL of {question, expected, scorer}"
+        None,
+        "--tasks-file",
+        help="your own checkable set: JSONL of {question, expected, scorer} (with or without -t)",
     ),  # noqa: B008
     n: int = typer.Option(20, "--n", "-n", min=1, help="items per task"),
     seed: int = typer.Option(0, "--seed", help="dataset seed"),
@@ -149,28 +168,20 @@ def eval_(
 ) -> None:
     """Score a mixture on checkable tasks: against its agents alone, or across strategies."""
     cfg = resolve(preset, config)
-    if strategies is None:
-        if tasks_file or len(task) > 1 or samples > 1 or plot:
-            raise ConfigError(
-                "--tasks-file, several --task, --samples and --plot need --strategies"
-            )
-        _legacy(
-            cfg, (task or ["basic_arithmetic"])[0], n, seed, max_tokens, singles, as_json, verbose
-        )
+    if strategies is None and (samples > 1 or plot):
+        raise ConfigError("--samples and --plot need --strategies (e.g. --strategies single,moa)")
+    names = None if strategies is None else parse_strategies(strategies)  # before slow tasks
+    tasks = _tasks(task, tasks_file, n, seed)
+    if names is None:
+        _legacy(cfg, tasks, max_tokens, singles, as_json, verbose)
         return
-    _strategies(cfg, task, tasks_file, n, seed, max_tokens, strategies, samples, db, no_log, plot,
-                as_json, markdown, verbose)  # fmt: skip
+    _strategies(cfg, tasks, n, seed, max_tokens, names, samples, db, no_log, plot, as_json,
+                markdown, verbose)  # fmt: skip
 
 
-def _strategies(cfg: MoAConfig, task_names: list[str], tasks_file: Path | None, n: int, seed: int,
-                max_tokens: int, strategies: str, samples: int, db: Path | None, no_log: bool,
-                plot: Path | None, as_json: bool, markdown: bool, verbose: bool) -> None:  # fmt: skip
-    names = parse_strategies(strategies)
-    tasks: list[AnyTask] = [FileTask(tasks_file, n=n)] if tasks_file else []
-    tasks += [
-        Task(t, n=n, seed=seed)
-        for t in (task_names or ([] if tasks_file else ["basic_arithmetic"]))
-    ]
+def _strategies(cfg: MoAConfig, tasks: list[AnyTask], n: int, seed: int, max_tokens: int,
+                names: list[str], samples: int, db: Path | None, no_log: bool, plot: Path | None,
+                as_json: bool, markdown: bool, verbose: bool) -> None:  # fmt: skip
     plan = systems(cfg, names, samples)
     runs = sum(t.n for t in tasks) * sum(count for _, _, _, count in plan)
     db_path = None if no_log else (db or tr.default_db_path())

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from mixkit.errors import MixkitError
-from mixkit.evals.tasks import Task
+from mixkit.evals.collect import AnyTask
+from mixkit.evals.tasks import FileTask, Task
 from mixkit.moa import Answer, MoA, MoAConfig
 
 
@@ -41,6 +42,7 @@ class EvalResult:
     max_tokens: int
     preset: str
     scores: list[SystemScore] = field(default_factory=list)
+    source: str = "reasoning-gym"  # or the tasks file's path
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "scores"} | {
@@ -65,7 +67,7 @@ def systems_of(config: MoAConfig, singles: bool = True) -> list[tuple[str, MoACo
 
 
 async def _score_system(
-    label: str, config: MoAConfig, task: Task, max_tokens: int, on_item: Callable | None
+    label: str, config: MoAConfig, task: AnyTask, max_tokens: int, on_item: Callable | None
 ) -> SystemScore:
     moa = MoA(config, log=False)
     score = SystemScore(system=label)
@@ -93,20 +95,28 @@ async def _score_system(
 
 def run_eval(
     config: MoAConfig,
-    task: str,
+    task: str | AnyTask,
     n: int = 20,
     seed: int = 0,
     max_tokens: int = 128,
     singles: bool = True,
     on_item: Callable | None = None,
 ) -> EvalResult:
-    """Score the MoA and (with `singles`) each agent alone on `n` seeded items of `task`.
+    """Score the MoA and (with `singles`) each agent alone on the items of `task`: a
+    reasoning-gym name (`n` items seeded by `seed`), or a task object such as FileTask(path).
 
     Every call of every system uses the same `max_tokens`. Systems run one after another, so
     each gets the whole machine.
     """
-    items = Task(task, n=n, seed=seed)
-    result = EvalResult(task=task, n=n, seed=seed, max_tokens=max_tokens, preset=config.name)
+    items = Task(task, n=n, seed=seed) if isinstance(task, str) else task
+    result = EvalResult(
+        task=items.name,
+        n=items.n,
+        seed=items.seed,
+        max_tokens=max_tokens,
+        preset=config.name,
+        source=str(items.path) if isinstance(items, FileTask) else "reasoning-gym",
+    )
     for label, system in systems_of(config, singles):
         result.scores.append(asyncio.run(_score_system(label, system, items, max_tokens, on_item)))
     return result
