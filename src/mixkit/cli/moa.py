@@ -150,15 +150,6 @@ def ask(
         cid, messages = convo.id, convo.messages
     moa = MoA(cfg, log=not no_log)
     output = _output(schema, json_object, live=not as_json)
-
-    def on_layer(layer_no: int, calls: list[CallRecord]) -> None:
-        if not as_json:
-            ok = sum(c.outcome == "ok" for c in calls)
-            slowest = max((c.latency_s or 0.0) for c in calls)
-            err.print(
-                f"[dim]layer {layer_no}: {ok}/{len(calls)} agents answered in {slowest:.1f}s[/]"
-            )
-
     if not as_json:
         err.print(f"[dim]{_shape(cfg)}[/]")
     stream = moa.stream(
@@ -167,7 +158,7 @@ def ask(
         max_tokens=max_tokens,
         deadline_s=deadline,
         conversation_id=cid,
-        on_layer=on_layer,
+        on_layer=None if as_json else _layer_progress,
         output=output,
     )
 
@@ -189,6 +180,13 @@ def ask(
         return
     sys.stdout.write("\n")
     _summary(answer, cfg.name)
+
+
+def _layer_progress(layer_no: int, calls: list[CallRecord]) -> None:
+    """One line on stderr as each proposer layer ends."""
+    ok = sum(c.outcome == "ok" for c in calls)
+    slowest = max((c.latency_s or 0.0) for c in calls)
+    err.print(f"[dim]layer {layer_no}: {ok}/{len(calls)} agents answered in {slowest:.1f}s[/]")
 
 
 def _shape(cfg: MoAConfig) -> str:
