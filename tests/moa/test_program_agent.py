@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from mixkit.cli import app
 from mixkit.errors import ConfigError, LayerFailed
+from mixkit.evals.tasks import Item, score_answer
 from mixkit.moa import MoA, Reasoning, logs, parse_config
 from mixkit.moa.agents.program import complete_program, extract_program, printed_answer
 
@@ -184,3 +185,9 @@ def test_the_embedded_coder_writes_a_program_that_answers(tmp_path):
     assert answer.answer == "386"
     assert answer.calls[0].programs[-1]["status"] == "ok"
     assert "17 * 23" in answer.calls[0].programs[-1]["program"].replace("17*23", "17 * 23")
+
+
+def test_evals_score_a_one_line_program_answer_as_it_is():
+    item = Item(0, "Spell 'hello' backwards.", "olleh", {}, "exact")
+    assert score_answer("olleh", item) == 1.0
+    assert score_answer("no idea\nreally", item) == 0.0

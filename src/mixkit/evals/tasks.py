@@ -45,9 +45,18 @@ def _rg_scorer(name: str) -> Any:
         raise ConfigError(f"unknown reasoning-gym dataset '{name}' as a scorer: {e}") from None
 
 
+def scored_answer(response: str) -> str | None:
+    """The answer a scorer sees: the one extracted from free text, else a reply that is one
+    short line as it is (a program agent answers with what its program printed, e.g. 'olleh')."""
+    answer = extract_answer(response)
+    if answer is None and response.strip() and "\n" not in response.strip():
+        answer = response.strip() if len(response.strip()) <= 200 else None
+    return answer
+
+
 def score_answer(response: str, item: Item) -> float:
     """0..1: the item's scorer applied to the final answer extracted from `response`."""
-    answer = extract_answer(response)
+    answer = scored_answer(response)
     if answer is None:
         return 0.0
     if item.scorer == "exact":
@@ -84,7 +93,7 @@ class Task:
 
     def score(self, response: str, item: Item) -> float:
         """reasoning-gym's own score (0..1) of the answer extracted from `response`."""
-        answer = extract_answer(response)
+        answer = scored_answer(response)
         if answer is None:
             return 0.0
         return float(self.dataset.score_answer(answer=answer, entry=item.entry))
