@@ -134,7 +134,7 @@ def test_a_fork_bomb_is_held_to_the_process_limit(ns_sandbox: Sandbox):
         "            top = n\n"
         "            print('processes', n, flush=True)\n"
     )
-    limits = FAST.model_copy(update={"wall_s": 1.0, "procs": 12})
+    limits = FAST.model_copy(update={"wall_s": 0.6, "procs": 12})
     result, _ = run(ns_sandbox, body, limits)
     assert result.status in ("timeout", "error"), result
     counts = [int(line.split()[1]) for line in result.stdout.splitlines() if line]
@@ -148,10 +148,10 @@ def test_an_endless_loop_is_stopped_at_its_cpu_limit(ns_sandbox: Sandbox):
 
 
 def test_a_sleeping_loop_is_stopped_at_the_wall_clock_deadline(ns_sandbox: Sandbox):
-    limits = FAST.model_copy(update={"wall_s": 1.0})
+    limits = FAST.model_copy(update={"wall_s": 0.5})
     result, _ = run(ns_sandbox, "import time\nwhile True:\n    time.sleep(0.1)\n", limits)
     assert result.status == "timeout" and result.exit_code is None, result
-    assert result.error_summary() == "timed out after 1 s"
+    assert result.error_summary() == "timed out after 0.5 s"
 
 
 def test_a_memory_bomb_runs_out_of_memory(ns_sandbox: Sandbox):
@@ -184,7 +184,7 @@ def test_killing_the_parent_leaves_mixkit_and_the_sandbox_standing(ns_sandbox: S
         "    os.kill(-1, 9)  # and every process it may signal but itself\n"
         "except ProcessLookupError:\n"
         "    print('no process to kill')\n"
-        "time.sleep(0.3)\n"
+        "time.sleep(0.1)\n"
         "print('parent', parent, 'still', os.getppid())\n"
     )
     result, _ = run(ns_sandbox, body)
@@ -206,7 +206,7 @@ def test_a_daemon_does_not_outlive_its_program(ns_sandbox: Sandbox):
         "        time.sleep(30)\n"
         "    os._exit(0)\n"
         "os.wait()\n"
-        "time.sleep(0.2)\n"
+        "time.sleep(0.05)\n"
         "print('daemon started')\n"
     )
     result, _ = run(ns_sandbox, body)  # run() asserts that no process of it is left

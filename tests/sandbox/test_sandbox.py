@@ -194,8 +194,8 @@ def test_rlimits_only_kills_its_session_at_the_deadline(open_tmp: Path):
     sb = sandbox_or_skip("rlimits-only", tmp_dir=open_tmp)
     marker = f"mixkit-sandbox-test-{uuid.uuid4().hex}"
     body = "import os, time\nos.fork()\nwhile True:\n    time.sleep(0.1)\n"
-    result = sb.run_python_sync(marked(body, marker), Limits(wall_s=1, procs=256))
-    assert result.status == "timeout" and result.wall_s <= 2, result
+    result = sb.run_python_sync(marked(body, marker), Limits(wall_s=0.5, procs=256))
+    assert result.status == "timeout" and result.wall_s <= 1.5, result
     assert not leftovers(marker)
     assert not list(open_tmp.iterdir())
 
