@@ -161,6 +161,15 @@ def test_the_grammar_keeps_the_schemas_property_order():
     assert constrained.property_order(Pet.model_json_schema()) == ["name", "mood", "toys"]
 
 
+def test_an_unanchored_pattern_is_left_to_the_validator():
+    schema = {"type": "object", "properties": {"code": {"type": "string", "pattern": "[0-9]{3}"}}}
+    assert "pattern" not in constrained.grammar_schema(schema)["properties"]["code"]
+    assert constrained.grammar(schema) is not None  # llama.cpp's converter refuses it as is
+    anchored = {"type": "string", "pattern": "^[0-9]{3}$"}
+    assert constrained.grammar_schema(anchored) == anchored
+    assert "does not match" in check_answer('{"code": "abc"}', schema)[2]
+
+
 def config(url: str, aggregator: str = "ok"):
     agent = {"provider": "openai", "base_url": url, "model": "ok"}
     return parse_config(

@@ -127,9 +127,35 @@ def check_schema(schema: Any, param: str, *, object_only: bool = False) -> None:
     except jsonschema.SchemaError as e:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.path)
         raise OutputSpecError(f"{param}{where}", f"not a valid JSON schema: {e.message}") from None
+    check_refs(schema, schema, param)
     if (why := impossible(schema)) is not None:
         where, message = why
         raise OutputSpecError(f"{param}{where}", f"no JSON value can satisfy it: {message}")
+
+
+def check_refs(node: Any, root: dict[str, Any], param: str, where: str = "") -> None:
+    """Every `$ref` is local (`#/...`) and resolves in `root`."""
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            check_refs(value, root, param, f"{where}[{i}]")
+        return
+    if not isinstance(node, dict):
+        return
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        target: Any = root if ref.startswith("#") else None
+        pointer = ref[1:].strip("/")
+        for part in pointer.split("/") if target is not None and pointer else []:
+            part = part.replace("~1", "/").replace("~0", "~")  # JSON pointer escapes
+            target = target.get(part) if isinstance(target, dict) else None
+        if target is None:
+            raise OutputSpecError(
+                f"{param}{where}.$ref",
+                f"'{ref}' does not resolve (only local refs such as '#/$defs/X')",
+            )
+    for key, value in node.items():
+        if key not in ("enum", "const", "default", "examples"):
+            check_refs(value, root, param, f"{where}.{key}")
 
 
 _BOUNDS = (

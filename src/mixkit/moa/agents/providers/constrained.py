@@ -99,6 +99,21 @@ def property_order(schema: Any, out: list[str] | None = None) -> list[str]:
     return out
 
 
+def grammar_schema(schema: Any) -> Any:
+    """`schema` less what llama.cpp's converter refuses but a validator can check afterwards: a
+    `pattern` not anchored with ^...$ (JSON schema patterns match anywhere; the converter takes
+    only whole-string ones). The answer is still validated against the full schema."""
+    if isinstance(schema, list):
+        return [grammar_schema(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: grammar_schema(v) for k, v in schema.items()}
+    pattern = out.get("pattern")
+    if isinstance(pattern, str) and not (pattern.startswith("^") and pattern.endswith("$")):
+        del out["pattern"]
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def _grammar(schema_json: str) -> Any:
     # lazy: llama.cpp only for local models
@@ -113,4 +128,4 @@ def _grammar(schema_json: str) -> Any:
 
 def grammar(schema: dict[str, Any]) -> Any:
     """The llama.cpp grammar for `schema` (cached); ConfigError if it cannot be converted."""
-    return _grammar(json.dumps(schema))
+    return _grammar(json.dumps(grammar_schema(schema)))
