@@ -195,3 +195,22 @@ def test_a_whole_tool_loop_on_local_models(client, home, model):
     assert str(result) in answer.replace(",", "")  # the mixture's answer uses the result
     run, _ = logged_run(home, raw.headers[RUN_ID_HEADER])
     assert json.loads(run["structured_json"])["decision"] == "(answer)"
+
+
+def test_an_answer_cut_by_max_tokens_is_an_error_streamed_or_not(client):
+    ask = {
+        "model": "gated-local",
+        "messages": [{"role": "user", "content": "A JSON object with a city and its country."}],
+        "response_format": {"type": "json_object"},
+        "max_tokens": 3,  # too few for any object: the grammar cannot close it in time
+    }
+    pieces = []
+    with pytest.raises(openai.APIError) as e:  # live: the pieces, then an error event
+        for chunk in client.chat.completions.create(**ask, stream=True):
+            assert not (chunk.choices and chunk.choices[0].finish_reason)  # never a finish
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+    assert "".join(pieces).lstrip().startswith("{") and "not valid" in e.value.message
+    with pytest.raises(openai.APIStatusError) as e:  # whole: held, repaired once, then a 502
+        client.chat.completions.create(**ask)
+    assert e.value.status_code == 502 and e.value.code == "invalid_output"

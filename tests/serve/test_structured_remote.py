@@ -57,6 +57,13 @@ def server(backend):
         mixture("repair-mix", backend.url, ["ok"], "jsonbad:r1"),
         mixture("never-mix", backend.url, ["ok"], "jsonnever:n1", retries=0),
         mixture("callbad-mix", backend.url, [], "callbad:c1"),
+        mixture(
+            "agree-mix",
+            backend.url,
+            ["ok:Answer: 4", "ok:Answer: 4"],
+            "ok",
+            early_exit={"min_agree": 2},
+        ),  # fmt: skip
     ]
     with ThreadServer(configs, ServeSettings(max_concurrent=16)) as s:
         yield s
@@ -177,3 +184,16 @@ def test_arguments_that_are_not_json_get_a_repair(client, home):
     structured = json.loads(run["structured_json"])
     assert structured["repairs"] == 1 and "must be a JSON object" in structured["errors"][0]
     assert structured["tool_calls"][0]["function"]["name"] == "add"
+
+
+def test_with_a_schema_a_mixture_ends_with_its_aggregator_even_when_proposals_agree(
+    client, fresh_backend
+):
+    plain = client.chat.completions.create(model="agree-mix", messages=Q)
+    assert plain.choices[0].message.content == "Answer: 4"  # early exit: no aggregator call
+    assert len(fresh_backend.requests()) == 2
+    fresh_backend.reset()
+    done = client.chat.completions.parse(model="agree-mix", messages=Q, response_format=Order)
+    assert isinstance(done.choices[0].message.parsed, Order)  # the constrained aggregator wrote it
+    bodies = [r["body"] for r in fresh_backend.requests()]
+    assert len(bodies) == 3 and "response_format" in bodies[-1]
