@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+OPEN_FILES = 256  # descriptors per process: plenty for a program that prints an answer
 Status = Literal["ok", "error", "timeout", "memory", "output_limit", "killed", "no_output"]
 
 
@@ -28,13 +29,13 @@ class Limits(BaseModel):
     wall_s: float = Field(10.0, gt=0, le=3600, description="wall-clock seconds before the kill")
     cpu_s: float = Field(5.0, gt=0, le=3600, description="CPU seconds per process (rounded up)")
     memory_mb: int = Field(512, ge=32, le=1 << 20, description="address space per process, MB")
-    file_mb: int = Field(16, ge=1, le=1 << 20, description="largest file, and each writable folder")
+    file_mb: int = Field(16, ge=1, le=4096, description="largest file, and each writable folder")
     procs: int = Field(64, ge=2, le=4096, description="processes at once (the sandbox's init too)")
-    output_kb: int = Field(64, ge=1, le=1 << 20, description="stdout and stderr, each, in KB")
+    output_kb: int = Field(64, ge=1, le=1 << 16, description="stdout and stderr, each, in KB")
 
     def rlimits(self) -> list[tuple[str, int, int]]:
         """(resource name, soft, hard) for the launcher. CPU: SIGXCPU at the soft limit, SIGKILL a
-        second later if the program catches it."""
+        second later if the program catches it. Also no core files, and OPEN_FILES descriptors."""
         cpu = math.ceil(self.cpu_s)
         mb = 1 << 20
         return [
@@ -43,6 +44,7 @@ class Limits(BaseModel):
             ("RLIMIT_FSIZE", self.file_mb * mb, self.file_mb * mb),
             ("RLIMIT_NPROC", self.procs, self.procs),
             ("RLIMIT_CORE", 0, 0),
+            ("RLIMIT_NOFILE", OPEN_FILES, OPEN_FILES),
         ]
 
 
