@@ -197,3 +197,12 @@ def test_with_a_schema_a_mixture_ends_with_its_aggregator_even_when_proposals_ag
     assert isinstance(done.choices[0].message.parsed, Order)  # the constrained aggregator wrote it
     bodies = [r["body"] for r in fresh_backend.requests()]
     assert len(bodies) == 3 and "response_format" in bodies[-1]
+
+
+def test_constrain_proposers_puts_the_proposers_under_the_schema_too(client, fresh_backend):
+    done = client.chat.completions.parse(
+        model="mix", messages=Q, response_format=Order, extra_body={"constrain_proposers": True}
+    )
+    assert isinstance(done.choices[0].message.parsed, Order)
+    bodies = [r["body"] for r in fresh_backend.requests()]
+    assert len(bodies) == 3 and all("response_format" in b for b in bodies)
