@@ -65,6 +65,17 @@ def test_an_exception_is_an_error_with_the_end_of_its_traceback(ns_sandbox: Sand
             "killed",
             "killed by SIGTERM",
         ),
+        ("import ctypes\nctypes.string_at(0)\n", "killed", "killed by SIGSEGV"),
+        (
+            "fs = [open('/dev/null') for _ in range(1000)]\n",
+            "error",
+            "Too many open files: '/dev/null'",
+        ),
+        (
+            "import sys\nfor _ in range(1000):\n    sys.stderr.write('e' * 65536)\n",
+            "output_limit",
+            "printed more than 64 KB of output and was stopped",
+        ),
     ],
 )
 def test_statuses_and_their_summaries(ns_sandbox: Sandbox, code, status, summary):
