@@ -125,17 +125,23 @@ def ids():
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the forwards of mixkit's fused grouped SwiGLU (proof that mixkit ran, not HF)."""
-    counter = {"forward": 0}
-    fused = mixkit_hf.GroupedSwiGLUFFN
+    """Counts the forwards of mixkit's fused grouped SwiGLU (training) and of its grouped_mm path
+    (inference): proof that mixkit ran, not HF."""
+    counter = {"fused": 0, "grouped": 0}
+    fused, grouped = mixkit_hf.GroupedSwiGLUFFN, mixkit_hf._grouped_swiglu
 
     class Counted(fused):  # type: ignore[misc, valid-type]
         @staticmethod
         def forward(ctx, *args):
-            counter["forward"] += 1
+            counter["fused"] += 1
             return fused.forward(ctx, *args)
 
+    def counted(*args):
+        counter["grouped"] += 1
+        return grouped(*args)
+
     monkeypatch.setattr(mixkit_hf, "GroupedSwiGLUFFN", Counted)
+    monkeypatch.setattr(mixkit_hf, "_grouped_swiglu", counted)
     return counter
 
 
@@ -164,15 +170,28 @@ def test_the_name_is_registered_with_transformers():
 
 
 def test_the_mixkit_path_runs_in_every_moe_layer(models, ids, calls):
+    """Training: the fused Function; inference: mixkit's dispatch with torch._grouped_mm."""
     eager, ours = models
-    assert ours.config._experts_implementation == "mixkit"
+    layers = len(experts_modules(ours))
+    assert ours.config._experts_implementation == "mixkit" and layers > 0
+    ours(ids)
+    assert calls == {"fused": layers, "grouped": 0}
     with torch.no_grad():
         ours(ids)
-    assert calls["forward"] == len(experts_modules(ours)) > 0
-    calls["forward"] = 0
+    assert calls == {"fused": layers, "grouped": layers}
+    eager(ids)
+    assert calls == {"fused": layers, "grouped": layers}
+
+
+def test_inference_through_the_fused_path_too(models, ids, monkeypatch, calls):
+    """Where torch._grouped_mm has no CPU kernel (torch < 2.11 here), inference takes the fused
+    Function: the same logits."""
+    eager, ours = models
+    monkeypatch.setattr(mixkit_hf, "_CPU_GROUPED_MM", False)
     with torch.no_grad():
-        eager(ids)
-    assert calls["forward"] == 0
+        want, got = eager(ids).logits, ours(ids).logits
+    assert calls["fused"] == len(experts_modules(ours)) and calls["grouped"] == 0
+    assert (want - got).abs().max().item() <= 1e-5
 
 
 def test_same_top_k_experts(models, ids):
@@ -240,13 +259,17 @@ def test_bf16_forward_and_backward_close_to_eager(arch, ids):
         if "experts" in name:
             a, b = p.grad.float(), q.grad.float()
             assert (a - b).norm() <= 0.05 * b.norm() + 1e-6, name
+    with torch.no_grad():  # inference: the grouped_mm path, in bf16
+        want, got = eager(ids).logits.float(), ours(ids).logits.float()
+    assert (got - want).abs().max() <= 0.03 * want.abs().max()
 
 
-def test_grouped_mm_path_matches_eager(monkeypatch, ids):
-    """The torch._grouped_mm path (taken for bf16 on CUDA) run on the CPU, where it exists."""
+def test_grouped_mm_path_trains_as_eager(monkeypatch, ids, calls):
+    """Training through torch._grouped_mm (taken for bf16 on CUDA), run on the CPU."""
     monkeypatch.setattr(mixkit_hf, "_grouped_mm_ok", lambda x: True)
     eager, ours = pair("qwen2_moe")
     want, got = _train_step(eager, ids), _train_step(ours, ids)
+    assert calls == {"fused": 0, "grouped": 2}
     torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-5)
     for p, q in zip(ours.parameters(), eager.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
