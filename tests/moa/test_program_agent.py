@@ -7,6 +7,7 @@ failing program and then its fix), or the embedded Qwen2.5-Coder-0.5B writing it
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from mixkit.cli import app
 from mixkit.errors import ConfigError, LayerFailed
 from mixkit.evals.tasks import Item, score_answer
-from mixkit.moa import MoA, Reasoning, logs, parse_config
+from mixkit.moa import MoA, Reasoning, RunEvent, logs, parse_config
 from mixkit.moa.agents.program import complete_program, extract_program, printed_answer
 
 
@@ -78,10 +79,10 @@ def test_printed_answer_is_the_last_line_normalised(stdout, answer):
 def test_a_program_agent_answers_with_what_its_program_printed(scripted, tmp_path):
     db = tmp_path / "logs.db"
     moa = MoA(parse_config(program_config(scripted.url, "ok:print(-14 / 2)")), log=db)
-    events: list[tuple[str, str | None]] = []
+    events: list[RunEvent] = []
 
     async def go() -> tuple[list[str], object]:
-        stream = moa.stream("What is -14 / 2?", on_event=lambda e: events.append((e.type, e.text)))
+        stream = moa.stream("What is -14 / 2?", on_event=events.append)
         return [p async for p in stream], stream.result
 
     pieces, answer = asyncio.run(go())
@@ -91,8 +92,12 @@ def test_a_program_agent_answers_with_what_its_program_printed(scripted, tmp_pat
     assert kinds == sorted(kinds, reverse=True) and kinds[0] and not kinds[-1]
     assert "".join(p for p in pieces if not isinstance(p, Reasoning)) == "-7"
     assert "print(-14 / 2)" in answer.reasoning
-    types = [t for t, _ in events]
+    types = [e.type for e in events]
     assert types.index("answer_reasoning") < types.index("answer_token")
+    feed = [json.loads(json.dumps(e.to_dict())) for e in events]  # what the web's live feed sends
+    assert [e["text"] for e in feed if e["type"] == "answer_token"] == ["-7"]
+    (end,) = [e for e in feed if e["type"] == "call_end"]
+    assert end["data"]["programs"][0]["status"] == "ok"
     (call,) = answer.calls
     assert call.response == "-7"
     assert call.programs[0]["status"] == "ok" and call.programs[0]["output"] == "-7.0\n"

@@ -59,9 +59,14 @@ def test_the_program_streams_as_reasoning_content_before_the_answer(server, home
     reasoning = "".join(d.get("reasoning_content") or "" for d in deltas)
     assert "print(-14 / 2)" in reasoning
     assert "".join(d.get("content") or "" for d in deltas) == "-7"
-    run, calls = logged_run(home, r.headers["x-mixkit-run-id"])
+    run_id = r.headers["x-mixkit-run-id"]
+    run, calls = logged_run(home, run_id)
     assert run["answer"] == "-7"
     assert json.loads(calls[0]["programs_json"])[0]["status"] == "ok"
+    # the web app's run view gets the programs parsed, and the prompt the agent was sent
+    call = httpx.get(f"{server.base}/api/runs/{run_id}/calls/{calls[0]['id']}", timeout=30).json()
+    assert call["call"]["programs"][0]["program"] == "print(-14 / 2)"
+    assert "Write a complete Python program" in call["prompt"][-1]["content"]
     whole = httpx.post(
         f"{server.base}/v1/chat/completions", json={**body, "stream": False}, timeout=60
     )

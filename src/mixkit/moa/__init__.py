@@ -19,7 +19,13 @@ This package imports nothing from `mixkit.moe` and touches no network or model a
 from mixkit.errors import LayerFailed, ProviderError, RateLimited, Timeout
 from mixkit.moa import logs
 from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
-from mixkit.moa.agents.program import ProgramAgent, ProgramAnswer, ProgramFailed, Reasoning
+from mixkit.moa.agents.program import (
+    ProgramAgent,
+    ProgramAnswer,
+    ProgramFailed,
+    Reasoning,
+    program_messages,
+)
 from mixkit.moa.agents.providers.base import Message
 from mixkit.moa.config import (
     DEFAULT_PRESET,
@@ -81,6 +87,7 @@ __all__ = [
     "load_preset",
     "logs",
     "parse_config",
+    "program_messages",
     "resolve",
     "stream",
     "synthesis_messages",

@@ -68,6 +68,10 @@ class ProgramAnswer(str):
         self.program, self.output, self.status = program, output, status
         return self
 
+    def __getnewargs__(self) -> tuple[str, str, str, str]:  # type: ignore[override]
+        """What copy and pickle rebuild it from (an event's data is deep-copied)."""
+        return str(self), self.program, self.output, self.status
+
     @property
     def answer_key(self) -> str | None:
         """The key votes and agreement compare (answers.final_answer uses it)."""

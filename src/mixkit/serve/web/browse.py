@@ -16,7 +16,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import TypeVar
 
-from mixkit.moa import MoAConfig, logs, synthesis_messages
+from mixkit.moa import MoAConfig, ProgramAnswer, logs, program_messages, synthesis_messages
 
 T = TypeVar("T")
 CLIP = 300  # characters of the question and the answer in the list
@@ -100,6 +100,27 @@ def _json_column(run: dict, column: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def _call(call: dict) -> dict:
+    """A call row, a program agent's attempts (`programs_json`) parsed into `programs`."""
+    raw = call.pop("programs_json", None)
+    try:
+        programs = json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        programs = None
+    call["programs"] = programs if isinstance(programs, list) else None
+    return call
+
+
+def _proposal(call: dict) -> str:
+    """A previous layer's answer as the engine showed it to the next: a program agent's with the
+    program that printed it (engine/prompts.py)."""
+    ran = [p for p in call.get("programs") or [] if p.get("status") == "ok"]
+    if not ran:
+        return call["response"]
+    last = ran[-1]
+    return ProgramAnswer(call["response"], last["program"], last.get("output", ""), "ok")
+
+
 def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
     """One run (exact id): the run, its messages, its calls, its gate and its conversation."""
     row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -110,7 +131,7 @@ def get_run(db: sqlite3.Connection, run_id: str) -> dict | None:
     gate, early_exit = _json_column(run, "gate_json"), _json_column(run, "early_exit_json")
     structured = _json_column(run, "structured_json")  # response_format, tools, validation
     rows = db.execute("SELECT * FROM calls WHERE run_id = ? ORDER BY layer, id", (run_id,))
-    calls = [dict(c) for c in rows]
+    calls = [_call(dict(c)) for c in rows]
     turns = db.execute(
         "SELECT id, started_at, outcome, substr(question, 1, 120) AS question FROM runs"
         " WHERE conversation_id = ? ORDER BY started_at",
@@ -132,12 +153,14 @@ def call_prompt(run: dict, calls: list[dict], call: dict, cfg: MoAConfig | None)
     layer's answers that succeeded, in slot order; the agent's persona first."""
     conversation = run["messages"]
     previous = [
-        c["response"] for c in calls if c["layer"] == call["layer"] - 1 and c["outcome"] == "ok"
+        _proposal(c) for c in calls if c["layer"] == call["layer"] - 1 and c["outcome"] == "ok"
     ]
     chars = cfg.reference_chars if cfg else MoAConfig.model_fields["reference_chars"].default
     messages = synthesis_messages(conversation, previous, chars) if previous else conversation
     name = re.split(r"[#@]", call["agent"])[0]  # "qwen#2": a repeated slot; "agg@1": a step
     agent = cfg.agents.get(name) if cfg else None
+    if agent is not None and agent.kind == "program":  # asked for a program (agents/program.py)
+        messages = program_messages(messages)
     if agent is None or not agent.system:
         return messages
     if messages and messages[0]["role"] == "system":
@@ -150,6 +173,8 @@ def prompt_note(cfg: MoAConfig | None, call: dict) -> str | None:
     """Why `call_prompt` may differ from what the call was really sent, or None."""
     if cfg is None:
         return "rebuilt without the mixture's config (this server does not serve it)"
+    if len(call.get("programs") or []) > 1:
+        return "the first request; each retry also showed the model its failed program and error"
     if call["layer"] <= 1:
         return None
     if cfg.staircase is not None:

@@ -1,6 +1,6 @@
 // The playground: pick a mixture, ask, and watch every agent of every layer answer live.
 // It reads POST /api/runs, a stream of the engine's RunEvents (see the README's event format).
-import { el, fmt, api, apiJSON, gateScore } from "/static/util.js";
+import { el, fmt, api, apiJSON, gateScore, programBlock } from "/static/util.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { mixtures: {}, history: [], conversationId: null, run: null, loaded: false };
@@ -160,7 +160,8 @@ function card(run, layer, agent) {
   if (!run.cards.has(key)) {
     const final = layer === run.finalLayer;
     const text = document.createTextNode("");
-    const body = el(final ? "div.body.answer" : "div.body", {}, text);
+    const reasoning = el("div.reasoning", { hidden: true }); // a program agent's program, dim
+    const body = el(final ? "div.body.answer" : "div.body", {}, reasoning, text);
     const status = el("span.badge", {}, "waiting");
     const score = el("span.score", { hidden: true });
     const foot = el("div.foot.muted.small", {}, "");
@@ -168,7 +169,7 @@ function card(run, layer, agent) {
       el("div.head", {}, el("strong", {}, agent), score, status), body, foot);
     const row = layerRow(run, layer, final ? "answer" : `layer ${layer}`);
     row.cards.append(node);
-    run.cards.set(key, { node, body, text, status, score, foot });
+    run.cards.set(key, { node, body, text, reasoning, status, score, foot });
   }
   return run.cards.get(key);
 }
@@ -214,6 +215,8 @@ function handle(run, type, ev) {
     const who = agent === ev.agent ? d.model : `${ev.agent} · ${d.model}`;
     c.foot.textContent = `${who} · ${fmt.s(d.latency_s)} s · TTFT ${fmt.s(d.ttft_s)} s · ${tokens}`;
     if (d.error) c.foot.append(el("div.error", {}, d.error));
+    const programs = programBlock(d.programs);
+    if (programs) c.foot.before(programs);
   } else if (type === "layer_end") {
     layerRow(run, ev.layer, `layer ${ev.layer}`).note.textContent = `${d.ok}/${d.calls} answered`;
   } else if (type === "gate") {
@@ -221,6 +224,10 @@ function handle(run, type, ev) {
   } else if (type === "early_exit") {
     layerRow(run, ev.layer, `layer ${ev.layer}`).gate.append(
       ` · early exit: ${d.answers} answers agreed`);
+  } else if (type === "answer_reasoning") { // the program that makes the answer, as it is written
+    const c = card(run, run.finalLayer, run.aggregator);
+    c.reasoning.hidden = false;
+    c.reasoning.append(ev.text);
   } else if (type === "answer_token") {
     run.answerText += ev.text;
     append(card(run, run.finalLayer, run.aggregator), ev.text);

@@ -1,5 +1,5 @@
 // The run browser: logged runs (search, filters), and one run as a Gantt timeline of its calls.
-import { el, fmt, apiJSON, gateScore } from "/static/util.js";
+import { el, fmt, apiJSON, gateScore, programBlock } from "/static/util.js";
 
 const $ = (id) => document.getElementById(id);
 const list = { oldest: null, timer: null, seq: 0 };
@@ -203,6 +203,7 @@ function callRow(body, c, s, e, isCritical, pct) {
     ttft !== null ? el("span.wait", { style: { width: `${(100 * ttft) / Math.max(e - s, 1e-9)}%` } }) : null);
   const gate = body.gate && c.layer === (body.gate.layer ?? 1) ? gateScore(body.gate.scores || {}, c.agent) : null;
   const label = el("div.g-label", {}, el("span", {}, c.agent), el("span.muted.small", {}, ` ${c.model}`),
+    c.programs ? el("span.score", { title: `program: ${c.programs[c.programs.length - 1].status}` }, "program") : null,
     gate === null ? null : el("span.score", {}, `score ${gate.toFixed(2)}`));
   const info = el("span.g-info.small", {}, `${fmt.s(c.latency_s)} s`);
   const row = el("div.g-row.call", {
@@ -257,6 +258,8 @@ async function showCall(runId, callId) {
     el("h4", {}, "prompt (rebuilt from the log)"),
     body.prompt_note ? el("p.muted.small.prompt-note", {}, body.prompt_note) : null,
     ...body.prompt.map((m) => el("div.msg", {}, el("div.role", {}, m.role), el("pre", {}, m.content))),
+    c.programs ? el("h4", {}, "programs (run in the sandbox)") : null,
+    programBlock(c.programs),
     el("h4", {}, "answer"),
     el("pre.answer-text", {}, c.response || "(nothing)")));
 }

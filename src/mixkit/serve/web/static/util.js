@@ -73,3 +73,14 @@ export function gateScore(scores, label) {
   const value = label in scores ? scores[label] : scores[label.split("#")[0]];
   return value === undefined || value === null ? null : Number(value);
 }
+
+// A program agent's attempts (CallRecord.programs): per attempt its status, sandbox mode and
+// time, the program, and what it printed (or why it failed).
+export function programBlock(programs) {
+  if (!programs || !programs.length) return null;
+  return el("div.programs", {}, ...programs.map((p) => el("div.program", { dataset: { status: p.status } },
+    el("div.program-head.small", {}, `program ${p.attempt}: `, el(`span.badge.${p.status === "ok" ? "ok" : "error"}`, {}, p.status),
+      ` ${p.mode || ""} · ${fmt.s(p.wall_s)} s`),
+    el("pre.code", {}, p.program),
+    p.status === "ok" ? el("pre.output", {}, `printed: ${p.output}`) : el("pre.output.error", {}, p.error || ""))));
+}
