@@ -247,6 +247,29 @@ def test_one_training_step_same_gradients_aux_loss_and_router_logits(models, ids
     assert any("experts.gate_up_proj" in n and g.abs().sum() > 0 for n, g in grads.items())
 
 
+def test_gradients_accumulate_over_steps_as_eager(ids):
+    """Three backward passes without zero_grad (gradient accumulation): the pooled gradient
+    buffers must never overwrite a gradient still held."""
+    eager, ours = pair("olmoe")
+    for model in (eager, ours):
+        model.zero_grad(set_to_none=True)
+        for _ in range(3):
+            model(ids, labels=ids).loss.backward()
+    for p, q in zip(ours.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=3e-6)
+
+
+def test_an_empty_batch():
+    cfg = CONFIGS["qwen3_moe"]()
+    cfg._experts_implementation = "mixkit"
+    experts = Qwen3MoeExperts(cfg)
+    x = torch.zeros(0, 32, requires_grad=True)
+    y = experts(x, torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 2))
+    assert y.shape == (0, 32)
+    y.sum().backward()
+    assert experts.gate_up_proj.grad.abs().sum() == 0
+
+
 @pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
 def test_bf16_forward_and_backward_close_to_eager(arch, ids):
     eager, ours = pair(arch, torch.bfloat16)
