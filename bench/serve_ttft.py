@@ -4,7 +4,9 @@ One real `mixkit serve` process serves the mixture (a preset, default `gated`) a
 answering alone (a generated config named `single-AGENT`). After a warm-up request to each (model
 loads are not latency), the prompts are sent one at a time, alternating mixture / single / single /
 mixture ... so that both see the same machine load, and each stream is read to `data: [DONE]`.
-TTFT is request sent -> first chunk with answer text; e2e is request sent -> [DONE].
+TTFT is request sent -> first chunk with text, reasoning included (a program agent's program
+arrives as `reasoning_content` first); "answer TTFT" is request sent -> first chunk of answer text
+(`content`); e2e, the time to the final answer, is request sent -> [DONE].
 
     python bench/serve_ttft.py                                  # gated vs qwen, 24 prompts
     python bench/serve_ttft.py --preset self-moa --agent qwen --prompts 12 --max-tokens 64
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -71,7 +74,7 @@ def ask(client: httpx.Client, model: str, question: str, max_tokens: int) -> dic
     body = {"model": model, "messages": [{"role": "user", "content": question}],
             "stream": True, "max_tokens": max_tokens}  # fmt: skip
     start = time.perf_counter()
-    first, extra = None, {}
+    first, first_answer, extra = None, None, {}
     with client.stream("POST", "/chat/completions", json=body) as r:
         if r.status_code != 200:
             raise SystemExit(f"{model}: HTTP {r.status_code}: {r.read().decode()[:300]}")
@@ -79,12 +82,16 @@ def ask(client: httpx.Client, model: str, question: str, max_tokens: int) -> dic
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            delta = chunk["choices"][0]["delta"] if chunk.get("choices") else {}
+            if delta.get("content") or delta.get("reasoning_content"):
                 first = first or time.perf_counter()
+            if delta.get("content"):
+                first_answer = first_answer or time.perf_counter()
             extra = chunk.get("mixkit") or extra
     end = time.perf_counter()
     gate = extra.get("gate") or {}
-    return {"ttft": (first or end) - start, "e2e": end - start, "calls": len(extra.get("trace", [])),
+    return {"ttft": (first or end) - start, "answer_ttft": (first_answer or end) - start,
+            "chosen": ",".join(gate.get("chosen", [])), "e2e": end - start, "calls": len(extra.get("trace", [])),
             "strategy": gate.get("strategy", ""), "early_exit": bool(extra.get("early_exit"))}  # fmt: skip
 
 
@@ -125,15 +132,19 @@ def main() -> None:
         f"\n{args.prompts} prompts, max_tokens {args.max_tokens}, interleaved, streams read to the end\n"
     )
     print(
-        "| served model | TTFT p50 s | TTFT p90 s | e2e p50 s | calls/prompt | alone | early exit |"
+        "| served model | TTFT p50 s | TTFT p90 s | answer TTFT p50 s | e2e p50 s | calls/prompt "
+        "| alone | early exit | answered by |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for model, rs in results.items():
         ttft = [r["ttft"] for r in rs]
         alone = sum(r["strategy"] == "alone" for r in rs) / len(rs)
         exits = sum(r["early_exit"] for r in rs) / len(rs)
-        print(f"| {model} | {pct(ttft, .5):.2f} | {pct(ttft, .9):.2f} | {pct([r['e2e'] for r in rs], .5):.2f}"
-              f" | {statistics.fmean(r['calls'] for r in rs):.2f} | {alone:.0%} | {exits:.0%} |")  # fmt: skip
+        chosen = Counter(r["chosen"] for r in rs if r["chosen"])
+        print(f"| {model} | {pct(ttft, .5):.2f} | {pct(ttft, .9):.2f} "
+              f"| {pct([r['answer_ttft'] for r in rs], .5):.2f} | {pct([r['e2e'] for r in rs], .5):.2f}"
+              f" | {statistics.fmean(r['calls'] for r in rs):.2f} | {alone:.0%} | {exits:.0%} "
+              f"| {', '.join(f'{k} {v}' for k, v in chosen.most_common()) or '–'} |")  # fmt: skip
     ratio = pct([r["ttft"] for r in results[args.preset]], 0.5) / pct(
         [r["ttft"] for r in results[single]], 0.5
     )

@@ -211,3 +211,68 @@ def test_pick_by_vote_takes_the_weighted_majority_and_its_best_weighted_text():
     answers = ["a... Answer: 5", "b... Answer: 7", "c... Answer: 7"]
     assert pick_by_vote(answers, [0.4, 0.35, 0.25]) == 1
     assert pick_by_vote(answers, [0.6, 0.2, 0.2]) == 0
+
+
+def _timed_traces(seconds: dict[str, float], accuracy: dict[str, float]) -> list[g.ScoredCall]:
+    """Two agents with equal tokens: `slow` right more often, `fast` quicker to its answer."""
+    calls = []
+    for kind, prompt, expected in planted(40, seed=15):
+        for agent in ("slow", "fast"):
+            calls.append(g.ScoredCall(prompt, agent, accuracy[agent], expected, kind, 50, 20,
+                                      latency_s=seconds[agent]))  # fmt: skip
+    return calls
+
+
+def _config(path, **gate) -> object:
+    return parse_config({
+        "aggregator": "fast",
+        "gate": {"path": str(path), "k": 1, **gate},
+        "agents": {n: {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": n}
+                   for n in ("slow", "fast")},
+        "layers": [{"agents": ["slow", "fast"]}],
+    })  # fmt: skip
+
+
+def test_latency_learned_from_the_traces_moves_the_choice_to_the_faster_agent(tmp_path):
+    gate = g.train(_timed_traces({"slow": 12.0, "fast": 3.0}, {"slow": 0.9, "fast": 0.8}))
+    assert gate.expected_latency("slow") == pytest.approx(12.0)
+    assert gate.expected_latency("fast") == pytest.approx(3.0)
+    path = tmp_path / "gate.json"
+    gate.save(path)
+    prompt = planted(1, seed=16)[0][1]
+    # equal tokens, so without latency the cost term cannot tell them apart: the better one wins
+    assert (
+        plan_run(_config(path, cost_weight=0.5, latency_weight=0.0), gate, prompt).alone == "slow"
+    )
+    assert plan_run(_config(path, cost_weight=0.0), gate, prompt).alone == "slow"
+    # with latency: slow costs 1 + 1, fast 1 + 0.25 (relative): 0.9 - 1.0 < 0.8 - 0.625
+    assert plan_run(_config(path, cost_weight=0.5), gate, prompt).alone == "fast"
+    assert g.relative_latencies({"slow": 12.0, "fast": 3.0, "unknown": 0.0}) == {
+        "slow": 1.0, "fast": 0.25, "unknown": 0.0,
+    }  # fmt: skip
+
+
+def test_a_version_1_gate_file_still_loads_and_costs_no_latency(tmp_path):
+    gate = g.train(_timed_traces({"slow": 12.0, "fast": 3.0}, {"slow": 0.9, "fast": 0.8}))
+    data = gate.to_dict()
+    assert data["version"] == g.GATE_VERSION == 2
+    data["version"] = 1
+    for p in [*data["agents"].values(), data["mix"]]:
+        del p["latency_s"]  # what version 1 wrote
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(data))
+    old = g.load(path)
+    assert old.expected_latency("slow") == 0.0 and old.expected_latency("fast") == 0.0
+    prompt = planted(1, seed=16)[0][1]
+    assert plan_run(_config(path, cost_weight=0.5), old, prompt).alone == "slow"
+
+
+def test_scored_calls_keep_their_latency_and_labelled_prompts_do_not_pull_means_to_zero():
+    calls = [
+        g.ScoredCall.from_dict({"prompt": "p", "agent": "a", "score": 1, "latency_s": 4,
+                                "prompt_tokens": 10, "completion_tokens": 6}, "x"),
+        g.ScoredCall.from_dict({"prompt": "q", "agent": "a", "score": 0}, "x"),  # a label only
+    ]  # fmt: skip
+    assert calls[0].latency_s == 4.0 and calls[1].latency_s is None
+    p = g.train(calls).agents["a"]
+    assert (p.latency_s, p.prompt_tokens, p.completion_tokens) == (4.0, 10.0, 6.0)

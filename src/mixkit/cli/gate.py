@@ -46,6 +46,7 @@ def _records(
                     task=r["task"],
                     prompt_tokens=r["prompt_tokens"],
                     completion_tokens=r["completion_tokens"],
+                    latency_s=r["wall_s"],
                 )  # fmt: skip
                 for r in tr.eval_items(conn)
             ]

@@ -79,6 +79,7 @@ class ItemResult:
             task=self.task,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
+            latency_s=round(self.wall_s, 3),
         )
 
 

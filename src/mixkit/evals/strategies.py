@@ -4,9 +4,12 @@
                   reported run; sample 1, where taken, is the same agent scored again: the noise)
     single=AGENT  only this agent alone (repeatable); single=AGENT*N: N samples of it per item
     vote          a majority vote over the best single agent's samples (no new calls)
+    vote-agents   a majority vote over every single agent's first answer (no new calls)
     moa           the plain MoA: every layer, then the aggregator (no gate, no early exit)
     moa=PRESET    the plain MoA of another preset or config file (e.g. moa=self-moa)
-    gated         the gate, no mitigations
+    gated         the gate, no mitigations; computed from the single runs when every agent of
+                  the first layer runs alone too, wherever the gate's choice needs no other call
+                  (evals/replay.py: statistically identical, no extra calls)
     gated+exit    the gate, and early exit on agreement
     gated+budgets the gate, early exit, proposer max_tokens x0.75 and quorum k-1
 
@@ -24,12 +27,13 @@ from pathlib import Path
 
 from mixkit.errors import ConfigError
 from mixkit.evals.collect import AnyTask, ItemResult, run_item, single_config
+from mixkit.evals.replay import replay_gated, vote_agents
 from mixkit.moa.agents.providers.local import POOL
 from mixkit.moa.config import EarlyExitConfig, MoAConfig, resolve
 from mixkit.moa.engine.pipeline import MoA
-from mixkit.moa.gate.model import vote
+from mixkit.moa.gate.model import Gate, load, vote
 
-STRATEGIES = ("single", "vote", "moa", "gated", "gated+exit", "gated+budgets")
+STRATEGIES = ("single", "vote", "vote-agents", "moa", "gated", "gated+exit", "gated+budgets")
 
 
 @dataclass
@@ -40,6 +44,7 @@ class Row:
     strategy: str
     n: int
     accuracy: float
+    se: float  # standard error of the accuracy (sample standard deviation / sqrt(n))
     ttft_p50: float | None
     ttft_p90: float | None
     e2e_p50: float | None
@@ -75,7 +80,7 @@ def _singles(config: MoAConfig, strategies: list[str], samples: int) -> dict[str
             if count and not count.isdigit():
                 raise ConfigError(f"--strategies: '{s}': write single=AGENT or single=AGENT*N")
             agents[name] = int(count) if count else samples
-    if not agents and ("single" in strategies or "vote" in strategies):
+    if not agents and ({"single", "vote", "vote-agents"} & set(strategies)):
         names = config.layers[0].agents if config.layers else [config.aggregator]
         agents = {a: samples for a in names}
     for a in agents:
@@ -133,25 +138,54 @@ async def run_strategies(
     log: bool | str = False,
     on_result: Callable[[ItemResult], None] | None = None,
 ) -> list[ItemResult]:
-    """Every system of every strategy on every item, interleaved per item."""
+    """Every system of every strategy on every item, interleaved per item; `gated` and
+    `vote-agents` from the single runs where they can be (module docstring)."""
     plan = systems(config, strategies, samples)
     engines = {label: MoA(cfg, log=log) for label, cfg, _, _ in plan}
+    gate = _replay_gate(config, plan)
+    order = [agent for _, _, agent, _ in plan if agent is not None]
     results: list[ItemResult] = []
+
+    def emit(r: ItemResult) -> None:
+        results.append(r)
+        if on_result:
+            on_result(r)
+
     reuse, POOL.reuse_prefix = POOL.reuse_prefix, False  # no strategy runs on a warm prompt cache
     try:
         for task in tasks:
             for item in task.items():
+                singles: dict[str, ItemResult] = {}
                 for label, _, agent, count in plan:
+                    if label == "gated" and gate is not None:
+                        replayed = replay_gated(config, gate, singles)
+                        if replayed is not None:
+                            emit(replayed)
+                            continue
                     for sample in range(count):
                         r = await run_item(
                             engines[label], task, item, label, agent, sample, max_tokens
                         )
-                        results.append(r)
-                        if on_result:
-                            on_result(r)
+                        emit(r)
+                        if agent is not None and sample == 0:
+                            singles[agent] = r
+                voted = vote_agents(singles, order) if "vote-agents" in strategies else None
+                if voted is not None:
+                    emit(voted)
     finally:
         POOL.reuse_prefix = reuse
     return results
+
+
+def _replay_gate(config: MoAConfig, plan: list) -> Gate | None:
+    """The gate to replay `gated` with: when every first-layer agent also runs alone (their
+    single runs come first in `plan`), else None (`gated` then runs for real)."""
+    if config.gate is None or not any(label == "gated" for label, *_ in plan):
+        return None
+    alone = {agent for _, _, agent, _ in plan if agent is not None}
+    if not set(config.layers[0].agents) <= alone:
+        return None
+    return load(config.gate.path)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -159,6 +193,11 @@ def _pct(values: list[float], q: float) -> float | None:
         return None
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def _se(scores: list[float]) -> float:
+    """Standard error of the mean score (0 below two items)."""
+    return statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else 0.0
 
 
 def _row(task: str, strategy: str, rs: list[ItemResult]) -> Row:
@@ -170,6 +209,7 @@ def _row(task: str, strategy: str, rs: list[ItemResult]) -> Row:
         strategy=strategy,
         n=len(rs),
         accuracy=statistics.fmean(r.score for r in rs) if rs else 0.0,
+        se=_se([r.score for r in rs]),
         ttft_p50=_pct(ttft, 0.5),
         ttft_p90=_pct(ttft, 0.9),
         e2e_p50=_pct([r.wall_s for r in rs], 0.5),
@@ -236,6 +276,7 @@ def _vote_row(task: str, agent: str, rs: list[ItemResult]) -> Row:
         strategy=f"vote:{agent} x{samples}",
         n=n,
         accuracy=statistics.fmean(scores) if scores else 0.0,
+        se=_se(scores),
         ttft_p50=None,
         ttft_p90=None,
         e2e_p50=None,

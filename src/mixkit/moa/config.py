@@ -101,6 +101,7 @@ class GateConfig(BaseModel):
     path: str = "default"  # a gate file, or the name of a packaged gate
     k: int = Field(3, ge=1)  # slots consulted when mixing
     cost_weight: float = Field(0.0, ge=0.0)  # accuracy given up per unit of relative cost
+    latency_weight: float = Field(1.0, ge=0.0)  # relative latency's share of that cost
     combine: Literal["vote", "synthesize"] = "vote"  # majority vote, or the aggregator LLM
     temperature: float = Field(0.05, gt=0.0)  # softmax temperature of the renormalised weights
     min_weight: float = Field(0.0, ge=0.0, lt=1.0)  # synthesize: drop proposals weighted below

@@ -5,15 +5,17 @@ the best few, as an MoE gating network sends a token to its top-k experts:
 
     features(prompt) ──> p_a = sigmoid(w_a · x + b_a)      one logistic "expert score" per agent
                      ──> p_mix = sigmoid(w_m · x + b_m)    the chance that mixing the top-k is right
-    utility_a   = p_a   - cost_weight * cost_a             (cost: declared prices, else tokens)
+    utility_a   = p_a   - cost_weight * cost_a     (cost: declared prices, else tokens; plus latency)
     utility_mix = p_mix - cost_weight * sum(cost of the k consulted + the combiner)
     alone (the best agent answers by itself) if max utility_a >= utility_mix, else mix:
     the top-k slots by utility, weights = softmax(utility / temperature) over those k only
     (top-k with renormalised weights, as in Shazeer et al. 2017).
 
 It learns from scored calls (`mixkit eval` results in the log database, or a JSONL file): each
-record says which agent answered which prompt, how well (score 0..1) and what final answer it gave.
-A gate file is small JSON (`save` / `load`); `describe` summarises what it learned per task.
+record says which agent answered which prompt, how well (score 0..1), what final answer it gave,
+and how long it took (each agent's mean latency is kept for the cost term: a program agent is
+slower to its answer). A gate file is small JSON (`save` / `load`; version 2 added latency,
+version 1 files still load, with no latency); `tasks` summarises what it learned per task.
 """
 
 from __future__ import annotations
@@ -30,12 +32,24 @@ import numpy as np
 
 from mixkit.config import json_object
 from mixkit.errors import ConfigError
+from mixkit.moa.gate.costs import relative_costs, relative_latencies
 from mixkit.moa.gate.features import extractor
 from mixkit.moa.gate.scored import ScoredCall, read_jsonl
 
-__all__ = ["Gate", "GateDecision", "Predictor", "ScoredCall", "load", "read_jsonl", "train"]
+__all__ = [
+    "Gate",
+    "GateDecision",
+    "Predictor",
+    "ScoredCall",
+    "load",
+    "read_jsonl",
+    "relative_costs",
+    "relative_latencies",
+    "train",
+]
 
-GATE_VERSION = 1
+GATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no latency_s (read as 0: latency plays no part)
 MIX = "mix"  # the candidate "consult the top-k and combine them"
 
 
@@ -48,6 +62,7 @@ class Predictor:
     train_accuracy: float  # mean score in the training data
     prompt_tokens: float = 0.0  # mean per call in the training data (the cost term's default)
     completion_tokens: float = 0.0
+    latency_s: float = 0.0  # mean seconds to the answer in the training data (0: unknown)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return _sigmoid(x @ np.asarray(self.weights, dtype=np.float32) + self.bias)
@@ -159,6 +174,9 @@ class Gate:
         p = self.agents[agent]
         return p.prompt_tokens, p.completion_tokens
 
+    def expected_latency(self, agent: str) -> float:
+        return self.agents[agent].latency_s
+
     # -- persistence --------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
@@ -177,8 +195,10 @@ class Gate:
     @classmethod
     def from_dict(cls, d: dict, where: str) -> Gate:
         try:
-            if d.get("version") != GATE_VERSION:
-                raise ValueError(f"version {d.get('version')!r}, expected {GATE_VERSION}")
+            if d.get("version") not in READABLE_VERSIONS:
+                raise ValueError(
+                    f"version {d.get('version')!r}, expected one of {READABLE_VERSIONS}"
+                )
             extractor(d["features"])  # unknown feature kinds fail here, with the choices
             agents = {n: Predictor(**p) for n, p in d["agents"].items()}
             gate = cls(
@@ -227,27 +247,6 @@ def packaged_gates() -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
-
-
-def relative_costs(
-    agents: dict[str, tuple[float, float]], prices: dict[str, tuple[float, float] | None]
-) -> dict[str, float]:
-    """Each agent's expected cost per call, divided by the largest: values in (0, 1].
-
-    `agents[name] = (prompt_tokens, completion_tokens)` expected per call; `prices[name]` =
-    (USD per million input tokens, per million output tokens), or None for unpriced agents,
-    which are costed by their token count. If some agents are priced and others not, the
-    unpriced ones are costed at the mean declared price, so the two kinds stay comparable.
-    """
-    declared = [p for p in prices.values() if p is not None]
-    mean_in = float(np.mean([p[0] for p in declared])) if declared else 1.0
-    mean_out = float(np.mean([p[1] for p in declared])) if declared else 1.0
-    raw = {}
-    for name, (tin, tout) in agents.items():
-        price_in, price_out = prices.get(name) or (mean_in, mean_out)
-        raw[name] = tin * price_in + tout * price_out
-    top = max(raw.values(), default=0.0)
-    return {n: (v / top if top > 0 else 0.0) for n, v in raw.items()}
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -341,8 +340,9 @@ def train(
             weights=[round(float(v), 5) for v in w],
             bias=round(b, 5),
             train_accuracy=round(overall[a], 4),
-            prompt_tokens=float(np.mean([c.prompt_tokens or 0 for c in calls])),
-            completion_tokens=float(np.mean([c.completion_tokens or 0 for c in calls])),
+            prompt_tokens=_mean_known([c.prompt_tokens for c in calls]),
+            completion_tokens=_mean_known([c.completion_tokens for c in calls]),
+            latency_s=round(_mean_known([c.latency_s for c in calls]), 3),
         )
     mix_y = []
     for p in prompts:
@@ -353,6 +353,13 @@ def train(
     gate = Gate(features, predictors, mix, mix_k, source=source)
     gate.tasks = _task_summary(gate, grouped, prompts, x, dict(zip(prompts, mix_y, strict=True)))
     return gate
+
+
+def _mean_known(values: list[float | None] | list[int | None]) -> float:
+    """The mean of the values recorded (records without tokens or timings, e.g. labelled
+    prompts, do not pull it to 0); 0 when none is."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else 0.0
 
 
 def _task_summary(

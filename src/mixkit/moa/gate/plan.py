@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from mixkit.moa.answers import final_answer, similarity
 from mixkit.moa.config import LayerConfig, MoAConfig
 from mixkit.moa.engine.layers import labels
-from mixkit.moa.gate.model import Gate, GateDecision, relative_costs, vote
+from mixkit.moa.gate.costs import relative_costs, relative_latencies
+from mixkit.moa.gate.model import Gate, GateDecision, vote
 
 
 @dataclass
@@ -30,18 +31,22 @@ class Plan:
 
 
 def agent_costs(config: MoAConfig, gate: Gate) -> tuple[dict[str, float], float]:
-    """Relative cost per agent of the first layer (and of the aggregator) for the cost term."""
+    """Relative cost per agent of the first layer (and of the aggregator) for the cost term:
+    money (declared prices, else tokens) plus `latency_weight` x time to the answer, each
+    relative to the dearest agent (gate/costs.py)."""
     names = sorted({*config.layers[0].agents, config.aggregator})
-    tokens = {}
+    tokens, seconds = {}, {}
     for n in names:
         if n in gate.agents:
-            tokens[n] = gate.expected_tokens(n)
+            tokens[n], seconds[n] = gate.expected_tokens(n), gate.expected_latency(n)
         else:  # the aggregator may have no predictor: cost it like the mean proposer
             known = [gate.expected_tokens(a) for a in config.layers[0].agents]
             tokens[n] = (
                 sum(t[0] for t in known) / len(known) * 2,  # it reads the references
                 sum(t[1] for t in known) / len(known),
             )
+            lat = [gate.expected_latency(a) for a in config.layers[0].agents]
+            seconds[n] = sum(lat) / len(lat)
     prices = {
         n: (
             (config.agents[n].price_in or 0.0, config.agents[n].price_out or 0.0)
@@ -50,7 +55,9 @@ def agent_costs(config: MoAConfig, gate: Gate) -> tuple[dict[str, float], float]
         )
         for n in names
     }
-    costs = relative_costs(tokens, prices)
+    money, time = relative_costs(tokens, prices), relative_latencies(seconds)
+    weight = config.gate.latency_weight if config.gate else 1.0
+    costs = {n: money[n] + weight * time[n] for n in names}
     combiner = (
         costs[config.aggregator] if config.gate and config.gate.combine == "synthesize" else 0.0
     )

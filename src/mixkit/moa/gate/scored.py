@@ -20,6 +20,7 @@ class ScoredCall:
     task: str = ""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    latency_s: float | None = None  # seconds from the call to its answer (the cost term's time)
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> ScoredCall:
@@ -32,6 +33,7 @@ class ScoredCall:
                 task=str(d.get("task") or ""),
                 prompt_tokens=d.get("prompt_tokens"),
                 completion_tokens=d.get("completion_tokens"),
+                latency_s=None if d.get("latency_s") is None else float(d["latency_s"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(

@@ -1,0 +1,152 @@
+"""The program-agent mixture on two splits, from `mixkit eval --strategies` results (no model calls).
+
+Reads every scored item of the evals in a log database, computes `gated` (the gate's decision on
+each prompt, answered by the chosen agent's own single run, evals/replay.py) and `vote-agents`
+afresh from the single runs, so a retrained gate is scored on the same answers, and prints per
+task and split: each agent alone, the gated mixture, the vote and any other system the evals ran
+(e.g. `moa=self-moa`), with standard errors, calls per item, the gate's picks, and the targets of
+issue 17 met or missed.
+
+    python bench/program_mix.py --db /work/evalruns/eval.db \\
+        --split a=basic_arithmetic,letter_counting,leg_counting,gsm_symbolic \\
+        --split b=chain_sum,spell_backward -p gated
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sqlite3
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from mixkit.evals.collect import ItemResult
+from mixkit.evals.replay import replay_gated, vote_agents
+from mixkit.evals.strategies import Row, summarize
+from mixkit.evals.tasks import Item
+from mixkit.moa import resolve
+from mixkit.moa.gate.model import load
+
+
+def read_results(db: Path) -> list[ItemResult]:
+    """Every scored item in `db`, as ItemResults (failed: the run's outcome was not ok)."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute(
+        "SELECT e.*, r.outcome FROM eval_items e LEFT JOIN runs r ON r.id = e.run_id ORDER BY e.id"
+    ).fetchall()
+    conn.close()
+    out = []
+    for r in rows:
+        item = Item(r["item"], r["prompt"], r["expected"])
+        out.append(ItemResult(
+            task=r["task"], item=item, system=r["system"], agent=r["agent"], sample=r["sample"],
+            response="", answer=r["answer"], score=r["score"],
+            failed=r["outcome"] not in (None, "ok"), run_id=r["run_id"], ttft_s=r["ttft_s"],
+            wall_s=r["wall_s"], calls=r["calls"], prompt_tokens=r["prompt_tokens"],
+            completion_tokens=r["completion_tokens"], cost_usd=r["cost_usd"],
+        ))  # fmt: skip
+    return out
+
+
+def derive(results: list[ItemResult], config, gate) -> list[ItemResult]:
+    """Single runs and real systems as stored; `gated` and `vote-agents` computed afresh."""
+    kept = [r for r in results if r.system not in ("gated", "vote-agents")]
+    order = list(dict.fromkeys(config.layers[0].agents))
+    by_item: dict[tuple[str, str], dict[str, ItemResult]] = defaultdict(dict)
+    for r in kept:
+        if r.agent is not None and r.sample == 0:
+            by_item[(r.task, r.item.prompt)].setdefault(r.agent, r)
+    derived = []
+    for singles in by_item.values():
+        for made in (replay_gated(config, gate, singles), vote_agents(singles, order)):
+            if made is not None:
+                derived.append(made)
+    return kept + derived
+
+
+def cell(r: Row | None) -> str:
+    return "–" if r is None else f"{r.accuracy:.1%} ± {r.se:.1%}"
+
+
+def split_table(name: str, tasks: list[str], rows: list[Row], strategies: list[str]) -> dict:
+    """Print one split's Markdown table; return the split's mean per strategy and its SE."""
+    get = {(r.task, r.strategy): r for r in rows}
+    print(f"\nSplit ({name}):\n")
+    print("| task | " + " | ".join(strategies) + " |")
+    print("|---" + "|---:" * len(strategies) + "|")
+    for t in tasks:
+        print(f"| {t} | " + " | ".join(cell(get.get((t, s))) for s in strategies) + " |")
+    means = {}
+    for s in strategies:
+        got = [get[(t, s)] for t in tasks if (t, s) in get]
+        if len(got) == len(tasks):
+            mean = statistics.fmean(r.accuracy for r in got)
+            se = math.sqrt(sum(r.se**2 for r in got)) / len(got)
+            means[s] = (mean, se)
+    print("| **mean** | " + " | ".join(
+        f"**{means[s][0]:.1%}** ± {means[s][1]:.1%}" if s in means else "–" for s in strategies
+    ) + " |")  # fmt: skip
+    calls = [
+        f"{statistics.fmean(get[(t, s)].calls for t in tasks if (t, s) in get):.2f}"
+        if any((t, s) in get for t in tasks) else "–" for s in strategies
+    ]  # fmt: skip
+    print("| calls/item | " + " | ".join(calls) + " |")
+    return means
+
+
+def targets(name: str, tasks: list[str], rows: list[Row], singles: list[str], means: dict) -> None:
+    get = {(r.task, r.strategy): r for r in rows}
+    gated = means.get("gated")
+    best = max((s for s in singles if s in means), key=lambda s: means[s][0], default=None)
+    if gated is None or best is None:
+        return
+    print(f"\nSplit ({name}): gated {gated[0]:.1%} vs best single agent {best} {means[best][0]:.1%}"
+          f" (difference {100 * (gated[0] - means[best][0]):+.1f} points)")  # fmt: skip
+    for t in tasks:
+        best_t = max(singles, key=lambda s: get[(t, s)].accuracy if (t, s) in get else -1)
+        g, b = get[(t, "gated")], get[(t, best_t)]
+        ok = g.accuracy >= b.accuracy - max(g.se, b.se)
+        print(f"- {t}: gated {g.accuracy:.1%} vs best {best_t} {b.accuracy:.1%}: "
+              f"{'within/above' if ok else 'BELOW'} one SE")  # fmt: skip
+
+
+def picks(results: list[ItemResult], tasks: list[str]) -> None:
+    print("\nThe gate's picks (alone: agent; fallbacks after a failed program):\n")
+    for t in tasks:
+        got: Counter = Counter()
+        for r in results:
+            if r.task == t and r.system == "gated" and r.gate:
+                what = r.gate["chosen"][0] if r.gate["strategy"] == "alone" else "mix"
+                got[what] += 1
+                got["fallback"] += bool(r.gate.get("fallbacks"))
+        print(f"- {t}: " + ", ".join(f"{k} {v}" for k, v in got.most_common()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--db", type=Path, action="append", required=True)
+    ap.add_argument("--split", action="append", required=True, help="NAME=task,task,...")
+    ap.add_argument("-p", "--preset", default="gated")
+    ap.add_argument("-c", "--config", type=Path, default=None)
+    ap.add_argument("--gate", default=None, help="a gate file instead of the config's")
+    args = ap.parse_args()
+    config = resolve(None if args.config else args.preset, args.config)
+    assert config.gate is not None, "the mixture needs a [gate]"
+    gate = load(args.gate or config.gate.path)
+    results = derive([r for db in args.db for r in read_results(db)], config, gate)
+    rows = summarize(results)
+    singles = sorted({f"single:{r.agent}" for r in results if r.agent})
+    others = sorted({r.system for r in results if r.agent is None} - {"gated", "vote-agents"})
+    strategies = [*singles, "gated", "vote-agents", *others]
+    for spec in args.split:
+        name, _, names = spec.partition("=")
+        tasks = [t for t in names.split(",") if t]
+        means = split_table(name, tasks, rows, strategies)
+        targets(name, tasks, rows, singles, means)
+        picks(results, tasks)
+
+
+if __name__ == "__main__":
+    main()
