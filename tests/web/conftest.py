@@ -57,7 +57,7 @@ def mixtures(url: str) -> dict[str, tuple]:
 
 
 def gated_toml(url: str, name: str = "gated-fake", extra: str = "") -> str:
-    """A gated mixture (the packaged default gate) over fake agents: 5 candidate slots, the
+    """A gated mixture (the packaged gate `costumes`) over fake agents: 5 candidate slots, the
     gate consults at most 2, an aggregator synthesizes what they said (`extra`: more TOML)."""
     agents = "".join(
         f'[agents.{agent}]\nprovider = "openai"\nbase_url = "{url}"\nmodel = "ok"\n'
@@ -65,7 +65,7 @@ def gated_toml(url: str, name: str = "gated-fake", extra: str = "") -> str:
     )
     return (
         f'name = "{name}"\naggregator = "agg"\n'
-        '[gate]\npath = "default"\nk = 2\ncombine = "synthesize"\n'
+        '[gate]\npath = "costumes"\nk = 2\ncombine = "synthesize"\n'
         + extra
         + agents
         + '[[layers]]\nagents = ["qwen", "qwen", "qwen", "qwen-careful", "smollm"]\n'

@@ -116,17 +116,17 @@ def test_agents_the_gate_skipped_are_greyed_out_with_their_scores(page, serve, w
     assert f"gate ({gate['strategy']})" in note
 
 
-# The packaged gate prefers mixing for this prompt by 4.5e-3 over its best agent. (The prompt
+# The packaged gate `costumes` prefers mixing for this prompt by 4.5e-3 over its best agent. (The prompt
 # used before, "Spell the word 'river' backwards.", won by 1.0e-7: a float32 last-bit tie that
 # another CPU's summation order may flip; issue 20.)
 MIXED_PROMPT = "Spell river backwards."
 
 
 def test_an_early_exit_is_shown_on_its_layer_and_in_the_timeline(page, serve):
-    scores, _ = load_gate("default").scores(MIXED_PROMPT)
+    scores, _ = load_gate("costumes").scores(MIXED_PROMPT)
     assert scores["mix"] - max(v for k, v in scores.items() if k != "mix") > 1e-3, scores
     page.open("#/")
-    # the packaged gate mixes its top 2 slots for this prompt; the fake agents' answers agree
+    # the gate `costumes` mixes its top 2 slots for this prompt; the fake agents' answers agree
     page.ask("gated-early", MIXED_PROMPT)
     page.wait(lambda _: page.text("#live .run-head .badge") == "ok")
     assert "early exit: 2 answers agreed" in page.text('#live .layer[data-layer="1"] .layer-title')
