@@ -90,3 +90,16 @@ def test_synthesis_prompt_shows_a_program_proposal_and_keeps_text_as_it_is():
     )
     assert "print(-14 / 2)" in system["content"] and "printed:\n-7.0" in system["content"]
     assert "It is -7." in system["content"] and user["content"] == "-14 / 2?"
+
+
+def test_a_gate_falls_back_to_the_next_agent_when_the_program_agent_fails(scripted, tmp_path):
+    gate = fixed_gate(tmp_path / "gate.json", {"prog": 0.9, "t1": 0.6}, mix=0.01)
+    models = {"prog": "ok:print(1 / 0)  # falls back", "t1": "ok:Answer: 7"}
+    cfg = mixture(scripted.url, models, ["prog", "t1"], aggregator="t1",
+                  gate={"path": str(gate), "k": 2})  # fmt: skip
+    cfg["agents"]["prog"]["retries"] = 0
+    answer = MoA(parse_config(cfg), log=False).run("What is 3 + 4?")
+    assert answer.gate["strategy"] == "alone" and answer.gate["chosen"] == ["prog"]
+    assert answer.answer == "Answer: 7"
+    assert [(c.agent, c.outcome) for c in answer.calls] == [("prog", "error"), ("t1", "ok")]
+    assert "ZeroDivisionError" in answer.calls[0].error

@@ -35,7 +35,7 @@ PROGRAM_SYSTEM = (
 )
 # The task goes in quotes, as data: asked plainly ("Task: ... Write a program"), the 0.5B coder
 # followed a task's own "end your reply with 'Answer: X'" and answered instead of writing a program
-# (chain_sum: 1 of 8 programs ran; quoted: 6 of 6)
+# (chain_sum, 8 items: 14 of 15 programs printed nothing; quoted, 6 items: 6 of 6 ran and were right)
 ASK = (
     "Write a complete Python program that computes the answer to the task below and prints only "
     'the final answer.\n\nTask:\n"""\n{task}\n"""\n\nReply with the program in a ```python code block.'
