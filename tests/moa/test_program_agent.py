@@ -196,3 +196,12 @@ def test_evals_score_a_one_line_program_answer_as_it_is():
     item = Item(0, "Spell 'hello' backwards.", "olleh", {}, "exact")
     assert score_answer("olleh", item) == 1.0
     assert score_answer("no idea\nreally", item) == 0.0
+
+
+def test_asked_for_json_a_program_agent_answers_as_a_text_agent(scripted):
+    model = "ok:print(1)  # json"
+    moa = MoA(parse_config(program_config(scripted.url, model)), log=False)
+    answer = moa.run("Give me a JSON object.", response_format={"type": "json_object"})
+    assert isinstance(json.loads(answer.answer), dict)
+    assert answer.calls[0].programs is None and answer.reasoning is None
+    assert "Write a complete Python program" not in last_user(scripted.bodies(model)[0])

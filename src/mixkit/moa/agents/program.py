@@ -19,6 +19,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,10 +207,18 @@ class ProgramAgent(Agent):
         *,
         buffered: bool = False,
     ) -> AsyncGenerator[str, None]:
-        """Reasoning pieces (the model's replies, unbuffered only), then the answer.
+        """Reasoning pieces (the model's replies, unbuffered only), then the answer. Asked for
+        structured output or a tool call (a constraint), it answers as a text agent does.
 
         Raises ProgramFailed when no program printed an answer, Timeout at the deadline, or
         the model's ProviderError; `record` then holds the outcome and the reason."""
+        if call.sampling is not None and call.sampling.constraint is not None:
+            # structured output or tools (engine/output.py): no program prints those; the
+            # model answers as a text agent's would
+            async with aclosing(super().stream(messages, record, call, buffered=buffered)) as text:
+                async for piece in text:
+                    yield piece
+            return
         run = _Attempts(program_messages(messages), record, time.monotonic())
         record.started_at, record.programs, record.attempts = time.time(), run.log, 0
         try:
