@@ -16,7 +16,12 @@ from mixkit.cli import app
 from mixkit.errors import ConfigError, LayerFailed
 from mixkit.evals.tasks import Item, score_answer
 from mixkit.moa import MoA, Reasoning, RunEvent, logs, parse_config
-from mixkit.moa.agents.program import complete_program, extract_program, printed_answer
+from mixkit.moa.agents.program import (
+    complete_program,
+    extract_program,
+    printed_answer,
+    program_problem,
+)
 
 
 def program_config(url: str, model: str, deadline_s: float = 20, **agent) -> dict:
@@ -76,6 +81,21 @@ def test_printed_answer_is_the_last_line_normalised(stdout, answer):
     assert printed_answer(stdout) == answer
 
 
+@pytest.mark.parametrize(
+    "reply, problem",
+    [
+        ("Answer: 14", "an answer, not a program"),  # valid Python: an annotation
+        ("The answer is 14.", "an answer, not a program"),  # not Python at all
+        ("```python\ntext = input()\nprint(text.count('r'))\n```", "calls input()"),
+        ("```python\nprint(14)\n```", None),
+        ("x = 14\nprint(x)", None),
+    ],
+)
+def test_replies_that_are_plainly_no_program_are_not_run(reply, problem):
+    found = program_problem(reply, complete_program(extract_program(reply)))
+    assert found is None if problem is None else problem in found
+
+
 def test_a_program_agent_answers_with_what_its_program_printed(scripted, tmp_path):
     db = tmp_path / "logs.db"
     moa = MoA(parse_config(program_config(scripted.url, "ok:print(-14 / 2)")), log=db)
@@ -128,6 +148,17 @@ def test_a_failed_program_is_retried_with_its_error_shown_to_the_model(scripted)
         "print(1 / 0)" in m["content"] for m in second["messages"] if m["role"] == "assistant"
     )
     assert "The program failed (error)" in answer.reasoning
+
+
+def test_an_answer_instead_of_a_program_is_not_run_and_asked_again_hotter(scripted):
+    model = "seq:# a bare answer\nAnswer: 14|||print(4 - 1 + 9 + 1 + 7)"
+    cfg = program_config(scripted.url, model, retries=1, temperature=0.1)
+    answer = MoA(parse_config(cfg), log=False).run("Calculate 4 - 1 + 9 + 1 - -7.")
+    assert answer.answer == "20"
+    assert [p["status"] for p in answer.calls[0].programs] == ["not run", "ok"]
+    first, second = scripted.bodies(model)
+    assert "your reply was an answer, not a program" in last_user(second)
+    assert first["temperature"] == 0.1 and second["temperature"] == 0.7
 
 
 def test_a_program_past_its_wall_limit_is_stopped_and_retried(scripted):

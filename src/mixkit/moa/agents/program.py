@@ -1,10 +1,11 @@
 """The program agent (`kind = "program"`): its model writes a Python program, the program runs in a
 sandbox (mixkit.sandbox), and the agent answers with what the program printed.
 
-    ask the model (PROGRAM_SYSTEM + the task) ──> reply ──> extract_program ──> complete_program
-        ──> Sandbox.run_python ──> ok: printed_answer(stdout), e.g. "-7.0\\n" -> "-7"
-                                └─> error / timeout / no output: show the model the program and
-                                    the error, ask again (`retries` times), else ProgramFailed
+    ask the model (program_text.py's prompt) ──> reply ──> extract_program ──> complete_program
+        (program_problem: plainly no program? not run) ──> Sandbox.run_python
+        ──> ok: printed_answer(stdout), e.g. "-7.0\\n" -> "-7"
+        └─> error / timeout / no output / not run: show the model the program and the error,
+            ask again (`retries` times, at RETRY_TEMPERATURE at least), else ProgramFailed
 
 Streamed (the final answer), the model's reply arrives first as `Reasoning` pieces, then the answer;
 collected (a proposer), the answer is one `ProgramAnswer`: a str (the answer) that also carries
@@ -14,42 +15,30 @@ the program, its output and status, for votes (answers.final_answer) and the syn
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import re
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mixkit.errors import ProviderError, Timeout
 from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
-from mixkit.moa.agents.providers.base import Message
+from mixkit.moa.agents.program_text import (
+    RETRY,
+    complete_program,
+    extract_program,
+    printed_answer,
+    program_messages,
+    program_problem,
+)
+from mixkit.moa.agents.providers.base import Message, Sampling
 from mixkit.moa.answers import final_answer, normalize_answer
 from mixkit.sandbox import Limits, RunResult, Sandbox, SandboxUnavailable
 
-PROGRAM_SYSTEM = (
-    "You solve tasks by writing Python. Reply with one complete Python 3 program in a ```python "
-    "code block. The program computes the answer and prints only the final answer (the value "
-    "alone, no words) with print(). It reads no input: write the task's data into the program."
-)
-# The task goes in quotes, as data: asked plainly ("Task: ... Write a program"), the 0.5B coder
-# followed a task's own "end your reply with 'Answer: X'" and answered instead of writing a program
-# (chain_sum, 8 items: 14 of 15 programs printed nothing; quoted, 6 items: 6 of 6 ran and were right)
-ASK = (
-    "Write a complete Python program that computes the answer to the task below and prints only "
-    'the final answer.\n\nTask:\n"""\n{task}\n"""\n\nReply with the program in a ```python code block.'
-)
-RETRY = (
-    "The program failed ({status}):\n{error}\n\nFix it. Reply with the complete corrected "
-    "program in a ```python code block; it must print only the final answer."
-)
 MIN_RUN_S = 0.5  # a program is not started with less time than this left before the deadline
+RETRY_TEMPERATURE = 0.7  # the least temperature a retry samples at (see _hotter)
 OUTPUT_CHARS = 2000  # program output kept in the run log, per attempt
-
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
-_ANSWER_PREFIX = re.compile(r"^(?:final\s+)?answer\s*(?:is)?\s*[:=]\s*", re.IGNORECASE)
 
 
 class Reasoning(str):
@@ -83,86 +72,24 @@ class ProgramFailed(ProviderError):
     """A program agent ended with no answer: every program failed, or no sandbox would run it."""
 
 
-def program_messages(conversation: list[Message]) -> list[Message]:
-    """The conversation as a request for a program: PROGRAM_SYSTEM (+ the caller's system text)
-    first, the latest user message quoted inside ASK."""
-    system = [m["content"] for m in conversation if m["role"] == "system"]
-    turns = [dict(m) for m in conversation if m["role"] != "system"]
-    users = [i for i, m in enumerate(turns) if m["role"] == "user"]
-    if users:
-        last = turns[users[-1]]
-        last["content"] = ASK.format(task=last["content"].strip())
-    return [{"role": "system", "content": "\n\n".join([PROGRAM_SYSTEM, *system])}, *turns]
+def _hotter(call: CallOptions, own: Sampling) -> CallOptions:
+    """`call` for a retry: sampled at RETRY_TEMPERATURE at least, so that the model does not
+    write the failed program again (at a low temperature the 0.5B coder did, word for word)."""
+    sampling = call.sampling or own
+    if sampling.temperature >= RETRY_TEMPERATURE:
+        return call
+    return replace(call, sampling=replace(sampling, temperature=RETRY_TEMPERATURE))
 
 
-def extract_program(reply: str) -> str:
-    """The program in a model's reply: the longest ```python block (else the longest unlabelled
-    one; a block cut by max_tokens counts), else the reply itself."""
-    blocks = _FENCE.findall(reply)
-    for wanted in (("python", "py", "python3"), ("",)):
-        found = [body for lang, body in blocks if lang.lower() in wanted and body.strip()]
-        if found:
-            return max(found, key=len).strip("\n")
-    return reply.strip()
+@dataclass
+class _Tried:
+    """One attempt's program and what came of it (`status` "not run": `program_problem`)."""
 
-
-def _prints(tree: ast.AST) -> bool:
-    return any(
-        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "print"
-        for n in ast.walk(tree)
-    )
-
-
-def complete_program(code: str) -> str:
-    """Fix what small models often leave out, so that a right program prints its answer: a last
-    bare expression is printed (as in a REPL); a program that prints nothing prints its last
-    assigned name, or calls and prints its last function when it only defines functions. Code
-    that does not parse is returned as it is (the sandbox reports the SyntaxError)."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return code
-    body = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))]
-    if not body:
-        return code
-    last, prints = body[-1], _prints(tree)
-    if isinstance(last, ast.Expr) and not (
-        isinstance(last.value, ast.Call) and (prints or _is_print(last.value))
-    ):
-        lines = code.splitlines()
-        start, end = last.lineno - 1, (last.end_lineno or last.lineno)
-        expr = "\n".join(lines[start:end])
-        return "\n".join([*lines[:start], f"print({expr.strip()})", *lines[end:]])
-    if prints:
-        return code
-    if isinstance(last, ast.Assign) and len(last.targets) == 1:
-        target = last.targets[0]
-        if isinstance(target, ast.Name):
-            return f"{code.rstrip()}\nprint({target.id})\n"
-    functions = [s for s in body if isinstance(s, ast.FunctionDef)]
-    if functions and len(functions) == len(body) and not functions[-1].args.args:
-        return f"{code.rstrip()}\nprint({functions[-1].name}())\n"
-    return code
-
-
-def _is_print(call: ast.Call) -> bool:
-    return isinstance(call.func, ast.Name) and call.func.id == "print"
-
-
-def printed_answer(stdout: str) -> str:
-    """The answer a program printed: its last non-empty line, without an 'Answer:' prefix,
-    numbers in their plain form (-7.0 -> -7, 1e3 -> 1000)."""
-    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    text = _ANSWER_PREFIX.sub("", lines[-1]).strip()
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    if value.is_integer() and abs(value) < 1e15 and "inf" not in text.lower():
-        return str(int(value))
-    return text
+    code: str
+    status: str
+    error: str
+    stdout: str
+    entry: dict[str, Any]
 
 
 @dataclass
@@ -263,29 +190,42 @@ class ProgramAgent(Agent):
                 reply.append(piece)
                 if not buffered:
                     yield Reasoning(piece)
-            code = complete_program(extract_program("".join(reply)))
-            result = await self._run(code, call.deadline, run.start)
-            run.log.append(_entry(attempt, code, result))
-            if result.ok:
-                answer = printed_answer(result.stdout)
+            tried = await self._try("".join(reply), attempt, call.deadline, run.start)
+            run.log.append(tried.entry)
+            if tried.status == "ok":
+                answer = printed_answer(tried.stdout)
                 run.record.response = answer
                 if not buffered:
                     yield Reasoning(f"\n\nThe program printed: {answer}\n")
-                yield ProgramAnswer(answer, code, result.stdout, result.status)
+                yield ProgramAnswer(answer, tried.code, tried.stdout, tried.status)
                 return
-            error = result.error_summary()
+            failed = f"the program failed ({tried.status}): {tried.error}"
             if attempt > retries or call.deadline - time.monotonic() < 2 * MIN_RUN_S:
-                raise ProgramFailed(f"the program failed ({result.status}): {error}")
+                raise ProgramFailed(failed)
             if not buffered:
-                yield Reasoning(f"\n\nThe program failed ({result.status}): {error}\n\n")
+                yield Reasoning(f"\n\nThe program failed ({tried.status}): {tried.error}\n\n")
             if call.on_retry is not None:
-                call.on_retry(attempt + 1, f"program {result.status}: {error}")
-            status = result.status.replace("_", " ")
+                call.on_retry(attempt + 1, f"program {tried.status}: {tried.error}")
+            status = tried.status.replace("_", " ")
+            shown = f"```python\n{tried.code}\n```" if tried.status != "not run" else "".join(reply)
             run.messages = [
                 *run.messages,
-                {"role": "assistant", "content": f"```python\n{code}\n```"},
-                {"role": "user", "content": RETRY.format(status=status, error=error)},
+                {"role": "assistant", "content": shown},
+                {"role": "user", "content": RETRY.format(status=status, error=tried.error)},
             ]
+            call = _hotter(call, self.sampling())
+
+    async def _try(self, reply: str, attempt: int, deadline: float, start: float) -> _Tried:
+        """The program in `reply`, run (or not run, when it is plainly no program: `problem`)."""
+        code = complete_program(extract_program(reply))
+        problem = program_problem(reply, code)
+        if problem is not None:
+            entry = {"attempt": attempt, "program": code, "status": "not run", "output": "",
+                     "error": problem, "wall_s": 0.0, "mode": None}  # fmt: skip
+            return _Tried(code, "not run", problem, "", entry)
+        result = await self._run(code, deadline, start)
+        entry = _entry(attempt, code, result)
+        return _Tried(code, result.status, result.error_summary(), result.stdout, entry)
 
     async def _ask(
         self, run: _Attempts, call: CallOptions, buffered: bool
@@ -337,4 +277,5 @@ __all__ = [
     "make_agent",
     "printed_answer",
     "program_messages",
+    "program_problem",
 ]
