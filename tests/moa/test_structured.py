@@ -198,6 +198,13 @@ def test_the_python_api_returns_json_and_tool_calls(scripted, tmp_path):
     assert run.structured["response_format"]["json_schema"]["name"] == "Pet"
 
 
+def test_auto_answers_in_prose_when_the_proposals_do(scripted):
+    answer = moa.ask("Hello?", config=config(scripted.url), tools=[ADD], log=False)
+    assert answer.answer and answer.tool_calls is None
+    assert answer.structured["votes"] == {"(answer)": 2}
+    assert answer.structured["decision"] == "(answer)"
+
+
 def test_the_python_api_raises_when_the_answer_stays_invalid(scripted):
     with pytest.raises(OutputInvalid, match="after one repair"):
         moa.ask(
