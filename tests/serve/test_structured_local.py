@@ -201,8 +201,18 @@ def test_an_answer_cut_by_max_tokens_is_an_error_streamed_or_not(client):
     ask = {
         "model": "gated-local",
         "messages": [{"role": "user", "content": "A JSON object with a city and its country."}],
-        "response_format": {"type": "json_object"},
-        "max_tokens": 3,  # too few for any object: the grammar cannot close it in time
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "place",
+                "schema": {
+                    "type": "object",
+                    "required": ["city", "country"],
+                    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+                },
+            },
+        },
+        "max_tokens": 3,  # too few for both keys: the grammar cannot close the object in time
     }
     pieces = []
     with pytest.raises(openai.APIError) as e:  # live: the pieces, then an error event
