@@ -30,13 +30,26 @@ CALL_HOWTO = (
 RESULT_NOTE = "Answer using this result."
 
 
+def signature(name: str, params: dict[str, Any]) -> str:
+    """`add(a: integer, b: integer)` for a flat object schema, else the name and the schema as JSON
+    (the 0.5B models copied a JSON schema shown to them into their arguments)."""
+    props = params.get("properties") or {}
+    if all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in props.values()):
+        required = set(params.get("required") or [])
+        args = [f"{k}: {p['type']}" + ("" if k in required else "?") for k, p in props.items()]
+        return f"{name}({', '.join(args)})"
+    return f"{name}, parameters (JSON schema): {json.dumps(params, separators=(',', ':'))}"
+
+
 def describe_tools(tools: list[dict[str, Any]]) -> str:
     """The tool definitions as text for a system prompt."""
     lines = [CALL_HOWTO, "", "Functions:"]
     for tool in tools:
         fn = tool["function"]
-        params = json.dumps(fn.get("parameters") or {"type": "object"}, separators=(",", ":"))
-        lines.append(f"- {fn['name']}: {fn.get('description') or ''} Parameters: {params}")
+        params = fn.get("parameters") or {"type": "object"}
+        lines.append(
+            f"- {signature(fn['name'], params)}: {fn.get('description') or ''}".rstrip(": ")
+        )
     return "\n".join(lines)
 
 
