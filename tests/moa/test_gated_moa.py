@@ -76,6 +76,13 @@ def test_a_gate_learned_from_eval_traces_routes_each_prompt_to_its_specialist(se
         rows["single:adder"]["accuracy"], rows["single:speller"]["accuracy"]
     )
     assert rows["gated"]["calls"] == 1.0 and rows["gated"]["alone"] == 1.0
+    # with the single runs there, `gated` reuses the chosen agent's run (evals/replay.py); alone,
+    # it runs for real, and scores the same
+    out = mixkit(home, "eval", "-c", str(cfg), "--strategies", "gated", "--tasks-file",
+                 str(test), "--n", "20", "--db", str(db), "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    real = {r["strategy"]: r for r in json.loads(out.stdout)["rows"] if r["task"] == "test"}
+    assert real["gated"]["accuracy"] == 1.0 and real["gated"]["calls"] == 1.0
 
     # every gated run's trace holds the gate's scores and choice
     conn = sqlite3.connect(db)
