@@ -85,6 +85,7 @@ def test_printed_answer_is_the_last_line_normalised(stdout, answer):
     "reply, problem",
     [
         ("Answer: 14", "an answer, not a program"),  # valid Python: an annotation
+        ("```python\nAnswer: -3\n```", "an answer, not a program"),
         ("The answer is 14.", "an answer, not a program"),  # not Python at all
         ("```python\ntext = input()\nprint(text.count('r'))\n```", "calls input()"),
         ("```python\nprint(14)\n```", None),

@@ -114,9 +114,9 @@ def printed_answer(stdout: str) -> str:
 
 
 def program_problem(reply: str, code: str) -> str | None:
-    """Why `code` is plainly no program worth running, or None: a reply with no code block that
-    is no Python either, or is only an answer ('Answer: 14' parses as an annotation); a program
-    that calls input() (programs get no input)."""
+    """Why `code` is plainly no program worth running, or None: only an answer ('Answer: 14'
+    parses as an annotation), fenced or not; a reply with no code block that is no Python; a
+    program that calls input() (programs get no input)."""
     try:
         tree = ast.parse(code)
     except SyntaxError:
@@ -128,7 +128,7 @@ def program_problem(reply: str, code: str) -> str | None:
         and isinstance(s.value, (ast.Constant, ast.Name))
         for s in tree.body
     )
-    if "```" not in reply and (tree is None or answer_only):
+    if answer_only or (tree is None and "```" not in reply):
         return (
             "your reply was an answer, not a program. Reply with a Python program that "
             "computes the answer and prints it."
