@@ -34,6 +34,7 @@ from mixkit.moa.agents.program_text import (
 )
 from mixkit.moa.agents.providers.base import Message, Sampling
 from mixkit.moa.answers import final_answer, normalize_answer
+from mixkit.moa.config import AgentConfig
 from mixkit.sandbox import Limits, RunResult, Sandbox, SandboxUnavailable
 
 MIN_RUN_S = 0.5  # a program is not started with less time than this left before the deadline
@@ -259,7 +260,7 @@ class ProgramAgent(Agent):
         return await self.sandbox.run_python(code, limits)
 
 
-def make_agent(name: str, cfg: Any) -> Agent:
+def make_agent(name: str, cfg: AgentConfig) -> Agent:
     """The agent of a config: a ProgramAgent for `kind = "program"`, else a (text) Agent."""
     if cfg.kind == "program":
         base = Agent.from_config(name, cfg)
