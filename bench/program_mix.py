@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from mixkit.evals.collect import ItemResult
-from mixkit.evals.replay import replay_gated, vote_agents
+from mixkit.evals.replay import replay_gated, vote_agents, vote_weighted
 from mixkit.evals.strategies import Row, summarize
 from mixkit.evals.tasks import Item
 from mixkit.moa import resolve
@@ -52,7 +52,7 @@ def read_results(db: Path) -> list[ItemResult]:
 
 def derive(results: list[ItemResult], config, gate) -> list[ItemResult]:
     """Single runs and real systems as stored; `gated` and `vote-agents` computed afresh."""
-    kept = [r for r in results if r.system not in ("gated", "vote-agents")]
+    kept = [r for r in results if r.system not in DERIVED]
     order = list(dict.fromkeys(config.layers[0].agents))
     by_item: dict[tuple[str, str], dict[str, ItemResult]] = defaultdict(dict)
     for r in kept:
@@ -60,10 +60,46 @@ def derive(results: list[ItemResult], config, gate) -> list[ItemResult]:
             by_item[(r.task, r.item.prompt)].setdefault(r.agent, r)
     derived = []
     for singles in by_item.values():
-        for made in (replay_gated(config, gate, singles), vote_agents(singles, order)):
+        made_here = (
+            replay_gated(config, gate, singles),
+            vote_agents(singles, order),
+            vote_weighted(config, gate, singles),
+            vote_weighted(config, gate, singles, PAIR, label="vote-weighted:pair"),
+        )
+        for made in made_here:
             if made is not None:
                 derived.append(made)
     return kept + derived
+
+
+DERIVED = ("gated", "vote-agents", "vote-weighted", "vote-weighted:pair")
+PAIR = ["qwen", "qwen-program"]  # the two agents the aggregate combiner reads
+
+
+def combiners(results: list[ItemResult], system: str) -> None:
+    """Aggregate combiner (a real MoA of PAIR + aggregator) against the gate-weighted vote of
+    the same pair's single answers, on the items where the pair agreed and where it disagreed."""
+    agg = {(r.task, r.item.prompt): r for r in results if r.system == system}
+    if not agg:
+        return
+    pair = {(r.task, r.item.prompt): r for r in results if r.system == "vote-weighted:pair"}
+    singles = defaultdict(dict)
+    for r in results:
+        if r.agent in PAIR and r.sample == 0:
+            singles[(r.task, r.item.prompt)][r.agent] = r
+    print(f"\nCombiners on the items `{system}` ran (n = {len(agg)}):\n")
+    print("| items | n | aggregate | gate-weighted vote | calls/item aggregate | calls/item vote |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, want in (("pair agreed", True), ("pair disagreed", False), ("all", None)):
+        keys = [k for k in agg if k in pair and (want is None or
+                (singles[k][PAIR[0]].answer == singles[k][PAIR[1]].answer) == want)]  # fmt: skip
+        if not keys:
+            continue
+        a = statistics.fmean(agg[k].score for k in keys)
+        v = statistics.fmean(pair[k].score for k in keys)
+        ca = statistics.fmean(agg[k].calls for k in keys)
+        cv = statistics.fmean(pair[k].calls for k in keys)
+        print(f"| {name} | {len(keys)} | {a:.1%} | {v:.1%} | {ca:.2f} | {cv:.2f} |")
 
 
 def cell(r: Row | None) -> str:
@@ -138,14 +174,17 @@ def main() -> None:
     results = derive([r for db in args.db for r in read_results(db)], config, gate)
     rows = summarize(results)
     singles = sorted({f"single:{r.agent}" for r in results if r.agent})
-    others = sorted({r.system for r in results if r.agent is None} - {"gated", "vote-agents"})
-    strategies = [*singles, "gated", "vote-agents", *others]
+    others = sorted({r.system for r in results if r.agent is None} - set(DERIVED))
+    strategies = [*singles, "gated", "vote-agents", "vote-weighted", *others]
     for spec in args.split:
         name, _, names = spec.partition("=")
         tasks = [t for t in names.split(",") if t]
         means = split_table(name, tasks, rows, strategies)
         targets(name, tasks, rows, singles, means)
         picks(results, tasks)
+    for system in others:
+        if "program-aggregate" in system:
+            combiners(results, system)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixkit.evals.collect import ItemResult
-from mixkit.evals.replay import replay_gated, vote_agents
+from mixkit.evals.replay import replay_gated, vote_agents, vote_weighted
 from mixkit.evals.strategies import summarize
 from mixkit.evals.tasks import Item
 from mixkit.moa.config import parse_config
@@ -94,3 +94,17 @@ def test_rows_carry_the_standard_error_of_their_accuracy():
     row = next(r for r in summarize(rs) if r.task == "t")
     assert row.accuracy == 0.5
     assert row.se == pytest.approx((1 / 3) ** 0.5 / 2)  # stdev 0.577 / sqrt(4)
+
+
+def test_the_gate_weighted_vote_follows_the_gates_weights(gated):
+    config, gate = gated
+    prompt = "What is 120 + 33? Give the sum."
+    singles = {a: run(a, prompt, a, float(a == "adder")) for a in AGENTS}
+    got = vote_weighted(config, gate, singles)
+    assert (got.system, got.answer, got.score, got.calls) == ("vote-weighted", "adder", 1.0, 3)
+    # the gate is sure about the adder here: two others agreeing do not outvote it
+    singles["weak"] = run("weak", prompt, "speller", 0.0)
+    assert vote_weighted(config, gate, singles).answer == "adder"
+    # a pair of agents only, and nothing without their runs
+    assert vote_weighted(config, gate, singles, ["speller", "weak"]).answer == "speller"
+    assert vote_weighted(config, gate, {"adder": singles["adder"]}) is None

@@ -13,6 +13,8 @@ way. `mixkit eval --strategies` does this whenever the single runs are there (do
                                          their single runs; None when it needs more than that
                                          (an aggregator call, or a slot with no single run)
     vote_agents(singles, order)          a majority vote over every agent's first answer
+    vote_weighted(config, gate, singles) every agent's first answer, weighted as the gate weighs
+                                         a mix (softmax of its utilities): a checked answer
 
 A replayed answer's time is its chosen run's; a vote's TTFT is unknown (None) and its wall time is
 the slowest consulted run's, as if they ran side by side.
@@ -21,6 +23,8 @@ the slowest consulted run's, as if they ran side by side.
 from __future__ import annotations
 
 from dataclasses import replace
+
+import numpy as np
 
 from mixkit.evals.collect import ItemResult
 from mixkit.moa.config import MoAConfig
@@ -96,6 +100,29 @@ def vote_agents(
     if not runs:
         return None
     return _voted(runs, [1.0] * len(runs), label, None)
+
+
+def vote_weighted(
+    config: MoAConfig,
+    gate: Gate,
+    singles: dict[str, ItemResult],
+    agents: list[str] | None = None,
+    label: str = "vote-weighted",
+) -> ItemResult | None:
+    """The gate-weighted vote of `agents` (default: every first-layer agent), always mixing: the
+    weights are the softmax of the gate's utilities at the config's temperature, so the gate's
+    favourite wins unless the others agree against it."""
+    names = list(dict.fromkeys(agents or config.layers[0].agents))
+    if not singles or any(a not in singles for a in names) or config.gate is None:
+        return None
+    prompt = next(iter(singles.values())).item.prompt
+    d = plan_run(config, gate, prompt, noise=0.0).decision
+    if d is None:
+        return None
+    util = np.array([d.utilities[a] for a in names]) / config.gate.temperature
+    w = np.exp(util - util.max())
+    weights = [float(v) for v in w / w.sum()]
+    return _voted([singles[a] for a in names], weights, label, d.to_dict() | {"replayed": True})
 
 
 def _voted(

@@ -5,6 +5,7 @@
     single=AGENT  only this agent alone (repeatable); single=AGENT*N: N samples of it per item
     vote          a majority vote over the best single agent's samples (no new calls)
     vote-agents   a majority vote over every single agent's first answer (no new calls)
+    vote-weighted the same answers weighted as the gate weighs a mix (no new calls)
     moa           the plain MoA: every layer, then the aggregator (no gate, no early exit)
     moa=PRESET    the plain MoA of another preset or config file (e.g. moa=self-moa)
     gated         the gate, no mitigations; computed from the single runs when every agent of
@@ -27,13 +28,22 @@ from pathlib import Path
 
 from mixkit.errors import ConfigError
 from mixkit.evals.collect import AnyTask, ItemResult, run_item, single_config
-from mixkit.evals.replay import replay_gated, vote_agents
+from mixkit.evals.replay import replay_gated, vote_agents, vote_weighted
 from mixkit.moa.agents.providers.local import POOL
 from mixkit.moa.config import EarlyExitConfig, MoAConfig, resolve
 from mixkit.moa.engine.pipeline import MoA
 from mixkit.moa.gate.model import Gate, load, vote
 
-STRATEGIES = ("single", "vote", "vote-agents", "moa", "gated", "gated+exit", "gated+budgets")
+STRATEGIES = (
+    "single",
+    "vote",
+    "vote-agents",
+    "vote-weighted",
+    "moa",
+    "gated",
+    "gated+exit",
+    "gated+budgets",
+)
 
 
 @dataclass
@@ -80,7 +90,7 @@ def _singles(config: MoAConfig, strategies: list[str], samples: int) -> dict[str
             if count and not count.isdigit():
                 raise ConfigError(f"--strategies: '{s}': write single=AGENT or single=AGENT*N")
             agents[name] = int(count) if count else samples
-    if not agents and ({"single", "vote", "vote-agents"} & set(strategies)):
+    if not agents and ({"single", "vote", "vote-agents", "vote-weighted"} & set(strategies)):
         names = config.layers[0].agents if config.layers else [config.aggregator]
         agents = {a: samples for a in names}
     for a in agents:
@@ -169,12 +179,21 @@ async def run_strategies(
                         emit(r)
                         if agent is not None and sample == 0:
                             singles[agent] = r
-                voted = vote_agents(singles, order) if "vote-agents" in strategies else None
-                if voted is not None:
+                for voted in _votes(config, strategies, singles, order):
                     emit(voted)
     finally:
         POOL.reuse_prefix = reuse
     return results
+
+
+def _votes(
+    config: MoAConfig, strategies: list[str], singles: dict[str, ItemResult], order: list[str]
+) -> list[ItemResult]:
+    """The votes asked for, over this item's single runs."""
+    out = [vote_agents(singles, order)] if "vote-agents" in strategies else []
+    if "vote-weighted" in strategies and config.gate is not None:
+        out.append(vote_weighted(config, load(config.gate.path), singles))
+    return [r for r in out if r is not None]
 
 
 def _replay_gate(config: MoAConfig, plan: list) -> Gate | None:
