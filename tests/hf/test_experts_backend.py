@@ -183,11 +183,12 @@ def test_the_mixkit_path_runs_in_every_moe_layer(models, ids, calls):
     assert calls == {"fused": layers, "grouped": layers}
 
 
-def test_inference_through_the_fused_path_too(models, ids, monkeypatch, calls):
-    """Where torch._grouped_mm has no CPU kernel (torch < 2.11 here), inference takes the fused
-    Function: the same logits."""
+@pytest.mark.parametrize("why", [("FEW_ROWS", 0), ("_CPU_GROUPED_MM", False)])
+def test_inference_through_the_fused_path_too(why, models, ids, monkeypatch, calls):
+    """With many rows per expert (a long prompt), or where torch._grouped_mm has no CPU kernel
+    (torch < 2.11 here), inference takes the fused Function: the same logits."""
     eager, ours = models
-    monkeypatch.setattr(mixkit_hf, "_CPU_GROUPED_MM", False)
+    monkeypatch.setattr(mixkit_hf, *why)
     with torch.no_grad():
         want, got = eager(ids).logits, ours(ids).logits
     assert calls["fused"] == len(experts_modules(ours)) and calls["grouped"] == 0

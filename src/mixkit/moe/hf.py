@@ -17,8 +17,9 @@ token's k slots. The fused Function takes (E, D, H) and (E, H, D) matrices; HF k
 in one `gate_up_proj` (E, 2H, D) and `down_proj` as (E, D, H), so it gets transposed views of
 them, no copies (see _ExpertViews).
 
-Inference (no gradient needed; the CPU, or bf16 on CUDA): a shorter path, one sort,
-torch._grouped_mm, one un-sort (see _infer: with no backward to serve, it measured fastest).
+Inference (no gradient needed) with few rows per expert on the CPU (decoding, short prompts), and
+bf16 on CUDA: a shorter path, one sort, torch._grouped_mm, one un-sort (see _infer and FEW_ROWS:
+it measured fastest there); with many rows per expert, the fused Function as in training.
 
 Supported: experts registered with `@use_experts_implementation` with the default layout (gate and
 up concatenated, not transposed, no biases, no post-expert norm) and a SiLU-gated FFN: Mixtral,
@@ -177,7 +178,10 @@ def experts_forward(
     the sum over each token's k experts of weight * down(silu(gate(x)) * up(x))."""
     gate_up, down = check_experts(self)
     x_TD = hidden_states.to(gate_up.dtype)  # as HF's grouped_mm does under autocast
-    if _inference(x_TD, gate_up, down) and (_grouped_mm_ok(x_TD) or _cpu_grouped_mm_ok(x_TD)):
+    few_rows = top_k_index.numel() < FEW_ROWS * gate_up.shape[0]
+    if _inference(x_TD, gate_up, down) and (
+        _grouped_mm_ok(x_TD) or (few_rows and _cpu_grouped_mm_ok(x_TD))
+    ):
         y_TD = _infer(x_TD, top_k_index, top_k_weights, gate_up, down)
         return y_TD.to(hidden_states.dtype)
     dispatcher = LocalDispatcher(gate_up.shape[0])
@@ -197,6 +201,10 @@ def _inference(*tensors: torch.Tensor) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+# Inference on the CPU takes _infer below this many rows per expert on average, and the fused
+# Function from there (measured: E=64, k=8, d=512, H=256, 1 thread: _infer 4 ms against 5 at 1
+# row per expert, a tie at 16, 163 ms against 123 at 256; E=8, k=2, H=1024: 9 ms against 8 at 16).
+FEW_ROWS = 16
 # torch._grouped_mm runs on the CPU from torch 2.9 (before 2.11 only on 16-byte aligned tensors)
 _CPU_GROUPED_MM = hasattr(torch, "_grouped_mm") and TorchVersion(torch.__version__) >= "2.11"
 
@@ -215,9 +223,9 @@ def _infer(
 ) -> torch.Tensor:
     """Inference (no gradient to keep): one stable sort of the T*k assignments by expert, one
     gather, torch._grouped_mm (one C++ loop over the experts) for gate/up and for down, one
-    un-sort and a sum over each token's k rows. With nothing saved for backward this measured
-    faster than the fused Function and than HF's grouped_mm on the CPU: single tokens (decoding)
-    0.83 ms against 1.01 and 0.89 ms, 512 tokens 43 ms against 50 and 51 ms (E=64, k=8, d=512)."""
+    un-sort and a sum over each token's k rows. With nothing saved for backward and few rows per
+    expert this measured faster than the fused Function and HF's grouped_mm on the CPU: one
+    token (decoding) 0.83 ms against 1.01 and 0.89 ms (E=64, k=8, d=512, H=256)."""
     T, k = top_k_index.shape
     expert_A = top_k_index.reshape(-1)  # token-major: assignment a = t * k + slot
     order_A = torch.argsort(expert_A, stable=True)
