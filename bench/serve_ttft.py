@@ -1,14 +1,15 @@
 """Time to first token of a mixture against its best single agent, both served by `mixkit serve`.
 
-One real `mixkit serve` process serves the mixture (a preset, default `gated`) and one agent of it
-answering alone (a generated config named `single-AGENT`). After a warm-up request to each (model
-loads are not latency), the prompts are sent one at a time, alternating mixture / single / single /
-mixture ... so that both see the same machine load, and each stream is read to `data: [DONE]`.
+One real `mixkit serve` process serves the mixture (a preset, default `gated`) and agents of it
+answering alone (generated configs named `single-AGENT`; default: every text agent of its first
+layer, so the fastest is among them). After a warm-up request to each (model
+loads are not latency), the prompts are sent one at a time, each to every served model in an order
+that rotates per prompt, so that all see the same machine load; each stream is read to `[DONE]`.
 TTFT is request sent -> first chunk with text, reasoning included (a program agent's program
 arrives as `reasoning_content` first); "answer TTFT" is request sent -> first chunk of answer text
 (`content`); e2e, the time to the final answer, is request sent -> [DONE].
 
-    python bench/serve_ttft.py                                  # gated vs qwen, 24 prompts
+    python bench/serve_ttft.py                                  # gated vs qwen and smollm, 24 prompts
     python bench/serve_ttft.py --preset self-moa --agent qwen --prompts 12 --max-tokens 64
 """
 
@@ -47,18 +48,21 @@ QUESTIONS = [
 
 def single_toml(preset: str, agent: str) -> str:
     cfg = load_preset(preset)
-    a = cfg.agents[agent].model_dump(exclude_none=True)
+    a = cfg.agents[agent].model_dump(
+        exclude_none=True, exclude_defaults=True
+    )  # program-only fields too
     lines = [f'description = "{agent} of {preset}, alone"', f'aggregator = "{agent}"',
              f"deadline_s = {cfg.deadline_s}", f"[agents.{agent}]"]  # fmt: skip
     lines += [f"{k} = {json.dumps(v)}" for k, v in a.items()]
     return "\n".join(lines) + "\n"
 
 
-def start_server(port: int, config: Path, home: str) -> subprocess.Popen:
+def start_server(port: int, configs: list[Path], home: str) -> subprocess.Popen:
     # No prompt-cache reuse: both served models run Qwen in one process, and the second of a
     # pair would otherwise start from the first's cached prompt.
     env = {**os.environ, "MIXKIT_HOME": home, "PYTHONUNBUFFERED": "1", "MIXKIT_PROMPT_CACHE": "0"}
-    cmd = [sys.executable, "-m", "mixkit", "serve", "--port", str(port), "-c", str(config)]
+    cmd = [sys.executable, "-m", "mixkit", "serve", "--port", str(port)]
+    cmd += [arg for c in configs for arg in ("-c", str(c))]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(300):
         try:
@@ -103,24 +107,30 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="gated")
-    parser.add_argument("--agent", default="qwen", help="the single agent to compare against")
+    parser.add_argument("--agent", action="append", default=None,
+                        help="a single agent to compare against (repeatable; default: the text agents)")  # fmt: skip
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="mixkit-ttft-")
-    single = f"single-{args.agent}"
-    config = Path(home) / f"{single}.toml"
-    config.write_text(single_toml(args.preset, args.agent))
-    proc = start_server(args.port, config, home)
-    results: dict[str, list[dict]] = {args.preset: [], single: []}
+    cfg = load_preset(args.preset)
+    first = cfg.layers[0].agents if cfg.layers else [cfg.aggregator]
+    agents = args.agent or list(dict.fromkeys(a for a in first if cfg.agents[a].kind == "text"))
+    configs = []
+    for agent in agents:
+        configs.append(Path(home) / f"single-{agent}.toml")
+        configs[-1].write_text(single_toml(args.preset, agent))
+    proc = start_server(args.port, configs, home)
+    models = [args.preset, *(f"single-{a}" for a in agents)]
+    results: dict[str, list[dict]] = {m: [] for m in models}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{args.port}/v1", timeout=600) as client:
-            for model in (args.preset, single):
+            for model in models:
                 ask(client, model, "Say hello.", 8)  # warm-up: load the models
             for i in range(args.prompts):
                 q = QUESTIONS[i % len(QUESTIONS)]
-                order = (args.preset, single) if i % 2 == 0 else (single, args.preset)
+                order = models[i % len(models) :] + models[: i % len(models)]  # rotate
                 for model in order:
                     results[model].append(ask(client, model, q, args.max_tokens))
                     print(f"[{i + 1}/{args.prompts}] {model}: TTFT {results[model][-1]['ttft']:.2f}s",
@@ -145,10 +155,10 @@ def main() -> None:
               f"| {pct([r['answer_ttft'] for r in rs], .5):.2f} | {pct([r['e2e'] for r in rs], .5):.2f}"
               f" | {statistics.fmean(r['calls'] for r in rs):.2f} | {alone:.0%} | {exits:.0%} "
               f"| {', '.join(f'{k} {v}' for k, v in chosen.most_common()) or '–'} |")  # fmt: skip
-    ratio = pct([r["ttft"] for r in results[args.preset]], 0.5) / pct(
-        [r["ttft"] for r in results[single]], 0.5
-    )
-    print(f"\nTTFT p50 ratio {args.preset} / {single}: {ratio:.2f}x")
+    mixed = pct([r["ttft"] for r in results[args.preset]], 0.5)
+    for model in models[1:]:
+        ratio = mixed / pct([r["ttft"] for r in results[model]], 0.5)
+        print(f"\nTTFT p50 ratio {args.preset} / {model}: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
