@@ -7,7 +7,8 @@ Starts `mixkit serve` (its own MIXKIT_HOME in a temporary folder), asks the `moa
 question in the playground, saves `playground.png` while the answer streams, then opens the
 run's timeline with its slowest proposer selected and saves `timeline.png`, then asks the
 `gated` preset (Qwen2.5-0.5B and SmolLM2 behind the packaged gate) and saves `gated.png` with the
-slots its gate skipped. Under a minute on 2 cores; needs the same Chromium as the tests.
+slots its gate skipped, then a mixture with a program agent (PROGRAM_MIXTURE) for `program.png`.
+A few minutes on 2 cores; needs the same Chromium as the tests.
 """
 
 from __future__ import annotations
@@ -21,13 +22,44 @@ from tests.web.harness import Browser, Page, missing_reason
 
 QUESTION = "Why is the sea salty? Answer in three sentences."
 GATED_QUESTION = "What is 17 + 25? Answer with the number."
+PROGRAM_QUESTION = "What is 17 * 23 - 5?"
+# a program agent (Qwen writing Python, run in the sandbox) beside a text agent, then the program
+# agent writes the final answer: its program streams first, dim, in the answer card
+PROGRAM_MIXTURE = """
+description = "a program agent and a text agent propose; the program agent writes the answer"
+aggregator = "coder"
+deadline_s = 120
+[agents.coder]
+provider = "local"
+model = "qwen2.5-coder-0.5b"
+kind = "program"
+temperature = 0.0
+seed = 0
+max_tokens = 160
+[agents.qwen]
+provider = "local"
+model = "qwen2.5-coder-0.5b"
+temperature = 0.2
+max_tokens = 96
+[[layers]]
+agents = ["coder", "qwen"]
+"""
 
 
 def main(out: Path) -> None:
     if reason := missing_reason():
         sys.exit(f"cannot take screenshots: {reason}")
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as home, ServerProcess(Path(home), []) as serve:
+    with tempfile.TemporaryDirectory() as folder:
+        program = Path(folder) / "program-demo.toml"
+        program.write_text(PROGRAM_MIXTURE)
+        shoot(out, Path(folder), program)
+    print(f"wrote playground.png, timeline.png, gated.png and program.png in {out}")
+
+
+def shoot(out: Path, home: Path, program: Path) -> None:
+    """Every screenshot, from one `mixkit serve` (the presets and the `program` mixture)."""
+    with ServerProcess(home, [program]) as serve:
         browser = Browser(width=1360, height=1000)
         try:
             page = Page(browser.driver, serve.base)
@@ -50,9 +82,18 @@ def main(out: Path) -> None:
             page.ask("gated", GATED_QUESTION)
             page.wait(lambda _: page.text("#live .run-head .badge") in ("ok", "error"), 600)
             browser.driver.save_screenshot(str(out / "gated.png"))
+            program_shot(browser, page, out)
         finally:
             browser.close()
-    print(f"wrote playground.png, timeline.png and gated.png in {out}")
+
+
+def program_shot(browser: Browser, page: Page, out: Path) -> None:
+    """A program agent in the playground: each program, its status and output on its card."""
+    browser.driver.set_window_size(1360, 1250)
+    page.open("#/")
+    page.ask("program-demo", PROGRAM_QUESTION)
+    page.wait(lambda _: page.text("#live .run-head .badge") in ("ok", "error"), 600)
+    browser.driver.save_screenshot(str(out / "program.png"))
 
 
 if __name__ == "__main__":
