@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from mixkit.cli import app
 from mixkit.errors import ConfigError, LayerFailed
-from mixkit.evals.tasks import Item, score_answer
+from mixkit.evals.collect import run_item
+from mixkit.evals.tasks import FileTask, Item, score_answer
 from mixkit.moa import MoA, Reasoning, RunEvent, logs, parse_config
 from mixkit.moa.agents.program import (
     complete_program,
@@ -237,3 +238,16 @@ def test_asked_for_json_a_program_agent_answers_as_a_text_agent(scripted):
     assert isinstance(json.loads(answer.answer), dict)
     assert answer.calls[0].programs is None and answer.reasoning is None
     assert "Write a complete Python program" not in last_user(scripted.bodies(model)[0])
+
+
+def test_an_eval_item_answered_by_a_program_keeps_its_word_answer(scripted, tmp_path):
+    tasks = tmp_path / "words.jsonl"
+    tasks.write_text(
+        json.dumps({"question": "Reverse 'hello'.", "expected": "olleh", "scorer": "exact"})
+    )
+    model = "ok:print('hello'[::-1])"
+    moa = MoA(parse_config(program_config(scripted.url, model)), log=False)
+    task = FileTask(tasks)
+    (item,) = task.items()
+    result = asyncio.run(run_item(moa, task, item, "single:coder", "coder", 0, None))
+    assert (result.response, result.answer, result.score) == ("olleh", "olleh", 1.0)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mixkit.errors import MixkitError
-from mixkit.evals.tasks import FileTask, Item, Task
-from mixkit.moa.answers import final_answer
+from mixkit.evals.tasks import FileTask, Item, Task, scored_answer
+from mixkit.moa.answers import final_answer, normalize_answer
 from mixkit.moa.config import MoAConfig
 from mixkit.moa.engine.pipeline import MoA
 from mixkit.moa.engine.result import Answer
@@ -118,7 +118,8 @@ async def run_item(
         agent=agent,
         sample=sample,
         response=text,
-        answer=final_answer(text) if text else None,
+        # a one-line reply (a program agent's 'olleh') is its own answer, as in scoring
+        answer=(final_answer(text) or normalize_answer(scored_answer(text))) if text else None,
         score=task.score(text, item) if text else 0.0,
         failed=failed,
         run_id=answer.run_id if answer is not None else None,

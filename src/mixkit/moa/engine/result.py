@@ -42,7 +42,7 @@ class Answer(CallTotals):
     calls: list[CallRecord] = field(default_factory=list)
     wall_s: float = 0.0
     critical_path_s: float = 0.0  # sum over layers of the slowest call
-    ttft_s: float | None = None  # run start -> first token of the final answer
+    ttft_s: float | None = None  # run start -> first streamed piece (a program's included)
     started_at: float = 0.0  # unix time
     outcome: str = "ok"  # ok | error | cancelled
     error: str | None = None  # why it failed, when it did
