@@ -119,7 +119,7 @@ class _ExpertViews(torch.autograd.Function):
     Backward writes the gate and up gradients into one (E, 2H, D) buffer and down's into one
     (E, D, H), both from buffers.gradients (memory last step's gradients used, once the optimizer
     has dropped them). Plain slicing would have autograd build a zero-filled (E, 2H, D) tensor per
-    slice and add the two: measured 16% of a training step (E=64, d=512, T=2048, k=8)."""
+    slice and add the two: 112 ms against 48 ms per layer and step (E=64, d=512, H=256, fp32)."""
 
     @staticmethod
     def forward(
