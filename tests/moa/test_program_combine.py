@@ -6,6 +6,7 @@ Agents are the fake OpenAI backend (fixed replies); the program really runs in t
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -103,3 +104,14 @@ def test_a_gate_falls_back_to_the_next_agent_when_the_program_agent_fails(script
     assert answer.answer == "Answer: 7"
     assert [(c.agent, c.outcome) for c in answer.calls] == [("prog", "error"), ("t1", "ok")]
     assert "ZeroDivisionError" in answer.calls[0].error
+
+
+def test_a_staircase_aggregator_reads_what_a_program_proposal_printed(scripted):
+    models = {"prog": "ok:print(40 + 2)  # staircase", "t1": "ok:Answer: 41",
+              "agg": "ok:Answer: 42 # stairs"}  # fmt: skip
+    cfg = mixture(scripted.url, models, ["prog", "t1"], aggregator="agg",
+                  staircase={"chunk_chars": 8, "step_tokens": 2})  # fmt: skip
+    answer = MoA(parse_config(cfg), log=False).run("What is 40 + 2?")
+    assert answer.answer.startswith("Answer: 42")
+    last = scripted.bodies("ok:Answer: 42 # stairs")[-1]
+    assert "The program ran (ok) and printed: 42" in json.dumps(last["messages"])

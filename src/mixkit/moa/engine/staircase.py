@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator
 
 from mixkit.errors import LayerFailed, ProviderError
 from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.program import ProgramAnswer
 from mixkit.moa.agents.providers.base import Message
 from mixkit.moa.config import LayerConfig, StaircaseConfig
 from mixkit.moa.engine.final import FinalCall, stream_final
@@ -57,7 +58,9 @@ async def _propose(agent: Agent, record: CallRecord, slot: int, props: list[_Pro
     try:
         sampling = agent.sampling(slot, run.max_tokens)
         call = CallOptions(deadline, sampling, run.retries, run.threads, piece, on_retry)
-        await agent.complete(run.messages, record, call)
+        answer = await agent.complete(run.messages, record, call)
+        if isinstance(answer, ProgramAnswer):  # its tokens were the program: add what it printed
+            piece(f"\n\nThe program ran ({answer.status}) and printed: {answer}\n")
     except ProviderError:
         pass  # the call's record says why; the text it sent so far stays usable
     finally:
