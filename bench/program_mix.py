@@ -19,6 +19,7 @@ import math
 import sqlite3
 import statistics
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from mixkit.evals.collect import ItemResult
@@ -65,6 +66,7 @@ def derive(results: list[ItemResult], config, gate) -> list[ItemResult]:
             vote_agents(singles, order),
             vote_weighted(config, gate, singles),
             vote_weighted(config, gate, singles, PAIR, label="vote-weighted:pair"),
+            oracle(singles),
         )
         for made in made_here:
             if made is not None:
@@ -72,7 +74,18 @@ def derive(results: list[ItemResult], config, gate) -> list[ItemResult]:
     return kept + derived
 
 
-DERIVED = ("gated", "vote-agents", "vote-weighted", "vote-weighted:pair")
+DERIVED = ("gated", "vote-agents", "vote-weighted", "vote-weighted:pair", "oracle")
+
+
+def oracle(singles: dict[str, ItemResult]) -> ItemResult | None:
+    """The best single run of the item: what a perfect gate would score (a ceiling, not a
+    strategy: it knows the answers)."""
+    if not singles:
+        return None
+    best = max(singles.values(), key=lambda r: r.score)
+    return replace(best, system="oracle", agent=None)
+
+
 PAIR = ["qwen", "qwen-program"]  # the two agents the aggregate combiner reads
 
 
@@ -175,7 +188,7 @@ def main() -> None:
     rows = summarize(results)
     singles = sorted({f"single:{r.agent}" for r in results if r.agent})
     others = sorted({r.system for r in results if r.agent is None} - set(DERIVED))
-    strategies = [*singles, "gated", "vote-agents", "vote-weighted", *others]
+    strategies = [*singles, "gated", "vote-agents", "vote-weighted", *others, "oracle"]
     for spec in args.split:
         name, _, names = spec.partition("=")
         tasks = [t for t in names.split(",") if t]
