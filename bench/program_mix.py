@@ -116,6 +116,7 @@ def combiners(results: list[ItemResult], system: str) -> None:
 
 
 def cell(r: Row | None) -> str:
+    """Accuracy ± its standard error; (n) where fewer items than the task's."""
     return "–" if r is None else f"{r.accuracy:.1%} ± {r.se:.1%}"
 
 
@@ -123,10 +124,11 @@ def split_table(name: str, tasks: list[str], rows: list[Row], strategies: list[s
     """Print one split's Markdown table; return the split's mean per strategy and its SE."""
     get = {(r.task, r.strategy): r for r in rows}
     print(f"\nSplit ({name}):\n")
-    print("| task | " + " | ".join(strategies) + " |")
-    print("|---" + "|---:" * len(strategies) + "|")
+    print("| task | n | " + " | ".join(strategies) + " |")
+    print("|---|---:" + "|---:" * len(strategies) + "|")
     for t in tasks:
-        print(f"| {t} | " + " | ".join(cell(get.get((t, s))) for s in strategies) + " |")
+        n = get[(t, "gated")].n if (t, "gated") in get else 0
+        print(f"| {t} | {n} | " + " | ".join(cell(get.get((t, s))) for s in strategies) + " |")
     means = {}
     for s in strategies:
         got = [get[(t, s)] for t in tasks if (t, s) in get]
@@ -134,14 +136,14 @@ def split_table(name: str, tasks: list[str], rows: list[Row], strategies: list[s
             mean = statistics.fmean(r.accuracy for r in got)
             se = math.sqrt(sum(r.se**2 for r in got)) / len(got)
             means[s] = (mean, se)
-    print("| **mean** | " + " | ".join(
+    print("| **mean** | | " + " | ".join(
         f"**{means[s][0]:.1%}** ± {means[s][1]:.1%}" if s in means else "–" for s in strategies
     ) + " |")  # fmt: skip
     calls = [
         f"{statistics.fmean(get[(t, s)].calls for t in tasks if (t, s) in get):.2f}"
         if any((t, s) in get for t in tasks) else "–" for s in strategies
     ]  # fmt: skip
-    print("| calls/item | " + " | ".join(calls) + " |")
+    print("| calls/item | | " + " | ".join(calls) + " |")
     return means
 
 
@@ -195,6 +197,13 @@ def main() -> None:
         means = split_table(name, tasks, rows, strategies)
         targets(name, tasks, rows, singles, means)
         picks(results, tasks)
+    ran = {(r.task, r.item.prompt) for r in results if r.system in others}
+    if ran:  # the same comparison on the items the mixtures ran, so every column has one n
+        subset = summarize([r for r in results if (r.task, r.item.prompt) in ran])
+        for spec in args.split:
+            name, _, names = spec.partition("=")
+            split_table(f"{name}, the items the mixtures ran", [t for t in names.split(",") if t],
+                        subset, strategies)  # fmt: skip
     for system in others:
         if "program-aggregate" in system:
             combiners(results, system)
