@@ -11,6 +11,7 @@ arrives as `reasoning_content` first); "answer TTFT" is request sent -> first ch
 
     python bench/serve_ttft.py                                  # gated vs qwen and smollm, 24 prompts
     python bench/serve_ttft.py --preset self-moa --agent qwen --prompts 12 --max-tokens 64
+    python bench/serve_ttft.py --task basic_arithmetic --task chain_sum --prompts 8 --max-tokens 128
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import httpx
 
+from mixkit.evals.tasks import Task
 from mixkit.moa import load_preset
 
 QUESTIONS = [
@@ -109,11 +111,18 @@ def main() -> None:
     parser.add_argument("--preset", default="gated")
     parser.add_argument("--agent", action="append", default=None,
                         help="a single agent to compare against (repeatable; default: the text agents)")  # fmt: skip
+    parser.add_argument("--task", action="append", default=None,
+                        help="ask reasoning-gym items of this task (seed 4242, repeatable) instead of QUESTIONS")  # fmt: skip
     parser.add_argument("--prompts", type=int, default=24)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="mixkit-ttft-")
+    questions = QUESTIONS
+    if args.task:  # alternate the tasks: item 0 of each, then item 1 of each ...
+        per = -(-args.prompts // len(args.task))
+        items = [Task(t, n=per, seed=4242).items() for t in args.task]
+        questions = [it[i].prompt for i in range(per) for it in items]
     cfg = load_preset(args.preset)
     first = cfg.layers[0].agents if cfg.layers else [cfg.aggregator]
     agents = args.agent or list(dict.fromkeys(a for a in first if cfg.agents[a].kind == "text"))
@@ -129,7 +138,7 @@ def main() -> None:
             for model in models:
                 ask(client, model, "Say hello.", 8)  # warm-up: load the models
             for i in range(args.prompts):
-                q = QUESTIONS[i % len(QUESTIONS)]
+                q = questions[i % len(questions)]
                 order = models[i % len(models) :] + models[: i % len(models)]  # rotate
                 for model in order:
                     results[model].append(ask(client, model, q, args.max_tokens))
