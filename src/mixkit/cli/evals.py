@@ -145,7 +145,7 @@ def eval_(
     strategies: str | None = typer.Option(
         None,
         "--strategies",
-        help="compare strategies: single,single=AGENT[*N],vote,moa,moa=PRESET,gated,gated+exit,gated+budgets",
+        help="compare strategies: single,single=AGENT[*N],vote,vote-agents,vote-weighted,moa,moa=PRESET,gated,gated+exit,gated+budgets",
     ),
     samples: int = typer.Option(
         1,
