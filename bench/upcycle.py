@@ -167,7 +167,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--steps", type=int, default=300, help="dense steps before the split (N)")
-    p.add_argument("--extra", type=int, default=100, help="extra compute, in upcycled steps")
+    p.add_argument("--extra", type=int, default=150, help="extra compute, in upcycled steps")
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("-E", "--experts", type=int, default=8)
