@@ -27,7 +27,9 @@ CALL_HOWTO = (
 )
 
 
-RESULT_NOTE = "Answer using this result."
+# Tried on Qwen-0.5B at T=0.2, 12 seeds, after an add tool returned: "Answer using this result."
+# got the number stated 10 times (twice it wrote code to call the tool instead); this, 12 times.
+RESULT_NOTE = "Answer the question in a sentence that states this result."
 
 
 def signature(name: str, params: dict[str, Any]) -> str:
