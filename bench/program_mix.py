@@ -37,6 +37,12 @@ def read_results(db: Path) -> list[ItemResult]:
     rows = conn.execute(
         "SELECT e.*, r.outcome FROM eval_items e LEFT JOIN runs r ON r.id = e.run_id ORDER BY e.id"
     ).fetchall()
+    # model calls per run: a program agent's retries are calls too (recounted here, since
+    # results stored before collect.model_calls counted one per agent call)
+    model_calls = dict(conn.execute(
+        "SELECT run_id, SUM(CASE WHEN programs_json IS NULL THEN 1"
+        " ELSE json_array_length(programs_json) END) FROM calls GROUP BY run_id"
+    ).fetchall())  # fmt: skip
     conn.close()
     out = []
     for r in rows:
@@ -45,7 +51,7 @@ def read_results(db: Path) -> list[ItemResult]:
             task=r["task"], item=item, system=r["system"], agent=r["agent"], sample=r["sample"],
             response="", answer=r["answer"], score=r["score"],
             failed=r["outcome"] not in (None, "ok"), run_id=r["run_id"], ttft_s=r["ttft_s"],
-            wall_s=r["wall_s"], calls=r["calls"], prompt_tokens=r["prompt_tokens"],
+            wall_s=r["wall_s"], calls=model_calls.get(r["run_id"], r["calls"]), prompt_tokens=r["prompt_tokens"],
             completion_tokens=r["completion_tokens"], cost_usd=r["cost_usd"],
         ))  # fmt: skip
     return out

@@ -251,3 +251,18 @@ def test_an_eval_item_answered_by_a_program_keeps_its_word_answer(scripted, tmp_
     (item,) = task.items()
     result = asyncio.run(run_item(moa, task, item, "single:coder", "coder", 0, None))
     assert (result.response, result.answer, result.score) == ("olleh", "olleh", 1.0)
+
+
+def test_an_eval_item_counts_each_program_asked_for_as_a_model_call(scripted, tmp_path):
+    """A retry is a second model call: the eval's calls per item (issue 17's budget) count it."""
+    tasks = tmp_path / "six.jsonl"
+    tasks.write_text(json.dumps({"question": "6 * 7?", "expected": "42", "scorer": "number"}))
+    task = FileTask(tasks)
+    (item,) = task.items()
+    counted = {}
+    for model, retries in (("seq:# count\nprint(1 / 0)|||print(6 * 7)", 1), ("ok:print(42)", 1)):
+        moa = MoA(parse_config(program_config(scripted.url, model, retries=retries)), log=False)
+        result = asyncio.run(run_item(moa, task, item, "single:coder", "coder", 0, None))
+        assert result.score == 1.0
+        counted[model[:3]] = result.calls
+    assert counted == {"seq": 2, "ok:": 1}

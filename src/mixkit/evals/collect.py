@@ -125,7 +125,7 @@ async def run_item(
         run_id=answer.run_id if answer is not None else None,
         ttft_s=answer.ttft_s if answer is not None else None,
         wall_s=wall,
-        calls=len(calls),
+        calls=model_calls(calls),
         prompt_tokens=sum(c.prompt_tokens or 0 for c in calls),
         completion_tokens=sum(c.completion_tokens or 0 for c in calls),
         cost_usd=sum(costs) if costs else None,
@@ -160,3 +160,9 @@ async def run_system(
 
 def new_eval_id() -> str:
     return uuid.uuid4().hex
+
+
+def model_calls(calls: list) -> int:
+    """Model calls a run made: one per agent call, except that a program agent makes one per
+    program it asked for (a retry after a failed program is a second call)."""
+    return sum(len(c.programs) if c.programs else 1 for c in calls)
