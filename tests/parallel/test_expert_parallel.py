@@ -66,8 +66,10 @@ def test_hierarchical_moe_is_refused_clearly():
 
 
 def test_a_hung_rank_is_killed_at_the_deadline():
-    with pytest.raises(RanksFailed, match=r"ranks \[1\] were still running after 3"):
-        run_ranks(workers.hangs, 2, deadline_s=3, process_group=False)
+    # 12 s: rank 0 must have started (spawn + import torch) and returned by then; with 3 s it had
+    # not on a loaded 2-core machine, and was named too
+    with pytest.raises(RanksFailed, match=r"ranks \[1\] were still running after 12"):
+        run_ranks(workers.hangs, 2, deadline_s=12, process_group=False)
 
 
 def test_a_failed_rank_is_named_by_values():

@@ -128,7 +128,7 @@ def test_parse_ten_prompts_on_qwen_answering_alone(client, home):
 
 def test_parse_on_self_moa(client, home):
     good = 0
-    for subject, kind, word in SUBJECTS[:2]:
+    for subject, kind, word in SUBJECTS[:1]:
         raw = client.chat.completions.with_raw_response.parse(
             model="self-moa",
             messages=[{"role": "user", "content": ASK.format(subject)}],
@@ -142,7 +142,7 @@ def test_parse_on_self_moa(client, home):
     run, calls = logged_run(home, raw.headers[RUN_ID_HEADER])
     assert [c["agent"] for c in calls] == ["qwen#1", "qwen#2", "qwen#3", "qwen-aggregator"]
     assert json.loads(run["structured_json"])["validated"] is True
-    print(f"self-moa sensible: {good} of 2")
+    print(f"self-moa sensible: {good} of 1")
 
 
 @pytest.mark.parametrize("model", ["gated-local", "self-moa"])
