@@ -15,14 +15,16 @@ issue 17 met or missed.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sqlite3
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
-from mixkit.evals.collect import ItemResult
+from mixkit.evals.collect import ItemResult, model_calls
 from mixkit.evals.replay import replay_gated, vote_agents, vote_weighted
 from mixkit.evals.strategies import Row, summarize
 from mixkit.evals.tasks import Item
@@ -37,13 +39,13 @@ def read_results(db: Path) -> list[ItemResult]:
     rows = conn.execute(
         "SELECT e.*, r.outcome FROM eval_items e LEFT JOIN runs r ON r.id = e.run_id ORDER BY e.id"
     ).fetchall()
-    # model calls per run: a program agent's retries are calls too (recounted here, since
-    # results stored before collect.model_calls counted one per agent call)
-    model_calls = dict(conn.execute(
-        "SELECT run_id, SUM(CASE WHEN programs_json IS NULL THEN 1"
-        " ELSE json_array_length(programs_json) END) FROM calls GROUP BY run_id"
-    ).fetchall())  # fmt: skip
+    # model calls per run, recounted by collect.model_calls from the logged calls (results
+    # stored before it existed counted one call per agent call, a program's retries not)
+    logged: dict[str, list] = defaultdict(list)
+    for run_id, programs in conn.execute("SELECT run_id, programs_json FROM calls"):
+        logged[run_id].append(SimpleNamespace(programs=json.loads(programs) if programs else None))
     conn.close()
+    calls = {run_id: model_calls(records) for run_id, records in logged.items()}
     out = []
     for r in rows:
         item = Item(r["item"], r["prompt"], r["expected"])
@@ -51,8 +53,9 @@ def read_results(db: Path) -> list[ItemResult]:
             task=r["task"], item=item, system=r["system"], agent=r["agent"], sample=r["sample"],
             response="", answer=r["answer"], score=r["score"],
             failed=r["outcome"] not in (None, "ok"), run_id=r["run_id"], ttft_s=r["ttft_s"],
-            wall_s=r["wall_s"], calls=model_calls.get(r["run_id"], r["calls"]), prompt_tokens=r["prompt_tokens"],
-            completion_tokens=r["completion_tokens"], cost_usd=r["cost_usd"],
+            wall_s=r["wall_s"], calls=calls.get(r["run_id"], r["calls"]),
+            prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
+            cost_usd=r["cost_usd"],
         ))  # fmt: skip
     return out
 
