@@ -10,6 +10,10 @@ issue 17 met or missed.
     python bench/program_mix.py --db /work/evalruns/eval.db \\
         --split a=basic_arithmetic,letter_counting,leg_counting,gsm_symbolic \\
         --split b=chain_sum,spell_backward -p gated
+
+A gate that votes over one agent's samples cannot be replayed from single runs (a vote needs
+new samples): with `--real-gated SYSTEM` the `gated` row is the stored real runs of SYSTEM
+(e.g. `moa=gated`, from `mixkit eval --strategies moa=gated`) instead.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ def read_results(db: Path) -> list[ItemResult]:
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     rows = conn.execute(
-        "SELECT e.*, r.outcome FROM eval_items e LEFT JOIN runs r ON r.id = e.run_id ORDER BY e.id"
+        "SELECT e.*, r.outcome, r.gate_json FROM eval_items e LEFT JOIN runs r ON r.id = e.run_id "
+        "ORDER BY e.id"
     ).fetchall()
     # model calls per run, recounted by collect.model_calls from the logged calls (results
     # stored before it existed counted one call per agent call, a program's retries not)
@@ -55,14 +60,19 @@ def read_results(db: Path) -> list[ItemResult]:
             failed=r["outcome"] not in (None, "ok"), run_id=r["run_id"], ttft_s=r["ttft_s"],
             wall_s=r["wall_s"], calls=calls.get(r["run_id"], r["calls"]),
             prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
-            cost_usd=r["cost_usd"],
+            cost_usd=r["cost_usd"], gate=json.loads(r["gate_json"]) if r["gate_json"] else None,
         ))  # fmt: skip
     return out
 
 
-def derive(results: list[ItemResult], config, gate) -> list[ItemResult]:
-    """Single runs and real systems as stored; `gated` and `vote-agents` computed afresh."""
+def derive(
+    results: list[ItemResult], config, gate, real_gated: str | None = None
+) -> list[ItemResult]:
+    """Single runs and real systems as stored; `gated` and `vote-agents` computed afresh
+    (`gated`: the stored runs of `real_gated` when given)."""
     kept = [r for r in results if r.system not in DERIVED]
+    if real_gated is not None:
+        kept = [replace(r, system="gated") if r.system == real_gated else r for r in kept]
     order = list(dict.fromkeys(config.layers[0].agents))
     by_item: dict[tuple[str, str], dict[str, ItemResult]] = defaultdict(dict)
     for r in kept:
@@ -71,7 +81,7 @@ def derive(results: list[ItemResult], config, gate) -> list[ItemResult]:
     derived = []
     for singles in by_item.values():
         made_here = (
-            replay_gated(config, gate, singles),
+            None if real_gated is not None else replay_gated(config, gate, singles),
             vote_agents(singles, order),
             vote_weighted(config, gate, singles),
             vote_weighted(config, gate, singles, PAIR, label="vote-weighted:pair"),
@@ -178,8 +188,8 @@ def picks(results: list[ItemResult], tasks: list[str]) -> None:
         got: Counter = Counter()
         for r in results:
             if r.task == t and r.system == "gated" and r.gate:
-                what = r.gate["chosen"][0] if r.gate["strategy"] == "alone" else "mix"
-                got[what] += 1
+                what = {"alone": r.gate["chosen"][0], "votes": f"votes:{r.gate['chosen'][0]}"}
+                got[what.get(r.gate["strategy"], "mix")] += 1
                 got["fallback"] += bool(r.gate.get("fallbacks"))
         print(f"- {t}: " + ", ".join(f"{k} {v}" for k, v in got.most_common()))
 
@@ -191,11 +201,12 @@ def main() -> None:
     ap.add_argument("-p", "--preset", default="gated")
     ap.add_argument("-c", "--config", type=Path, default=None)
     ap.add_argument("--gate", default=None, help="a gate file instead of the config's")
+    ap.add_argument("--real-gated", default=None, help="stored real runs to use as `gated`")
     args = ap.parse_args()
     config = resolve(None if args.config else args.preset, args.config)
     assert config.gate is not None, "the mixture needs a [gate]"
     gate = load(args.gate or config.gate.path)
-    results = derive([r for db in args.db for r in read_results(db)], config, gate)
+    results = derive([r for db in args.db for r in read_results(db)], config, gate, args.real_gated)
     rows = summarize(results)
     singles = sorted({f"single:{r.agent}" for r in results if r.agent})
     others = sorted({r.system for r in results if r.agent is None} - set(DERIVED))

@@ -15,7 +15,7 @@ from mixkit.errors import ConfigError
 from mixkit.moa import resolve
 from mixkit.moa import trace as tr
 from mixkit.moa.gate import model as g
-from mixkit.moa.gate.model import MIX, load
+from mixkit.moa.gate.model import MIX, VOTES, load
 from mixkit.moa.gate.plan import plan_run
 
 gate_app = typer.Typer(help="Gated Mixture-of-Agents: train, inspect and try agent gates.")
@@ -71,19 +71,34 @@ def train(
     features: str = typer.Option(
         "text", "--features", help="prompt features: text, wordllama or e5"
     ),
-    mix_k: int = typer.Option(3, "--mix-k", min=1, help="samples a mixed answer votes over"),
+    mix_k: int = typer.Option(3, "--mix-k", min=1, help="agents a mixed answer votes over"),
+    votes: int = typer.Option(
+        3, "--votes", min=1, help="vote candidates: the most samples of one agent (1: none)"
+    ),
+    agree: int = typer.Option(
+        2, "--agree", min=1, help="vote candidates stop when this many agree"
+    ),
     task: list[str] = typer.Option([], "--task", help="train only on these tasks (repeatable)"),  # noqa: B008
     exclude_task: list[str] = typer.Option(
         [], "--exclude-task", help="leave these tasks out (repeatable)"
     ),  # noqa: B008
 ) -> None:
-    """Learn which agents answer which prompts well, from eval results and/or scored calls."""
+    """Learn which agents answer which prompts well, from eval results and/or scored calls.
+
+    Several samples of one agent on a prompt (`mixkit eval --samples N`) also teach the gate
+    where a vote of that agent's samples pays (its vote candidate, used when a mixture's gate
+    sets votes = true).
+    """
 
     records = _records(db, jsonl, task, exclude_task)
     sources = [str(p) for p in jsonl]
     if db is not None or not jsonl:  # the log database was read too (see _records)
         sources.append(str(db or tr.default_db_path()))
-    gate = g.train(records, features=features, mix_k=mix_k, source=", ".join(sources))
+    if votes > 1 and agree > votes:
+        raise ConfigError(f"--agree ({agree}) is more than --votes ({votes})")
+    gate = g.train(
+        records, features=features, mix_k=mix_k, source=", ".join(sources), votes=votes, agree=agree
+    )
     gate.save(out)
     prompts = len({r.prompt for r in records})
     err.print(f"trained on {len(records)} scored calls ({prompts} prompts), wrote {out}")
@@ -108,11 +123,16 @@ def _show(gate: g.Gate, name: str) -> None:
     console.print(
         f"[bold]gate {name}[/]: features {gate.features}, agents {', '.join(gate.agents)}, "
         f"mix = vote of {gate.mix_k}"
+        + "".join(
+            f"; {VOTES}{a} = up to {v.votes} answers until {v.agree} agree "
+            f"({v.samples:.2f} drawn on average)"
+            for a, v in gate.votes.items()
+        )
     )
     if gate.source:
         console.print(f"[dim]trained on: {gate.source}[/]")
     table = Table(title="per training task: real accuracy of each candidate, and the gate's picks")
-    candidates = [*gate.agents, MIX]
+    candidates = [*gate.agents, MIX, *(VOTES + a for a in gate.votes)]
     table.add_column("task")
     table.add_column("n", justify="right")
     for c in candidates:
@@ -138,7 +158,9 @@ def show(
 
     gate = g.load(gate_file)
     if as_json:
-        summary = {k: v for k, v in gate.to_dict().items() if k not in ("agents", "mix")}
+        summary = {k: v for k, v in gate.to_dict().items() if k not in ("agents", "mix", "votes")}
+        summary["votes"] = {n: {"votes": v.votes, "agree": v.agree, "samples": v.samples,
+                                "train_accuracy": v.train_accuracy} for n, v in gate.votes.items()}  # fmt: skip
         summary["agents"] = {n: p.train_accuracy for n, p in gate.agents.items()}
         console.print_json(json.dumps(summary))
         return
@@ -171,7 +193,10 @@ def gate_line(gate: dict | None, early_exit: dict | None = None) -> str | None:
         chosen = ", ".join(
             f"{c} (w {w:.2f})" for c, w in zip(gate["chosen"], gate["weights"], strict=False)
         )
-        what = "alone" if gate["strategy"] == "alone" else f"mix of {len(gate['chosen'])}"
+        what = {
+            "alone": "alone",
+            "votes": f"votes (up to {gate.get('votes')} answers until {gate.get('agree')} agree)",
+        }.get(gate["strategy"], f"mix of {len(gate['chosen'])}")
         parts.append(
             f"gate: {what}: {chosen}; p(mix) {scores.get('mix', 0):.2f}; "
             f"skipped {', '.join(gate['skipped']) or 'none'}"

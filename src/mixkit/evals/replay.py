@@ -11,7 +11,8 @@ way. `mixkit eval --strategies` does this whenever the single runs are there (do
                                          calls it would make); alone: the chosen agent's single
                                          run; a vote of the top k: the gate-weighted vote of
                                          their single runs; None when it needs more than that
-                                         (an aggregator call, or a slot with no single run)
+                                         (an aggregator call, a vote of one agent's samples, or
+                                         a slot with no single run)
     vote_agents(singles, order)          a majority vote over every agent's first answer
     vote_weighted(config, gate, singles) every agent's first answer, weighted as the gate weighs
                                          a mix (softmax of its utilities): a checked answer
@@ -45,6 +46,8 @@ def replay_gated(
     if d is None:
         return None
     decision = d.to_dict() | {"replayed": True}
+    if plan.votes > 1:
+        return None  # several calls of one agent: only a real run draws them
     if plan.alone is not None:
         return _alone(singles, plan.alone, d.ranking, config.layers[0].agents, label, decision)
     if plan.combine != "vote":

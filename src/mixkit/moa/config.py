@@ -106,6 +106,7 @@ class GateConfig(BaseModel):
     temperature: float = Field(0.05, gt=0.0)  # softmax temperature of the renormalised weights
     min_weight: float = Field(0.0, ge=0.0, lt=1.0)  # synthesize: drop proposals weighted below
     noise: float = Field(0.0, ge=0.0)  # exploration noise on utilities (collecting traces)
+    votes: bool = False  # the gate's vote candidates compete: an agent asked until it agrees
 
 
 class EarlyExitConfig(BaseModel):

@@ -3,6 +3,8 @@
 When a gate lets one agent answer alone and that agent fails before its first token, the next
 agent in the gate's ranking answers instead, all within the one deadline (`answer_alone`); a
 program agent's reasoning (its program) is no token of the answer, so a failed program falls back too.
+When the gate chose a vote of that agent ("votes"), it answers up to n times, one call after
+another, until `agree` of its answers agree, and their majority is the answer (`vote_alone`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from mixkit.errors import LayerFailed, ProviderError, Timeout
 from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
 from mixkit.moa.agents.program import Reasoning
 from mixkit.moa.agents.providers.base import Constraint, Message
+from mixkit.moa.answers import final_answer
 from mixkit.moa.events import Emitter
-from mixkit.moa.gate.model import GateDecision
+from mixkit.moa.gate.model import GateDecision, vote
 
 
 @dataclass
@@ -36,9 +39,17 @@ class FinalCall:
 
 
 async def stream_final(
-    agent: Agent, prompt: list[Message], deadline: float, run: FinalCall, *, layer: int, label: str
+    agent: Agent,
+    prompt: list[Message],
+    deadline: float,
+    run: FinalCall,
+    *,
+    layer: int,
+    label: str,
+    slot: int = 0,
 ) -> AsyncGenerator[str, None]:
-    """The pieces of `agent`'s answer to `prompt`, as it makes them; a failure is LayerFailed."""
+    """The pieces of `agent`'s answer to `prompt`, as it makes them; a failure is LayerFailed.
+    `slot`: which of several samples this is (each slot samples with its own seed)."""
     if run.output is not None:  # structured output or tools: engine/output.py
         pieces = run.output.final(agent, prompt, deadline, run, layer=layer, label=label)
         try:
@@ -49,7 +60,7 @@ async def stream_final(
             await pieces.aclose()
     record = agent.new_record(layer, label)
     run.calls.append(record)
-    sampling = agent.sampling(0, run.max_tokens)
+    sampling = agent.sampling(slot, run.max_tokens)
     if run.temperature is not None:
         sampling.temperature = run.temperature
     if run.top_p is not None:
@@ -76,6 +87,60 @@ async def stream_final(
         run.emit.layer_end(record.layer, int(record.outcome == "ok"), 1)
 
 
+async def vote_alone(
+    agent: Agent,
+    conversation: list[Message],
+    deadline: float,
+    run: FinalCall,
+    *,
+    label: str,
+    votes: int,
+    agree: int,
+) -> AsyncGenerator[str, None]:
+    """`agent` answers up to `votes` times, one call after another (each its own sample), until
+    `agree` of its final answers agree; the plain majority of the answers given wins
+    (ties: the earliest). Everything streams as Reasoning while the vote goes on (a program, what
+    it printed, a text agent's words); the winning answer comes last. A call that fails is no
+    vote; LayerFailed when none answered (or at the deadline with no answer)."""
+    answers: list[str] = []
+    keys: list[str | None] = []
+    failure: LayerFailed | None = None
+    for i in range(votes):
+        pieces = stream_final(
+            agent, conversation, deadline, run, layer=1, label=f"{label}#{i + 1}", slot=i
+        )
+        said: list[str] = []
+        try:
+            async for piece in pieces:
+                if not isinstance(piece, Reasoning):
+                    said.append(piece)
+                    if agent.config.kind == "program":
+                        continue  # its Reasoning already said what the program printed
+                yield Reasoning(piece)
+        except LayerFailed as e:
+            failure = e
+            if e.deadline_expired or time.monotonic() >= deadline:
+                break
+            continue
+        finally:
+            await pieces.aclose()
+        text = said[0] if len(said) == 1 else "".join(said)  # keeps a ProgramAnswer whole
+        answers.append(text)
+        keys.append(final_answer(text))
+        if keys[-1] is not None and keys.count(keys[-1]) >= agree:
+            break
+        if i + 1 < votes:
+            yield Reasoning(f"\n\n(answer {len(answers)}: {keys[-1] or 'none'}; asking again)\n\n")
+    if not answers:
+        assert failure is not None
+        raise failure
+    winner = vote(keys)
+    best = keys.index(winner) if winner is not None else 0
+    count = keys.count(winner) if winner is not None else 1
+    yield Reasoning(f"\n\n(the vote: {winner or 'none'}, {count} of {len(answers)} answers)\n\n")
+    yield answers[best]
+
+
 async def answer_alone(
     agents: dict[str, Agent],
     slots: dict[str, str],
@@ -85,7 +150,9 @@ async def answer_alone(
     run: FinalCall,
 ) -> AsyncGenerator[str, None]:
     """The gate's best agent answers the conversation itself (layer 1); on a failure before its
-    first piece, the next distinct agent of the gate's ranking does. `slots`: label -> agent."""
+    first piece, the next distinct agent of the gate's ranking does. `slots`: label -> agent.
+    The gate's "votes": the first agent answers until its answers agree (`vote_alone`); not
+    with structured output or tools, where one call makes the answer."""
     tried: set[str] = set()
     for label in decision.ranking:
         name = slots[label]
@@ -93,7 +160,13 @@ async def answer_alone(
             continue
         tried.add(name)
         started = False
-        pieces = stream_final(agents[name], conversation, deadline, run, layer=1, label=label)
+        if decision.strategy == "votes" and len(tried) == 1 and run.output is None:
+            pieces = vote_alone(
+                agents[name], conversation, deadline, run,
+                label=label, votes=decision.votes, agree=decision.agree,
+            )  # fmt: skip
+        else:
+            pieces = stream_final(agents[name], conversation, deadline, run, layer=1, label=label)
         try:
             async for piece in pieces:
                 started = started or not isinstance(piece, Reasoning)  # a program is no answer

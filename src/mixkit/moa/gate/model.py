@@ -11,10 +11,19 @@ the best few, as an MoE gating network sends a token to its top-k experts:
     the top-k slots by utility, weights = softmax(utility / temperature) over those k only
     (top-k with renormalised weights, as in Shazeer et al. 2017).
 
+Votes of one agent's samples are candidates too, where the gate learned them (`votes`): an agent
+asked up to n times, stopping when `agree` of its answers agree, answering with their majority
+(self-consistency). Its utility is p_vote_a - cost_weight * cost_a * (samples it drew on average
+in training), so the gate spends extra samples only on prompts where it predicts they pay:
+
+    utility_vote_a = p_vote_a - cost_weight * cost_a * samples_a      -> strategy "votes"
+
 It learns from scored calls (`mixkit eval` results in the log database, or a JSONL file): each
 record says which agent answered which prompt, how well (score 0..1), what final answer it gave,
 and how long it took (each agent's mean latency is kept for the cost term: a program agent is
-slower to its answer). A gate file is small JSON (`save` / `load`; version 2 added latency,
+slower to its answer). Several records of one agent on one prompt are samples: they train that
+agent's vote candidate (`mixkit eval --samples`), labelled with the answer a vote over them
+would give, with no extra calls. A gate file is small JSON (`save` / `load`; version 2 added latency,
 version 1 files still load, with no latency); `tasks` summarises what it learned per task.
 """
 
@@ -23,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,16 +50,22 @@ __all__ = [
     "GateDecision",
     "Predictor",
     "ScoredCall",
+    "VotePredictor",
+    "fit_logistic",
     "load",
+    "mix_label",
     "read_jsonl",
     "relative_costs",
     "relative_latencies",
     "train",
+    "vote",
+    "vote_label",
 ]
 
-GATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no latency_s (read as 0: latency plays no part)
+GATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1: no latency_s (read as 0: latency plays no part); 2: no votes
 MIX = "mix"  # the candidate "consult the top-k and combine them"
+VOTES = "votes:"  # + agent: the candidate "that agent, asked until its answers agree"
 
 
 @dataclass
@@ -69,10 +84,19 @@ class Predictor:
 
 
 @dataclass
+class VotePredictor(Predictor):
+    """A logistic model of the chance that a vote over one agent's samples is correct."""
+
+    votes: int = 3  # the most samples the vote draws
+    agree: int = 2  # it stops as soon as this many answers agree
+    samples: float = 0.0  # samples it drew per prompt in training, on average (its cost)
+
+
+@dataclass
 class GateDecision:
     """What the gate decided for one prompt (recorded in the run's trace)."""
 
-    strategy: str  # "alone" | "mix"
+    strategy: str  # "alone" | "votes" (the chosen agent asked until it agrees) | "mix"
     chosen: list[str]  # slot labels consulted, best first
     weights: list[float]  # renormalised gate weights of `chosen`
     skipped: list[str]  # slot labels not consulted
@@ -81,6 +105,8 @@ class GateDecision:
     utilities: dict[str, float]
     features_ms: float = 0.0
     explore: bool = False  # a random candidate was taken (exploration noise)
+    votes: int = 1  # "votes": the most answers the chosen agent gives
+    agree: int = 1  # "votes": it stops when this many agree
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +122,7 @@ class Gate:
     mix_k: int
     tasks: dict[str, dict] = field(default_factory=dict)  # per training task: n, accuracies
     source: str = ""
+    votes: dict[str, VotePredictor] = field(default_factory=dict)  # agent -> its vote candidate
 
     # -- prediction ---------------------------------------------------------------------------
     def scores(self, prompt: str) -> tuple[dict[str, float], float]:
@@ -105,6 +132,8 @@ class Gate:
         ms = (time.perf_counter() - start) * 1000
         out = {name: float(p.predict(x)[0]) for name, p in self.agents.items()}
         out[MIX] = float(self.mix.predict(x)[0])
+        for name, p in self.votes.items():
+            out[VOTES + name] = float(p.predict(x)[0])
         return out, ms
 
     def decide(
@@ -119,36 +148,39 @@ class Gate:
         temperature: float = 0.05,
         noise: float = 0.0,
         rng: np.random.Generator | None = None,
+        votes: bool = False,
     ) -> GateDecision:
         """Choose for `prompt` among `slots` = [(label, agent name)], e.g. [("qwen#1", "qwen")].
 
-        `costs[agent]` is a relative cost in [0, 1] (see `relative_costs`). `noise` > 0 adds
-        Gaussian noise of that scale to every utility (exploration while collecting traces, as
-        noisy top-k gating does in training).
+        `costs[agent]`: a relative cost in [0, 1] (`relative_costs`). `noise` > 0 adds Gaussian
+        noise of that scale to every utility (exploration while collecting traces, as noisy
+        top-k gating does in training). `votes`: the vote candidates (`self.votes`) compete too.
         """
         self.check_agents({a for _, a in slots})
         scores, ms = self.scores(prompt)
-        costs = costs or {}
-        util = {a: scores[a] - cost_weight * costs.get(a, 0.0) for _, a in slots}
-        mix_cost = sum(costs.get(a, 0.0) for _, a in slots[:k]) + combiner_cost
-        util[MIX] = scores[MIX] - cost_weight * mix_cost
-        explore = False
-        if noise > 0:
+        util = self._utilities(scores, slots, k, cost_weight, costs or {}, combiner_cost, votes)
+        explore = noise > 0
+        if explore:
             rng = rng or np.random.default_rng()
             util = {c: u + float(rng.normal(0.0, noise)) for c, u in util.items()}
-            explore = True
         # Stable order: by utility, then by slot position (repeats of one agent keep their order).
         ranked = sorted(range(len(slots)), key=lambda i: (-util[slots[i][1]], i))
         best = slots[ranked[0]]
-        if k <= 1 or len(slots) == 1 or util[best[1]] >= util[MIX]:
+        can_mix = k > 1 and len(slots) > 1
+        voter = self._best_vote(util, max(util[best[1]], util[MIX] if can_mix else -math.inf))
+        n_votes, agree = 1, 1
+        if voter is not None:  # it answers first; the ranking after it is the fallback order
+            first = next(i for i in ranked if slots[i][1] == voter)
+            ranked = [first, *(i for i in ranked if i != first)]
+            chosen_idx, strategy = [first], "votes"
+            n_votes, agree = self.votes[voter].votes, self.votes[voter].agree
+        elif not can_mix or util[best[1]] >= util[MIX]:
             chosen_idx = ranked[:1]
             strategy = "alone"
         else:
             chosen_idx = ranked[:k]
             strategy = "mix"
-        logits = np.array([util[slots[i][1]] for i in chosen_idx]) / temperature
-        w = np.exp(logits - logits.max())
-        w = w / w.sum()
+        w = _softmax(np.array([util[slots[i][1]] for i in chosen_idx]) / temperature)
         chosen = [slots[i][0] for i in chosen_idx]
         return GateDecision(
             strategy=strategy,
@@ -160,7 +192,37 @@ class Gate:
             utilities={c: round(u, 4) for c, u in util.items()},
             features_ms=round(ms, 3),
             explore=explore,
+            votes=n_votes,
+            agree=agree,
         )
+
+    def _utilities(
+        self,
+        scores: dict[str, float],
+        slots: list[tuple[str, str]],
+        k: int,
+        cost_weight: float,
+        costs: dict[str, float],
+        combiner_cost: float,
+        votes: bool,
+    ) -> dict[str, float]:
+        """Predicted accuracy minus cost_weight x relative cost, per candidate."""
+        util = {a: scores[a] - cost_weight * costs.get(a, 0.0) for _, a in slots}
+        mix_cost = sum(costs.get(a, 0.0) for _, a in slots[:k]) + combiner_cost
+        util[MIX] = scores[MIX] - cost_weight * mix_cost
+        if votes:  # a vote costs its agent's cost for every sample it draws on average
+            for a in dict.fromkeys(a for _, a in slots if a in self.votes):
+                drawn = self.votes[a].samples
+                util[VOTES + a] = scores[VOTES + a] - cost_weight * costs.get(a, 0.0) * drawn
+        return util
+
+    @staticmethod
+    def _best_vote(util: dict[str, float], to_beat: float) -> str | None:
+        """The agent whose vote candidate has the best utility, if that beats `to_beat`."""
+        voted = max((c for c in util if c.startswith(VOTES)), key=lambda c: util[c], default=None)
+        if voted is None or util[voted] <= to_beat:
+            return None
+        return voted[len(VOTES) :]
 
     def check_agents(self, names: set[str]) -> None:
         missing = sorted(names - set(self.agents))
@@ -186,6 +248,7 @@ class Gate:
             "source": self.source,
             "agents": {n: asdict(p) for n, p in self.agents.items()},
             "mix": asdict(self.mix),
+            "votes": {n: asdict(p) for n, p in self.votes.items()},
             "tasks": self.tasks,
         }
 
@@ -208,6 +271,7 @@ class Gate:
                 mix_k=int(d["mix_k"]),
                 tasks=dict(d.get("tasks") or {}),
                 source=str(d.get("source") or ""),
+                votes={n: VotePredictor(**p) for n, p in (d.get("votes") or {}).items()},
             )
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
@@ -216,10 +280,15 @@ class Gate:
                 f"{where}: not a mixkit gate file ({type(e).__name__}: {e}); "
                 "make one with `mixkit gate train`"
             ) from None
-        dims = {len(p.weights) for p in [*agents.values(), gate.mix]}
+        dims = {len(p.weights) for p in [*agents.values(), gate.mix, *gate.votes.values()]}
         if len(dims) != 1:
             raise ConfigError(f"{where}: not a mixkit gate file (predictors of unequal sizes)")
         return gate
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    w = np.exp(logits - logits.max())
+    return w / w.sum()
 
 
 def load(path: str | Path) -> Gate:
@@ -249,33 +318,9 @@ def packaged_gates() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-# -- training ---------------------------------------------------------------------------------
+# -- shared with training (training.py) ---------------------------------------------------
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-
-
-def fit_logistic(
-    x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, steps: int = 400, lr: float = 0.5
-) -> tuple[np.ndarray, float]:
-    """Logistic regression with soft labels y in [0, 1] and an L2 penalty; full-batch Adam.
-
-    x: (N, D) features, y: (N,) targets. Returns (weights (D,), bias).
-    """
-    n, d = x.shape
-    w, b = np.zeros(d), float(np.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3)))
-    m_w, v_w, m_b, v_b = np.zeros(d), np.zeros(d), 0.0, 0.0
-    for t in range(1, steps + 1):
-        p = _sigmoid(x @ w + b)  # (N,)
-        g_w = x.T @ (p - y) / n + l2 * w  # cross-entropy gradient (D,)
-        g_b = float((p - y).mean())
-        m_w = 0.9 * m_w + 0.1 * g_w
-        v_w = 0.999 * v_w + 0.001 * g_w**2
-        m_b = 0.9 * m_b + 0.1 * g_b
-        v_b = 0.999 * v_b + 0.001 * g_b**2
-        corr1, corr2 = 1 - 0.9**t, 1 - 0.999**t
-        w -= lr * (m_w / corr1) / (np.sqrt(v_w / corr2) + 1e-8) * 0.1
-        b -= lr * (m_b / corr1) / (math.sqrt(v_b / corr2) + 1e-8) * 0.1
-    return w, b
 
 
 def vote(answers: list[str | None], weights: list[float] | None = None) -> str | None:
@@ -291,100 +336,10 @@ def vote(answers: list[str | None], weights: list[float] | None = None) -> str |
     return next(a for a in answers if a is not None and tally[a] == best)
 
 
-def _by_prompt(records: list[ScoredCall]) -> dict[str, dict]:
-    """prompt -> {"task", "agents": {agent: [ScoredCall, ...]}} in record order."""
-    grouped: dict[str, dict] = {}
-    for r in records:
-        g = grouped.setdefault(r.prompt, {"task": r.task, "agents": defaultdict(list)})
-        g["agents"][r.agent].append(r)
-    return grouped
-
-
-def mix_label(samples: list[ScoredCall]) -> float:
-    """The score a majority vote over `samples` would get: the score of the winning answer."""
-    winner = vote([s.answer for s in samples])
-    if winner is None:
-        return 0.0
-    return max(s.score for s in samples if s.answer == winner)
-
-
-def train(
-    records: list[ScoredCall],
-    *,
-    features: str = "text",
-    mix_k: int = 3,
-    l2: float = 1e-2,
-    source: str = "",
-) -> Gate:
-    """Fit a gate: per agent, P(correct | prompt); for mixing, P(a vote of mix_k is correct).
-
-    The mixing label of a prompt is a majority vote over the first `mix_k` samples of the agents
-    ranked by their overall training accuracy (the slots the gate would fill), so it is learned
-    from the same calls, with no extra model calls.
-    """
-    if not records:
-        raise ConfigError("no scored calls to train the gate on (run `mixkit eval` first)")
-    grouped = _by_prompt(records)
-    agents = sorted({r.agent for r in records})
-    overall = {a: float(np.mean([r.score for r in records if r.agent == a])) for a in agents}
-    ranking = sorted(agents, key=lambda a: -overall[a])
-    prompts = list(grouped)
-    x = extractor(features)(prompts)  # (N, D)
-    predictors: dict[str, Predictor] = {}
-    for a in agents:
-        rows = [i for i, p in enumerate(prompts) if grouped[p]["agents"].get(a)]
-        y = np.array([np.mean([s.score for s in grouped[prompts[i]]["agents"][a]]) for i in rows])
-        w, b = fit_logistic(x[rows], y, l2=l2)
-        calls = [r for r in records if r.agent == a]
-        predictors[a] = Predictor(
-            weights=[round(float(v), 5) for v in w],
-            bias=round(b, 5),
-            train_accuracy=round(overall[a], 4),
-            prompt_tokens=_mean_known([c.prompt_tokens for c in calls]),
-            completion_tokens=_mean_known([c.completion_tokens for c in calls]),
-            latency_s=round(_mean_known([c.latency_s for c in calls]), 3),
-        )
-    mix_y = []
-    for p in prompts:
-        pool = [s for a in ranking for s in grouped[p]["agents"].get(a, [])][:mix_k]
-        mix_y.append(mix_label(pool))
-    w, b = fit_logistic(x, np.array(mix_y), l2=l2)
-    mix = Predictor([round(float(v), 5) for v in w], round(b, 5), round(float(np.mean(mix_y)), 4))
-    gate = Gate(features, predictors, mix, mix_k, source=source)
-    gate.tasks = _task_summary(gate, grouped, prompts, x, dict(zip(prompts, mix_y, strict=True)))
-    return gate
-
-
-def _mean_known(values: list[float | None] | list[int | None]) -> float:
-    """The mean of the values recorded (records without tokens or timings, e.g. labelled
-    prompts, do not pull it to 0); 0 when none is."""
-    known = [v for v in values if v is not None]
-    return float(np.mean(known)) if known else 0.0
-
-
-def _task_summary(
-    gate: Gate, grouped: dict, prompts: list[str], x: np.ndarray, mix_y: dict[str, float]
-) -> dict:
-    """Per training task: items, each candidate's real accuracy, and what the gate would pick."""
-    by_task: dict[str, list[int]] = defaultdict(list)
-    for i, p in enumerate(prompts):
-        by_task[grouped[p]["task"] or "(no task)"].append(i)
-    out = {}
-    for task, idx in sorted(by_task.items()):
-        real = {}
-        for a in gate.agents:
-            got = [
-                np.mean([s.score for s in grouped[prompts[i]]["agents"][a]])
-                for i in idx
-                if grouped[prompts[i]]["agents"].get(a)
-            ]
-            real[a] = round(float(np.mean(got)), 4) if got else None
-        real[MIX] = round(float(np.mean([mix_y[prompts[i]] for i in idx])), 4)
-        picks: Counter = Counter()
-        for i in idx:
-            preds = {a: float(p.predict(x[i : i + 1])[0]) for a, p in gate.agents.items()}
-            best = max(preds, key=lambda a: preds[a])
-            mix_p = float(gate.mix.predict(x[i : i + 1])[0])
-            picks["mix" if mix_p > preds[best] else f"alone:{best}"] += 1
-        out[task] = {"n": len(idx), "accuracy": real, "picks": dict(picks)}
-    return out
+# The training half lives in training.py; it is re-exported here (`model.train`, ...).
+from mixkit.moa.gate.training import (  # noqa: E402  (it imports this module's classes)
+    fit_logistic,
+    mix_label,
+    train,
+    vote_label,
+)

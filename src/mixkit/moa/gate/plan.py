@@ -1,7 +1,9 @@
 """What the engine does with a gate: plan a run, and pick the answer of a vote.
 
-    plan_run(config, gate, prompt)  -> Plan: answer alone with one agent, or run the first layer
-                                       with only the top-k slots (and combine by vote/synthesis)
+    plan_run(config, gate, prompt)  -> Plan: answer alone with one agent (asked once, or until
+                                       its answers agree: the gate's "votes"), or run the first
+                                       layer with only the top-k slots (and combine by
+                                       vote/synthesis)
     pick_by_vote(answers, weights)  -> the proposal carrying the weighted-majority final answer
 
 Pure functions over configs and strings; the pipeline calls them (pipeline.py). Agreement
@@ -25,6 +27,8 @@ class Plan:
 
     layers: list[LayerConfig]
     alone: str | None = None  # an agent answering the conversation by itself (no layers)
+    votes: int = 1  # alone: the most answers it gives (the gate's "votes" strategy)
+    agree: int = 1  # alone: it stops when this many of them agree
     combine: str = "synthesize"  # "synthesize" (aggregator) | "vote" (no aggregator call)
     weights: list[float] = field(default_factory=list)  # gate weights of layer 1's slots
     decision: GateDecision | None = None
@@ -82,10 +86,13 @@ def plan_run(
         combiner_cost=combiner,
         temperature=config.gate.temperature,
         noise=config.gate.noise if noise is None else noise,
+        votes=config.gate.votes,
     )
-    if decision.strategy == "alone":
+    if decision.strategy in ("alone", "votes"):
         agent = first.agents[names.index(decision.chosen[0])]
-        return Plan(layers=[], alone=agent, decision=decision)
+        return Plan(
+            layers=[], alone=agent, decision=decision, votes=decision.votes, agree=decision.agree
+        )
     chosen = [first.agents[names.index(label)] for label in decision.chosen]
     quorum = min(first.quorum, len(chosen)) if first.quorum else None
     layer = LayerConfig(
