@@ -36,9 +36,14 @@ def test_expert_parallel_equals_single_process(world):
     assert dropped_somewhere, "the capacity cases must actually drop assignments"
 
 
-def test_experts_must_divide_over_ranks():
-    results = run_ranks(workers.not_divisible, 2, E=5)
-    for res in results:
+@pytest.fixture(scope="module")
+def not_divisible():
+    """Two ranks asked to split E=5 experts: both refuse. One launch, read by two tests."""
+    return run_ranks(workers.not_divisible, 2, E=5)
+
+
+def test_experts_must_divide_over_ranks(not_divisible):
+    for res in not_divisible:
         assert res.error and res.error.startswith("ConfigError")
         assert "num_experts (5) is not divisible by the expert-parallel size (2)" in res.error
 
@@ -72,7 +77,6 @@ def test_a_hung_rank_is_killed_at_the_deadline():
         run_ranks(workers.hangs, 2, deadline_s=12, process_group=False)
 
 
-def test_a_failed_rank_is_named_by_values():
-    results = run_ranks(workers.not_divisible, 2, E=5)
+def test_a_failed_rank_is_named_by_values(not_divisible):
     with pytest.raises(RanksFailed, match="(?s)rank 0 failed .*ConfigError"):
-        values(results)
+        values(not_divisible)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from mixkit.testing.ranks import run_ranks, values
+from tests.in_process import run_in_process
 from tests.parallel import workers
-from tests.train.helpers import run_cli, write_corpus
+from tests.train.helpers import write_corpus
 
 
 @pytest.mark.parametrize(
@@ -44,18 +47,47 @@ def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "verse.txt")
 
 
+class Torchrun:
+    """`torchrun --nproc_per_node NPROC -m mixkit ARGS`, started; `result()` waits for it."""
+
+    def __init__(self, nproc: int, *args: str):
+        env = dict(os.environ, OMP_NUM_THREADS="1", MIXKIT_DIST_TIMEOUT="60")
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+        ]
+        # files, not pipes: several launches may run at once, and none is read until it ends
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(
+            [*cmd, "-m", "mixkit", *args],
+            stdout=self.out,
+            stderr=self.err,
+            text=True,
+            env=env,
+            start_new_session=True,  # its own process group: a timeout ends the ranks too
+        )
+
+    def result(self, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Its exit status and output, as subprocess.run returns them."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise
+        output = []
+        for stream in (self.out, self.err):
+            stream.seek(0)
+            output.append(stream.read())
+            stream.close()
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, *output)
+
+
 def torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MIXKIT_DIST_TIMEOUT="60")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-    ]
-    return subprocess.run(
-        [*cmd, "-m", "mixkit", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return Torchrun(nproc, *args).result(timeout)
 
 
 def tiny(corpus: Path, out: Path, *more: str) -> list[str]:
@@ -98,9 +130,10 @@ def test_torchrun_expert_parallel_run_then_one_process_then_back(corpus, tmp_pat
     ]
     assert exp_avg and all(t.shape[0] == 4 for t in exp_avg)
 
-    # one process reads it back: the same validation loss the two ranks measured
+    # one process reads it back: the same validation loss the two ranks measured (this process:
+    # `mixkit train` through its entry point, in process, see tests/in_process.py)
     val_2 = json.loads((run / "summary.json").read_text())["val_loss"]
-    report = run_cli("train", "--resume", "--out", str(run), "-q")
+    report = run_in_process("train", "--resume", "--out", str(run), "-q")
     assert report.returncode == 0, report.stderr
     val_line = next(
         line for line in report.stdout.splitlines() if line.startswith("step 30: val loss")
@@ -108,7 +141,7 @@ def test_torchrun_expert_parallel_run_then_one_process_then_back(corpus, tmp_pat
     assert abs(float(val_line.split()[4].rstrip(",")) - val_2) < 1e-3, (val_line, val_2)
 
     # ... and continues it
-    more = run_cli("train", "--resume", "--out", str(run), "--steps", "40", "-q")
+    more = run_in_process("train", "--resume", "--out", str(run), "--steps", "40", "-q")
     assert more.returncode == 0, more.stderr
     assert "resuming at step 30" in more.stdout
     assert _train_losses(run)[-1] < losses[0] - 0.5
@@ -123,29 +156,37 @@ def test_torchrun_expert_parallel_run_then_one_process_then_back(corpus, tmp_pat
 
 
 def test_bad_parallel_setups_are_one_line_errors(corpus, tmp_path):
-    alone = run_cli(*tiny(corpus, tmp_path / "a", "--expert-parallel", "2"))
+    # three independent torchrun launches, started together and collected below
+    odd_run = Torchrun(2, *tiny(corpus, tmp_path / "b", "--expert-parallel", "3"))
+    # the hierarchical MoE is refused, not hung, under expert parallelism
+    hier_sets = ["--set", "model.moe.num_experts=8", "--set", "model.moe.groups=2"]
+    hier_run = Torchrun(2, *tiny(corpus, tmp_path / "h", *hier_sets, "--expert-parallel", "2"))
+    # E=3 experts cannot be split over 2 ranks
+    uneven_run = Torchrun(
+        2,
+        *tiny(corpus, tmp_path / "c", "--set", "model.moe.num_experts=3", "--expert-parallel", "2"),
+    )
+
+    alone = run_in_process(*tiny(corpus, tmp_path / "a", "--expert-parallel", "2"))
     assert alone.returncode == 2
     assert "needs 2 processes" in alone.stderr and "torchrun" in alone.stderr
     assert "Traceback" not in alone.stderr
 
-    odd = torchrun(2, *tiny(corpus, tmp_path / "b", "--expert-parallel", "3"))
+    odd = odd_run.result()
     assert odd.returncode != 0
     assert (
         "error (rank 0): --expert-parallel (3) must divide the number of processes (2)"
         in " ".join(odd.stderr.split())
     )
 
-    # the hierarchical MoE is refused, not hung, under expert parallelism
-    hier_sets = ["--set", "model.moe.num_experts=8", "--set", "model.moe.groups=2"]
-    hier = torchrun(2, *tiny(corpus, tmp_path / "h", *hier_sets, "--expert-parallel", "2"))
+    hier = hier_run.result()
     assert hier.returncode != 0
     assert "hierarchical MoE (model.moe.groups) is not expert-parallel yet" in " ".join(
         hier.stderr.split()
     )
 
-    # E=4 experts cannot be split over 3 ranks
-    three = torchrun(3, *tiny(corpus, tmp_path / "c", "--expert-parallel", "3"))
-    assert three.returncode != 0
-    assert "num_experts (4) is not divisible by the expert-parallel size (3)" in " ".join(
-        three.stderr.split()
+    uneven = uneven_run.result()
+    assert uneven.returncode != 0
+    assert "num_experts (3) is not divisible by the expert-parallel size (2)" in " ".join(
+        uneven.stderr.split()
     )

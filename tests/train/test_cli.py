@@ -1,9 +1,14 @@
-"""`mixkit train` / `mixkit generate` through the real entry point: clear errors, no tracebacks."""
+"""`mixkit train` / `mixkit generate` through the real entry point: clear errors, no tracebacks.
+
+Training, generating and one mistake run the console script in a subprocess; the other
+mistakes, which fail before any work, call the same entry point in process (tests/in_process.py).
+"""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.in_process import run_in_process
 from tests.train.helpers import run_cli
 
 
@@ -42,13 +47,13 @@ def test_bad_config_is_one_clear_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('preset = "tiny"\n[model.moe]\nnum_experts = 0\n')
     assert_clean_error(
-        run_cli("train", "--config", str(bad), "--out", str(tmp_path / "o")),
+        run_in_process("train", "--config", str(bad), "--out", str(tmp_path / "o")),
         "model.moe.num_experts",
         "greater than or equal to 1",
     )
-    assert_clean_error(run_cli("train", "--preset", "nope"), "unknown preset 'nope'")
+    assert_clean_error(run_in_process("train", "--preset", "nope"), "unknown preset 'nope'")
     assert_clean_error(
-        run_cli("train", "--set", "model.moe.router=switch", "--out", str(tmp_path / "o")),
+        run_in_process("train", "--set", "model.moe.router=switch", "--out", str(tmp_path / "o")),
         "model.moe: k (2) must be 1",
     )
 
@@ -68,6 +73,8 @@ def test_corrupt_checkpoint_is_one_clear_line(trained_run, tmp_path):
     shutil.copytree(trained_run, run)
     weights = run / "checkpoint" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
-    assert_clean_error(run_cli("generate", "--checkpoint", str(run)), "corrupt")
-    assert_clean_error(run_cli("train", "--resume", "--out", str(run)), "corrupt")
-    assert_clean_error(run_cli("generate", "--checkpoint", str(tmp_path / "none")), "no checkpoint")
+    assert_clean_error(run_in_process("generate", "--checkpoint", str(run)), "corrupt")
+    assert_clean_error(run_in_process("train", "--resume", "--out", str(run)), "corrupt")
+    assert_clean_error(
+        run_in_process("generate", "--checkpoint", str(tmp_path / "none")), "no checkpoint"
+    )

@@ -10,6 +10,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
+from tests.in_process import run_in_process
 from tests.train.helpers import run_cli, tiny_overrides
 
 # The killed run: the real training loop in a fresh process that SIGKILLs itself right after
@@ -54,16 +55,20 @@ def write_config(tmp_path, corpus):
 def test_resume_after_sigkill_matches_an_uninterrupted_run(corpus, tmp_path):
     config = write_config(tmp_path, corpus)
 
-    straight = run_cli("train", "--config", str(config), "--out", str(tmp_path / "straight"), "-q")
-    assert straight.returncode == 0, straight.stderr
-
-    killed = subprocess.run(
+    # the killed run in its own process; beside it, the straight run in this one (the CLI's
+    # entry point in process, tests/in_process.py: the same run without ~5 s of start-up)
+    killed = subprocess.Popen(
         [sys.executable, "-c", KILLED_RUN, str(config), str(tmp_path / "killed"), str(KILL_AT)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    straight = run_in_process(
+        "train", "--config", str(config), "--out", str(tmp_path / "straight"), "-q"
+    )
+    _, killed_err = killed.communicate(timeout=300)
+    assert straight.returncode == 0, straight.stderr
+    assert killed.returncode == -signal.SIGKILL, killed_err
     state = torch.load(tmp_path / "killed" / "checkpoint" / "train_state.pt", weights_only=True)
     assert state["step"] == 8  # steps 9..13 were done and lost: resume must redo them identically
 
