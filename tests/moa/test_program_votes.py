@@ -191,8 +191,11 @@ def test_a_failed_program_is_no_vote_and_no_answer_at_all_falls_back(scripted, t
     gate = vote_gate(tmp_path / "gate.json", single=0.5, voted=0.9)
     # one failure, then two programs that disagree: the earliest of the tied answers wins
     model = "seq:print(1 / 0)  # vote c|||print(5)|||print(6)"
-    _, answer = run(voting_mixture(scripted.url, model, gate))
+    cfg = voting_mixture(scripted.url, model, gate)
+    cfg["agents"]["prog"]["retries"] = 1  # alone it would retry; in a vote the next sample does
+    _, answer = run(cfg)
     assert [c.outcome for c in answer.calls] == ["error", "ok", "ok"]
+    assert [len(c.programs) for c in answer.calls] == [1, 1, 1]
     assert answer.answer == "5"
     # every program fails: the next agent of the gate's ranking answers
     _, answer = run(voting_mixture(scripted.url, "ok:print(1 / 0)  # vote d", gate))

@@ -65,7 +65,7 @@ class CallOptions:
     the agent's own. retries: retryable failures retried at most this often. threads: a local
     model's share of the cores. on_piece(text) sees every piece as it arrives, buffered or not
     (the pieces of an attempt that is then retried included); on_retry(attempt, error) is called
-    before attempt number `attempt` (2 = the first retry) starts.
+    before attempt number `attempt` (2 = the first retry) starts. program_retries: see below.
     """
 
     deadline: float
@@ -74,6 +74,8 @@ class CallOptions:
     threads: int | None = None
     on_piece: Callable[[str], None] | None = None
     on_retry: Callable[[int, str], None] | None = None
+    program_retries: int | None = None  # a program agent's new programs after a failed one
+    # (None: its config's `retries`; a vote asks for fresh samples instead, so it passes 0)
 
 
 def make_provider(name: str, cfg: AgentConfig) -> Provider:

@@ -184,7 +184,7 @@ class ProgramAgent(Agent):
         self, run: _Attempts, call: CallOptions, buffered: bool
     ) -> AsyncGenerator[str, None]:
         """Ask, run, and ask again with the error shown, until a program prints an answer."""
-        retries = self.config.retries
+        retries = self.config.retries if call.program_retries is None else call.program_retries
         for attempt in range(1, retries + 2):
             reply: list[str] = []
             async for piece in self._ask(run, call, buffered):

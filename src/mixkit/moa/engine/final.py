@@ -47,9 +47,11 @@ async def stream_final(
     layer: int,
     label: str,
     slot: int = 0,
+    program_retries: int | None = None,
 ) -> AsyncGenerator[str, None]:
     """The pieces of `agent`'s answer to `prompt`, as it makes them; a failure is LayerFailed.
-    `slot`: which of several samples this is (each slot samples with its own seed)."""
+    `slot`: which of several samples this is (each slot samples with its own seed);
+    `program_retries`: overrides a program agent's `retries`."""
     if run.output is not None:  # structured output or tools: engine/output.py
         pieces = run.output.final(agent, prompt, deadline, run, layer=layer, label=label)
         try:
@@ -70,6 +72,7 @@ async def stream_final(
     on_piece, on_retry = run.emit.call_hooks(record)
     threads = run.threads([agent.name])
     call = CallOptions(deadline, sampling, run.retries, threads, on_piece, on_retry)
+    call.program_retries = program_retries
     pieces = agent.stream(prompt, record, call)
     try:
         async for piece in pieces:
@@ -101,14 +104,16 @@ async def vote_alone(
     `agree` of its final answers agree; the plain majority of the answers given wins
     (ties: the earliest). Everything streams as Reasoning while the vote goes on (a program, what
     it printed, a text agent's words); the winning answer comes last. A call that fails is no
-    vote; LayerFailed when none answered (or at the deadline with no answer)."""
+    vote, and a failed program is not retried (the next sample is a fresh try), so a vote makes
+    at most `votes` model calls; LayerFailed when none answered (or at the deadline with none)."""
     answers: list[str] = []
     keys: list[str | None] = []
     failure: LayerFailed | None = None
     for i in range(votes):
-        pieces = stream_final(
-            agent, conversation, deadline, run, layer=1, label=f"{label}#{i + 1}", slot=i
-        )
+        pieces = stream_final(  # a failed program is no vote: the next sample is its retry
+            agent, conversation, deadline, run, layer=1, label=f"{label}#{i + 1}", slot=i,
+            program_retries=0,
+        )  # fmt: skip
         said: list[str] = []
         try:
             async for piece in pieces:

@@ -133,19 +133,25 @@ def _fit_votes(
     gate: Gate, grouped: dict, prompts: list[str], x: np.ndarray, votes: int, agree: int, l2: float
 ) -> dict[str, dict[str, float]]:
     """Add a vote candidate to `gate` for every agent with at least `agree` samples of some
-    prompts; return its labels (agent -> prompt -> score of the vote)."""
+    prompt; return its labels (agent -> prompt -> score of the vote).
+
+    It learns on every prompt the agent answered, as the agent's own predictor does: where it
+    answered once, the vote's label is that answer's score (no evidence that a vote does better),
+    so prompts that were labelled, not sampled (free text), keep it from looking good there.
+    Its cost counts the samples drawn where there were enough to simulate the vote."""
     vote_y: dict[str, dict[str, float]] = {}
     for a in gate.agents:
-        rows = [i for i, p in enumerate(prompts) if len(grouped[p]["agents"].get(a, [])) >= agree]
-        if not rows:
+        rows = [i for i, p in enumerate(prompts) if grouped[p]["agents"].get(a)]
+        sampled = [i for i in rows if len(grouped[prompts[i]]["agents"][a]) >= agree]
+        if not sampled:
             continue
         labelled = [vote_label(grouped[prompts[i]]["agents"][a], votes, agree) for i in rows]
         y = np.array([score for score, _ in labelled])
         w, b = fit_logistic(x[rows], y, l2=l2)
+        drawn = [n for i, (_, n) in zip(rows, labelled, strict=True) if i in set(sampled)]
         gate.votes[a] = VotePredictor(
             [round(float(v), 5) for v in w], round(b, 5), round(float(y.mean()), 4),
-            votes=votes, agree=agree,
-            samples=round(float(np.mean([n for _, n in labelled])), 3),
+            votes=votes, agree=agree, samples=round(float(np.mean(drawn)), 3),
         )  # fmt: skip
         vote_y[a] = {prompts[i]: score for i, (score, _) in zip(rows, labelled, strict=True)}
     return vote_y
