@@ -164,9 +164,12 @@ def test_the_default_gated_preset_answers_on_the_embedded_models(home):
     answer = moa.run("What is 12 + 30? End with 'Answer: <number>'.", max_tokens=48)
     gate = answer.gate
     assert gate is not None and answer.answer.strip()
-    assert set(gate["scores"]) == {"qwen", "qwen-program", "smollm", "mix"}
-    consulted = {c.agent for c in answer.calls}
+    assert set(gate["scores"]) == {"qwen", "qwen-program", "smollm", "mix", "votes:qwen-program"}
+    consulted = {c.agent.split("#")[0] for c in answer.calls}  # a vote's calls: qwen-program#2
     assert consulted <= set(gate["chosen"]) and not consulted & set(gate["skipped"])
     if gate["strategy"] == "alone":
         assert len(answer.calls) == 1 and answer.calls[0].outcome == "ok"
+    if gate["strategy"] == "votes":  # until two agree, at most three
+        voted = [c for c in answer.calls if c.agent.startswith("qwen-program#")]
+        assert 2 <= len(voted) <= gate["votes"] == 3
     check_trace_matches(answer, home)
