@@ -189,13 +189,14 @@ def test_two_agreeing_answers_end_the_vote_after_two_calls(scripted, tmp_path):
 
 def test_a_failed_program_is_no_vote_and_no_answer_at_all_falls_back(scripted, tmp_path):
     gate = vote_gate(tmp_path / "gate.json", single=0.5, voted=0.9)
-    # one failure, then two programs that disagree: the earliest of the tied answers wins
-    model = "seq:print(1 / 0)  # vote c|||print(5)|||print(6)"
+    # a failed program is retried with its error shown, as alone, within the vote's 3 calls:
+    # its fix answers 5, the last call 6; the tie goes to the earliest
+    model = "seq:print(1 / 0)  # vote c|||print(5)|||print(6)|||print(6)"
     cfg = voting_mixture(scripted.url, model, gate)
-    cfg["agents"]["prog"]["retries"] = 1  # alone it would retry; in a vote the next sample does
+    cfg["agents"]["prog"]["retries"] = 1
     _, answer = run(cfg)
-    assert [c.outcome for c in answer.calls] == ["error", "ok", "ok"]
-    assert [len(c.programs) for c in answer.calls] == [1, 1, 1]
+    assert [c.outcome for c in answer.calls] == ["ok", "ok"]
+    assert [len(c.programs) for c in answer.calls] == [2, 1]  # 3 model calls, no fourth
     assert answer.answer == "5"
     # every program fails: the next agent of the gate's ranking answers
     _, answer = run(voting_mixture(scripted.url, "ok:print(1 / 0)  # vote d", gate))

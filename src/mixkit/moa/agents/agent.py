@@ -75,7 +75,7 @@ class CallOptions:
     on_piece: Callable[[str], None] | None = None
     on_retry: Callable[[int, str], None] | None = None
     program_retries: int | None = None  # a program agent's new programs after a failed one
-    # (None: its config's `retries`; a vote asks for fresh samples instead, so it passes 0)
+    # (None: its config's `retries`; a vote passes what its budget of model calls leaves)
 
 
 def make_provider(name: str, cfg: AgentConfig) -> Provider:

@@ -3,8 +3,9 @@
 When a gate lets one agent answer alone and that agent fails before its first token, the next
 agent in the gate's ranking answers instead, all within the one deadline (`answer_alone`); a
 program agent's reasoning (its program) is no token of the answer, so a failed program falls back too.
-When the gate chose a vote of that agent ("votes"), it answers up to n times, one call after
-another, until `agree` of its answers agree, and their majority is the answer (`vote_alone`).
+When the gate chose a vote of that agent ("votes"), it answers again and again, one call after
+another, until `agree` of its answers agree or n model calls are spent, and their majority is
+the answer (`vote_alone`).
 """
 
 from __future__ import annotations
@@ -100,19 +101,22 @@ async def vote_alone(
     votes: int,
     agree: int,
 ) -> AsyncGenerator[str, None]:
-    """`agent` answers up to `votes` times, one call after another (each its own sample), until
-    `agree` of its final answers agree; the plain majority of the answers given wins
-    (ties: the earliest). Everything streams as Reasoning while the vote goes on (a program, what
-    it printed, a text agent's words); the winning answer comes last. A call that fails is no
-    vote, and a failed program is not retried (the next sample is a fresh try), so a vote makes
-    at most `votes` model calls; LayerFailed when none answered (or at the deadline with none)."""
+    """`agent` answers again and again, one call after another (each its own sample), until
+    `agree` of its final answers agree or `votes` model calls are spent; the plain majority of
+    the answers given wins (ties: the earliest). A program agent retries a failed program with
+    its error shown, as it does alone, within that budget; a call that fails is no vote.
+    Everything streams as Reasoning while the vote goes on (a program, what it printed, a text
+    agent's words); the winning answer comes last. LayerFailed when none answered."""
     answers: list[str] = []
     keys: list[str | None] = []
     failure: LayerFailed | None = None
-    for i in range(votes):
-        pieces = stream_final(  # a failed program is no vote: the next sample is its retry
-            agent, conversation, deadline, run, layer=1, label=f"{label}#{i + 1}", slot=i,
-            program_retries=0,
+    spent, i = 0, 0
+    while spent < votes and time.monotonic() < deadline:
+        i += 1
+        retries = min(agent.config.retries, votes - spent - 1)
+        pieces = stream_final(
+            agent, conversation, deadline, run, layer=1, label=f"{label}#{i}", slot=i - 1,
+            program_retries=retries,
         )  # fmt: skip
         said: list[str] = []
         try:
@@ -124,17 +128,16 @@ async def vote_alone(
                 yield Reasoning(piece)
         except LayerFailed as e:
             failure = e
-            if e.deadline_expired or time.monotonic() >= deadline:
-                break
             continue
         finally:
             await pieces.aclose()
+            spent += len(run.calls[-1].programs or []) or 1  # model calls: a program's attempts
         text = said[0] if len(said) == 1 else "".join(said)  # keeps a ProgramAnswer whole
         answers.append(text)
         keys.append(final_answer(text))
         if keys[-1] is not None and keys.count(keys[-1]) >= agree:
             break
-        if i + 1 < votes:
+        if spent < votes:
             yield Reasoning(f"\n\n(answer {len(answers)}: {keys[-1] or 'none'}; asking again)\n\n")
     if not answers:
         assert failure is not None
