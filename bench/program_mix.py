@@ -12,8 +12,10 @@ issue 17 met or missed.
         --split b=chain_sum,spell_backward -p gated
 
 A gate that votes over one agent's samples cannot be replayed from single runs (a vote needs
-new samples): with `--real-gated SYSTEM` the `gated` row is the stored real runs of SYSTEM
-(e.g. `moa=gated`, from `mixkit eval --strategies moa=gated`) instead.
+new samples): with `--real-gated SYSTEM` (e.g. `moa=gated`, from `mixkit eval --strategies
+moa=gated`), `gated` takes the real run of SYSTEM on the items where the gate voted, and the
+replay everywhere else (paired with the single runs, as above); SYSTEM's own column is the real
+run on every item.
 """
 
 from __future__ import annotations
@@ -69,19 +71,21 @@ def derive(
     results: list[ItemResult], config, gate, real_gated: str | None = None
 ) -> list[ItemResult]:
     """Single runs and real systems as stored; `gated` and `vote-agents` computed afresh
-    (`gated`: the stored runs of `real_gated` when given)."""
+    (`gated`: where the gate voted, the stored real run of `real_gated`)."""
     kept = [r for r in results if r.system not in DERIVED]
-    if real_gated is not None:
-        kept = [replace(r, system="gated") if r.system == real_gated else r for r in kept]
+    real = {(r.task, r.item.prompt): r for r in kept if r.system == real_gated}
     order = list(dict.fromkeys(config.layers[0].agents))
     by_item: dict[tuple[str, str], dict[str, ItemResult]] = defaultdict(dict)
     for r in kept:
         if r.agent is not None and r.sample == 0:
             by_item[(r.task, r.item.prompt)].setdefault(r.agent, r)
     derived = []
-    for singles in by_item.values():
+    for key, singles in by_item.items():
+        gated = replay_gated(config, gate, singles)
+        if gated is None and key in real:  # a vote: only a real run says what it answers
+            gated = replace(real[key], system="gated")
         made_here = (
-            None if real_gated is not None else replay_gated(config, gate, singles),
+            gated,
             vote_agents(singles, order),
             vote_weighted(config, gate, singles),
             vote_weighted(config, gate, singles, PAIR, label="vote-weighted:pair"),

@@ -95,6 +95,13 @@ ARCHS = list(CONFIGS)
 
 
 @pytest.fixture(autouse=True)
+def _fused_training(monkeypatch):
+    """These tiny models have a few rows per expert, where training takes torch._grouped_mm on
+    the CPU (TRAIN_FEW_ROWS); the tests check the fused Function unless they say otherwise."""
+    monkeypatch.setattr(mixkit_hf, "TRAIN_FEW_ROWS", 0)
+
+
+@pytest.fixture(autouse=True)
 def _one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -230,9 +237,18 @@ def _train_step(model, ids):
     return out
 
 
-def test_one_training_step_same_gradients_aux_loss_and_router_logits(models, ids):
+@pytest.mark.parametrize("few_rows", [0, 10**6], ids=["fused", "grouped_mm"])
+def test_one_training_step_same_gradients_aux_loss_and_router_logits(
+    few_rows, models, ids, monkeypatch, calls
+):
+    """Both CPU training paths: the fused Function, and torch._grouped_mm below TRAIN_FEW_ROWS
+    rows per expert (autograd's backward)."""
     eager, ours = models
+    monkeypatch.setattr(mixkit_hf, "TRAIN_FEW_ROWS", few_rows)
     want, got = _train_step(eager, ids), _train_step(ours, ids)
+    layers = len(experts_modules(ours))
+    assert calls == ({"fused": layers, "grouped": 0} if few_rows == 0 else
+                     {"fused": 0, "grouped": layers})  # fmt: skip
     torch.testing.assert_close(got.loss, want.loss, rtol=0, atol=1e-6)
     if want.aux_loss is not None:  # DeepSeek-V3 balances with a bias, not an aux loss
         assert want.aux_loss > 0

@@ -20,6 +20,9 @@ them, no copies (see _ExpertViews).
 Inference (no gradient needed) with few rows per expert on the CPU (decoding, short prompts), and
 bf16 on CUDA: a shorter path, one sort, torch._grouped_mm, one un-sort (see _infer and FEW_ROWS:
 it measured fastest there); with many rows per expert, the fused Function as in training.
+Training with few rows per expert on the CPU (TRAIN_FEW_ROWS) runs the dispatched rows through
+torch._grouped_mm with autograd's backward, as on CUDA: the fused Function's fixed costs showed
+there (Mixtral-shaped, 64 rows per expert: 1.17x HF's grouped_mm, against 0.94x).
 
 Supported: experts registered with `@use_experts_implementation` with the default layout (gate and
 up concatenated, not transposed, no biases, no post-expert norm) and a SiLU-gated FFN: Mixtral,
@@ -187,7 +190,9 @@ def experts_forward(
     dispatcher = LocalDispatcher(gate_up.shape[0])
     x_SD, counts, plan = dispatcher.dispatch(x_TD, _decision(top_k_index, top_k_weights), None)
     weight_S = plan.weight_S.to(x_SD.dtype)
-    if _grouped_mm_ok(x_SD):
+    if _grouped_mm_ok(x_SD) or (
+        top_k_index.numel() < TRAIN_FEW_ROWS * gate_up.shape[0] and _cpu_grouped_mm_ok(x_SD)
+    ):
         offs = torch.tensor(counts, device=x_SD.device).cumsum(0).to(torch.int32)
         out_SD = _grouped_swiglu(x_SD, offs, gate_up, down) * weight_S.unsqueeze(-1)
     else:
@@ -205,6 +210,11 @@ def _inference(*tensors: torch.Tensor) -> bool:
 # Function from there (measured: E=64, k=8, d=512, H=256, 1 thread: _infer 4 ms against 5 at 1
 # row per expert, a tie at 16, 163 ms against 123 at 256; E=8, k=2, H=1024: 9 ms against 8 at 16).
 FEW_ROWS = 16
+# Training on the CPU takes torch._grouped_mm (autograd's own backward) below this many rows per
+# expert on average, and the fused Function from there (measured, Mixtral-shaped E=8, k=2, d=512,
+# H=1024, 1 thread, against HF's grouped_mm: 0.94x against 1.17x at 64 rows, 0.96x against 1.07x
+# at 128; at 256 the fused Function was 1.01-1.10x and torch._grouped_mm 1.04-1.17x; even at 512).
+TRAIN_FEW_ROWS = 192
 # torch._grouped_mm runs on the CPU from torch 2.9 (before 2.11 only on 16-byte aligned tensors)
 _CPU_GROUPED_MM = hasattr(torch, "_grouped_mm") and TorchVersion(torch.__version__) >= "2.11"
 
