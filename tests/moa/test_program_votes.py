@@ -233,3 +233,28 @@ def test_a_vote_is_not_replayed_from_single_runs(tmp_path):
     assert replay_gated(cfg, gate, singles) is None
     cfg.gate.votes = False
     assert replay_gated(cfg, gate, singles) is not None
+
+
+def test_gate_train_and_show_on_the_command_line(tmp_path):
+    """`mixkit gate train` learns the vote candidate from a JSONL with several samples per
+    prompt, `gate show` prints its column; a vote that cannot agree is one clear line."""
+    import dataclasses
+    import json
+
+    from tests.in_process import run_in_process
+
+    calls = tmp_path / "calls.jsonl"
+    calls.write_text("".join(json.dumps(dataclasses.asdict(c)) + "\n" for c in traces(40, 2)))
+    gate = tmp_path / "gate.json"
+    out = run_in_process(
+        "gate", "train", "--jsonl", str(calls), "-o", str(gate), env={"COLUMNS": "200"}
+    )
+    assert out.returncode == 0, out.stderr
+    assert "votes:coder = up to 3 answers until 2 agree" in " ".join(out.stdout.split())
+    assert set(g.load(gate).votes) == {"coder"}
+    shown = run_in_process("gate", "show", str(gate), env={"COLUMNS": "200"})
+    assert shown.returncode == 0 and "votes:coder" in shown.stdout
+    bad = run_in_process("gate", "train", "--jsonl", str(calls), "-o", str(tmp_path / "x.json"),
+                         "--votes", "3", "--agree", "4")  # fmt: skip
+    assert bad.returncode == 2 and "--agree (4) is more than --votes (3)" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x.json").exists()
