@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mixkit.errors import MixkitError
 from mixkit.evals.tasks import FileTask, Item, Task, scored_answer
-from mixkit.moa.agents.agent import CallRecord
+from mixkit.moa.agents.agent import model_calls
 from mixkit.moa.answers import final_answer, normalize_answer
 from mixkit.moa.config import MoAConfig
 from mixkit.moa.engine.pipeline import MoA
@@ -161,9 +161,3 @@ async def run_system(
 
 def new_eval_id() -> str:
     return uuid.uuid4().hex
-
-
-def model_calls(calls: list[CallRecord]) -> int:
-    """Model calls a run made: one per agent call, except that a program agent makes one per
-    program it asked for (a retry after a failed program is a second call)."""
-    return sum(len(c.programs) if c.programs else 1 for c in calls)

@@ -57,6 +57,12 @@ class CallRecord:
         return asdict(self)
 
 
+def model_calls(calls: list[CallRecord]) -> int:
+    """Model calls a run made: one per agent call, except that a program agent makes one per
+    program it asked for (a retry after a failed program is a second call)."""
+    return sum(len(c.programs) if c.programs else 1 for c in calls)
+
+
 @dataclass
 class CallOptions:
     """How one agent call runs.

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixkit.errors import LayerFailed, ProviderError, Timeout
-from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord
+from mixkit.moa.agents.agent import Agent, CallOptions, CallRecord, model_calls
 from mixkit.moa.agents.program import Reasoning
 from mixkit.moa.agents.providers.base import Constraint, Message
 from mixkit.moa.answers import final_answer
 from mixkit.moa.events import Emitter
-from mixkit.moa.gate.model import GateDecision, vote
+from mixkit.moa.gate.model import GateDecision
+from mixkit.moa.gate.plan import pick_by_vote
 
 
 @dataclass
@@ -72,8 +73,9 @@ async def stream_final(
     run.emit.call_start(record)
     on_piece, on_retry = run.emit.call_hooks(record)
     threads = run.threads([agent.name])
-    call = CallOptions(deadline, sampling, run.retries, threads, on_piece, on_retry)
-    call.program_retries = program_retries
+    call = CallOptions(
+        deadline, sampling, run.retries, threads, on_piece, on_retry, program_retries
+    )
     pieces = agent.stream(prompt, record, call)
     try:
         async for piece in pieces:
@@ -103,7 +105,7 @@ async def vote_alone(
 ) -> AsyncGenerator[str, None]:
     """`agent` answers again and again, one call after another (each its own sample), until
     `agree` of its final answers agree or `votes` model calls are spent; the plain majority of
-    the answers given wins (ties: the earliest). A program agent retries a failed program with
+    the answers given wins (ties: the earliest; `plan.pick_by_vote`). A program agent retries a failed program with
     its error shown, as it does alone, within that budget; a call that fails is no vote.
     Everything streams as Reasoning while the vote goes on (a program, what it printed, a text
     agent's words); the winning answer comes last. LayerFailed when none answered."""
@@ -131,7 +133,7 @@ async def vote_alone(
             continue
         finally:
             await pieces.aclose()
-            spent += len(run.calls[-1].programs or []) or 1  # model calls: a program's attempts
+            spent += model_calls(run.calls[-1:])  # a program agent's: one per program
         text = said[0] if len(said) == 1 else "".join(said)  # keeps a ProgramAnswer whole
         answers.append(text)
         keys.append(final_answer(text))
@@ -142,8 +144,8 @@ async def vote_alone(
     if not answers:
         assert failure is not None
         raise failure
-    winner = vote(keys)
-    best = keys.index(winner) if winner is not None else 0
+    best = pick_by_vote(answers, [1.0] * len(answers))
+    winner = keys[best]
     count = keys.count(winner) if winner is not None else 1
     yield Reasoning(f"\n\n(the vote: {winner or 'none'}, {count} of {len(answers)} answers)\n\n")
     yield answers[best]

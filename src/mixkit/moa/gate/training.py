@@ -89,9 +89,9 @@ def train(
 
     The mixing label of a prompt is a majority vote over the first answer of each of the first
     `mix_k` agents ranked by their overall training accuracy (the slots the gate would fill), so
-    it is learned from the same calls, with no extra model calls. An agent's vote candidate is
-    learned on the prompts where it has at least `agree` samples (`vote_label`; `votes` <= 1:
-    no vote candidates).
+    it is learned from the same calls, with no extra model calls. An agent with at least `agree`
+    samples of some prompt gets a vote candidate (`_fit_votes`, `vote_label`; `votes` <= 1:
+    none).
     """
     if not records:
         raise ConfigError("no scored calls to train the gate on (run `mixkit eval` first)")
@@ -142,13 +142,13 @@ def _fit_votes(
     vote_y: dict[str, dict[str, float]] = {}
     for a in gate.agents:
         rows = [i for i, p in enumerate(prompts) if grouped[p]["agents"].get(a)]
-        sampled = [i for i in rows if len(grouped[prompts[i]]["agents"][a]) >= agree]
+        sampled = {i for i in rows if len(grouped[prompts[i]]["agents"][a]) >= agree}
         if not sampled:
             continue
         labelled = [vote_label(grouped[prompts[i]]["agents"][a], votes, agree) for i in rows]
         y = np.array([score for score, _ in labelled])
         w, b = fit_logistic(x[rows], y, l2=l2)
-        drawn = [n for i, (_, n) in zip(rows, labelled, strict=True) if i in set(sampled)]
+        drawn = [n for i, (_, n) in zip(rows, labelled, strict=True) if i in sampled]
         gate.votes[a] = VotePredictor(
             [round(float(v), 5) for v in w], round(b, 5), round(float(y.mean()), 4),
             votes=votes, agree=agree, samples=round(float(np.mean(drawn)), 3),
