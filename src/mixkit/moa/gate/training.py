@@ -5,11 +5,14 @@ mixing, and one per agent with several samples of a prompt for a vote of its sam
     mix_label(samples)                 the score a majority vote over samples would get
     vote_label(samples, votes, agree)  the score of a vote that draws until `agree` agree,
                                        and how many samples it drew
+    expected_vote_label(...)           the same averaged over the samples' orders (what a
+                                       vote candidate learns)
     fit_logistic(x, y)                 logistic regression with soft labels (full-batch Adam)
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter, defaultdict
 
@@ -64,6 +67,20 @@ def vote_label(samples: list[ScoredCall], votes: int, agree: int) -> tuple[float
         if s.answer is not None and sum(d.answer == s.answer for d in drawn) >= agree:
             break
     return mix_label(drawn), len(drawn)
+
+
+def expected_vote_label(
+    samples: list[ScoredCall], votes: int, agree: int, orders: int = 120
+) -> tuple[float, float]:
+    """`vote_label` averaged over the orders the samples could have come in (every permutation,
+    at most `orders` of them, in a fixed order): a vote's expected score and draws, as the
+    agent's own label is the mean over its samples, not the score of whichever came first."""
+    scores, drawn = [], []
+    for order in itertools.islice(itertools.permutations(samples), orders):
+        score, n = vote_label(list(order), votes, agree)
+        scores.append(score)
+        drawn.append(n)
+    return float(np.mean(scores)), float(np.mean(drawn))
 
 
 def mix_label(samples: list[ScoredCall]) -> float:
@@ -132,8 +149,10 @@ def train(
 def _fit_votes(
     gate: Gate, grouped: dict, prompts: list[str], x: np.ndarray, votes: int, agree: int, l2: float
 ) -> dict[str, dict[str, float]]:
-    """Add a vote candidate to `gate` for every agent with at least `agree` samples of some
-    prompt; return its labels (agent -> prompt -> score of the vote).
+    """Add a vote candidate to `gate` for every agent with at least `agree` samples (and at
+    least 2) of some prompt; return its labels (agent -> prompt -> score of the vote). With
+    `agree` = 1 the candidate is "ask until it answers": what it can gain is the answers of
+    later samples where earlier ones failed (a program that never printed an answer).
 
     It learns on every prompt the agent answered, as the agent's own predictor does: where it
     answered once, the vote's label is that answer's score (no evidence that a vote does better),
@@ -142,10 +161,12 @@ def _fit_votes(
     vote_y: dict[str, dict[str, float]] = {}
     for a in gate.agents:
         rows = [i for i, p in enumerate(prompts) if grouped[p]["agents"].get(a)]
-        sampled = {i for i in rows if len(grouped[prompts[i]]["agents"][a]) >= agree}
+        sampled = {i for i in rows if len(grouped[prompts[i]]["agents"][a]) >= max(agree, 2)}
         if not sampled:
             continue
-        labelled = [vote_label(grouped[prompts[i]]["agents"][a], votes, agree) for i in rows]
+        labelled = [
+            expected_vote_label(grouped[prompts[i]]["agents"][a], votes, agree) for i in rows
+        ]
         y = np.array([score for score, _ in labelled])
         w, b = fit_logistic(x[rows], y, l2=l2)
         drawn = [n for i, (_, n) in zip(rows, labelled, strict=True) if i in sampled]
