@@ -15,7 +15,10 @@ A gate that votes over one agent's samples cannot be replayed from single runs (
 new samples): with `--real-gated SYSTEM` (e.g. `moa=gated`, from `mixkit eval --strategies
 moa=gated`), `gated` takes the real run of SYSTEM on the items where the gate voted, and the
 replay everywhere else (paired with the single runs, as above); SYSTEM's own column is the real
-run on every item.
+run on every item. Where the gate asked its agent until it answered (agree = 1), the column
+`gated:first-call` is what answering alone would have scored on the same draws: the run's first
+call where it answered, else the fallback agent's single run (the same items, so the difference
+between the two columns is what asking again added, without the noise of another draw).
 """
 
 from __future__ import annotations
@@ -49,8 +52,13 @@ def read_results(db: Path) -> list[ItemResult]:
     # model calls per run, recounted by collect.model_calls from the logged calls (results
     # stored before it existed counted one call per agent call, a program's retries not)
     logged: dict[str, list] = defaultdict(list)
-    for run_id, programs in conn.execute("SELECT run_id, programs_json FROM calls"):
-        logged[run_id].append(SimpleNamespace(programs=json.loads(programs) if programs else None))
+    for run_id, agent, outcome, programs in conn.execute(
+        "SELECT run_id, agent, outcome, programs_json FROM calls ORDER BY id"
+    ):
+        logged[run_id].append(SimpleNamespace(
+            agent=agent, outcome=outcome, programs=json.loads(programs) if programs else None
+        ))  # fmt: skip
+    CALLS.update(logged)
     conn.close()
     calls = {run_id: model_calls(records) for run_id, records in logged.items()}
     out = []
@@ -65,6 +73,31 @@ def read_results(db: Path) -> list[ItemResult]:
             cost_usd=r["cost_usd"], gate=json.loads(r["gate_json"]) if r["gate_json"] else None,
         ))  # fmt: skip
     return out
+
+
+CALLS: dict[str, list] = {}  # run id -> its logged calls (agent, outcome, programs), in order
+
+
+def first_call_alone(real: ItemResult, singles: dict[str, ItemResult]) -> ItemResult | None:
+    """What answering alone would have scored on the same draws as a real run that asked its
+    agent until it answered (a vote with agree = 1): the run itself where its first call
+    answered (it stopped there); else what alone does after a failed call, the next agent of
+    the ranking, taken from that agent's single run. None for runs that did not vote so."""
+    gate = real.gate or {}
+    if gate.get("strategy") != "votes" or gate.get("agree") != 1 or real.run_id not in CALLS:
+        return None
+    voted = [c for c in CALLS[real.run_id] if "#" in c.agent]
+    if not voted:
+        return None
+    first_calls = model_calls(voted[:1])
+    if voted[0].outcome == "ok":
+        return replace(real, system="gated:first-call", calls=first_calls)
+    nxt = next((a for a in gate.get("ranking", []) if a != gate["chosen"][0]), None)
+    fallback = singles.get(nxt) if nxt else None
+    if fallback is None:
+        return replace(real, system="gated:first-call", score=0.0, calls=first_calls)
+    return replace(fallback, system="gated:first-call", agent=None,
+                   calls=first_calls + fallback.calls)  # fmt: skip
 
 
 def derive(
@@ -82,10 +115,15 @@ def derive(
     derived = []
     for key, singles in by_item.items():
         gated = replay_gated(config, gate, singles)
+        first = None
         if gated is None and key in real:  # a vote: only a real run says what it answers
             gated = replace(real[key], system="gated")
+            first = first_call_alone(real[key], singles)
+        elif gated is not None and real_gated:
+            first = replace(gated, system="gated:first-call")  # alone: the same call
         made_here = (
             gated,
+            first,
             vote_agents(singles, order),
             vote_weighted(config, gate, singles),
             vote_weighted(config, gate, singles, PAIR, label="vote-weighted:pair"),
@@ -97,7 +135,7 @@ def derive(
     return kept + derived
 
 
-DERIVED = ("gated", "vote-agents", "vote-weighted", "vote-weighted:pair", "oracle")
+DERIVED = ("gated", "gated:first-call", "vote-agents", "vote-weighted", "vote-weighted:pair", "oracle")
 
 
 def oracle(singles: dict[str, ItemResult]) -> ItemResult | None:
@@ -214,7 +252,8 @@ def main() -> None:
     rows = summarize(results)
     singles = sorted({f"single:{r.agent}" for r in results if r.agent})
     others = sorted({r.system for r in results if r.agent is None} - set(DERIVED))
-    strategies = [*singles, "gated", "vote-agents", "vote-weighted", *others, "oracle"]
+    firsts = ["gated:first-call"] if any(r.system == "gated:first-call" for r in results) else []
+    strategies = [*singles, "gated", *firsts, "vote-agents", "vote-weighted", *others, "oracle"]
     for spec in args.split:
         name, _, names = spec.partition("=")
         tasks = [t for t in names.split(",") if t]

@@ -35,9 +35,9 @@ def test_unknown_strategies_and_agents_are_config_errors():
 def test_systems_expand_singles_and_switch_mitigations():
     cfg = load_preset("gated")
     plan = {label: (c, agent, n) for label, c, agent, n in systems(
-        cfg, ["single=qwen*3", "single=smollm", "moa", "gated", "gated+exit", "gated+budgets"], 1
+        cfg, ["single=qwen*3", "single=qwen-program", "moa", "gated", "gated+exit", "gated+budgets"], 1
     )}  # fmt: skip
-    assert plan["single:qwen"][1:] == ("qwen", 3) and plan["single:smollm"][1:] == ("smollm", 1)
+    assert plan["single:qwen"][1:] == ("qwen", 3) and plan["single:qwen-program"][1:] == ("qwen-program", 1)
     assert plan["single:qwen"][0].layers == [] and plan["single:qwen"][0].gate is None
     assert plan["moa"][0].gate is None and plan["moa"][0].early_exit is None
     assert plan["gated"][0].gate is not None and plan["gated"][0].early_exit is None

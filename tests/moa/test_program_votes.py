@@ -57,6 +57,23 @@ def test_vote_label_matches_a_brute_force_reference():
             )
 
 
+def test_a_vote_candidate_learns_its_expected_score_over_the_samples_orders():
+    """The label is the brute-force vote averaged over every order of the samples; with agree=1
+    ("until it answers") that is the mean score of the samples that answered."""
+    answers = [None, "1", "2"]
+    for seq in itertools.product(answers, repeat=3):
+        samples = [(a, float(a == "2")) for a in seq]
+        calls = [g.ScoredCall("p", "x", s, a) for a, s in samples]
+        for votes, agree in [(3, 2), (3, 1), (2, 1)]:
+            refs = [reference_vote(list(o), votes, agree) for o in itertools.permutations(samples)]
+            score, drawn = g.expected_vote_label(calls, votes, agree)
+            assert score == pytest.approx(sum(r[0] for r in refs) / len(refs)), (seq, agree)
+            assert drawn == pytest.approx(sum(r[1] for r in refs) / len(refs)), (seq, agree)
+        answered = [s for a, s in samples if a is not None]
+        mean = sum(answered) / len(answered) if answered else 0.0
+        assert g.expected_vote_label(calls, 3, 1)[0] == pytest.approx(mean), seq
+
+
 def traces(n: int, seed: int) -> list[g.ScoredCall]:
     """`coder` answers three times per prompt. On sums its samples are right, wrong, right (a
     vote of three is always right, one sample 2/3 of the time); on reversals they are always
@@ -97,9 +114,10 @@ def test_the_gate_learns_where_a_vote_of_samples_pays_for_its_calls(tmp_path):
     vote = gate.votes["coder"]
     assert (vote.votes, vote.agree) == (3, 2)
     assert "words" not in gate.votes  # one sample per prompt: nothing to vote over
-    # sums draw all three samples (the first two disagree), reversals stop after two
+    # sums draw all three samples when the wrong one comes among the first two (4 of the 6
+    # orders), else two; reversals always stop after two
     sums_share = sum(c.task == "add" for c in calls if c.agent == "words") / 80
-    assert vote.samples == pytest.approx(3 * sums_share + 2 * (1 - sums_share), abs=1e-3)
+    assert vote.samples == pytest.approx(8 / 3 * sums_share + 2 * (1 - sums_share), abs=1e-3)
     assert gate.tasks["add"]["accuracy"]["votes:coder"] == 1.0
     assert gate.tasks["add"]["accuracy"]["coder"] == pytest.approx(2 / 3, abs=1e-3)
     sums = [add_prompt(random.Random(500 + i))[0] for i in range(10)]
@@ -124,16 +142,16 @@ def test_the_gate_learns_where_a_vote_of_samples_pays_for_its_calls(tmp_path):
     assert again.decide(sums[0], SLOTS, votes=True, **decide).strategy == "votes"
 
 
-def vote_gate(path: Path, single: float, voted: float) -> Path:
+def vote_gate(path: Path, single: float, voted: float, agree: int = 2) -> Path:
     """A gate that predicts the same for every prompt: `prog` alone `single`, a vote of its
-    answers `voted`, `t1` 0.4, mixing 0.01."""
+    answers `voted` (stopping when `agree` agree), `t1` 0.4, mixing 0.01."""
     calls = [
         g.ScoredCall(f"question {i}", agent, float((i + j) % 2), str(j), "t", 10, 5)
         for i in range(8)
         for agent in ("prog", "t1")
         for j in range(2 if agent == "prog" else 1)
     ]
-    gate = g.train(calls, votes=3, agree=2)
+    gate = g.train(calls, votes=3, agree=agree)
     preds = [(gate.agents["prog"], single), (gate.agents["t1"], 0.4), (gate.mix, 0.01),
              (gate.votes["prog"], voted)]  # fmt: skip
     for predictor, p in preds:
@@ -206,6 +224,20 @@ def test_a_failed_program_is_no_vote_and_no_answer_at_all_falls_back(scripted, t
     ]  # fmt: skip
 
 
+def test_with_agree_1_the_agent_is_asked_again_only_while_it_gives_no_answer(scripted, tmp_path):
+    """The packaged gate's rule: a failed program (or one that printed nothing) is followed by a
+    fresh sample; the first answer ends it, with no vote line."""
+    gate = vote_gate(tmp_path / "gate.json", single=0.5, voted=0.9, agree=1)
+    model = "seq:print(1 / 0)  # until f|||print()|||print(40 + 2)|||print(7)"
+    pieces, answer = run(voting_mixture(scripted.url, model, gate))
+    assert answer.gate["strategy"] == "votes" and answer.gate["agree"] == 1
+    assert [c.agent for c in answer.calls] == ["prog#1", "prog#2", "prog#3"]
+    assert answer.answer == "42" and pieces[-1] == "42"
+    assert "the vote:" not in answer.reasoning
+    _, answer = run(voting_mixture(scripted.url, "seq:print(6 * 7)  # until g|||print(1)", gate))
+    assert answer.answer == "42" and [c.agent for c in answer.calls] == ["prog#1"]
+
+
 def test_votes_only_where_the_gate_predicts_they_pay_and_only_when_asked(scripted, tmp_path):
     model = "ok:print(40 + 2)  # vote e"
     # a vote predicted no better than one answer: one call
@@ -254,6 +286,11 @@ def test_gate_train_and_show_on_the_command_line(tmp_path):
     assert set(g.load(gate).votes) == {"coder"}
     shown = run_in_process("gate", "show", str(gate), env={"COLUMNS": "200"})
     assert shown.returncode == 0 and "votes:coder" in shown.stdout
+    until = run_in_process("gate", "train", "--jsonl", str(calls), "-o", str(gate),
+                           "--agree", "1", env={"COLUMNS": "200"})  # fmt: skip
+    assert until.returncode == 0, until.stderr
+    assert "votes:coder = asked until it answers, up to 3 answers" in " ".join(until.stdout.split())
+    assert set(g.load(gate).votes) == {"coder"}  # `words` answered once per prompt: no candidate
     bad = run_in_process("gate", "train", "--jsonl", str(calls), "-o", str(tmp_path / "x.json"),
                          "--votes", "3", "--agree", "4")  # fmt: skip
     assert bad.returncode == 2 and "--agree (4) is more than --votes (3)" in bad.stderr

@@ -124,7 +124,7 @@ def _show(gate: g.Gate, name: str) -> None:
         f"[bold]gate {name}[/]: features {gate.features}, agents {', '.join(gate.agents)}, "
         f"mix = vote of {gate.mix_k}"
         + "".join(
-            f"; {VOTES}{a} = up to {v.votes} answers until {v.agree} agree "
+            f"; {VOTES}{a} = {g.vote_rule(v.votes, v.agree)} "
             f"({v.samples:.2f} drawn on average)"
             for a, v in gate.votes.items()
         )
@@ -195,7 +195,7 @@ def gate_line(gate: dict | None, early_exit: dict | None = None) -> str | None:
         )
         what = {
             "alone": "alone",
-            "votes": f"votes (up to {gate.get('votes')} answers until {gate.get('agree')} agree)",
+            "votes": f"votes ({g.vote_rule(gate.get('votes'), gate.get('agree'))})",
         }.get(gate["strategy"], f"mix of {len(gate['chosen'])}")
         parts.append(
             f"gate: {what}: {chosen}; p(mix) {scores.get('mix', 0):.2f}; "

@@ -104,7 +104,8 @@ async def vote_alone(
     agree: int,
 ) -> AsyncGenerator[str, None]:
     """`agent` answers again and again, one call after another (each its own sample), until
-    `agree` of its final answers agree or `votes` model calls are spent; the plain majority of
+    `agree` of its final answers agree (`agree` = 1: until it answers at all) or `votes` model
+    calls are spent; the plain majority of
     the answers given wins (ties: the earliest; `plan.pick_by_vote`). A program agent retries a failed program with
     its error shown, as it does alone, within that budget; a call that fails is no vote.
     Everything streams as Reasoning while the vote goes on (a program, what it printed, a text
@@ -147,7 +148,10 @@ async def vote_alone(
     best = pick_by_vote(answers, [1.0] * len(answers))
     winner = keys[best]
     count = keys.count(winner) if winner is not None else 1
-    yield Reasoning(f"\n\n(the vote: {winner or 'none'}, {count} of {len(answers)} answers)\n\n")
+    if agree > 1 or len(answers) > 1:
+        yield Reasoning(
+            f"\n\n(the vote: {winner or 'none'}, {count} of {len(answers)} answers)\n\n"
+        )
     yield answers[best]
 
 

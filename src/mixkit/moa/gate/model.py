@@ -60,6 +60,8 @@ __all__ = [
     "train",
     "vote",
     "vote_label",
+    "vote_rule",
+    "expected_vote_label",
 ]
 
 GATE_VERSION = 3
@@ -88,8 +90,15 @@ class VotePredictor(Predictor):
     """A logistic model of the chance that a vote over one agent's samples is correct."""
 
     votes: int = 3  # the most samples the vote draws
-    agree: int = 2  # it stops as soon as this many answers agree
+    agree: int = 2  # it stops as soon as this many answers agree (1: as soon as one answers)
     samples: float = 0.0  # samples it drew per prompt in training, on average (its cost)
+
+
+def vote_rule(votes: int | None, agree: int | None) -> str:
+    """A vote candidate's stopping rule in words (gate show, mixkit logs)."""
+    if (agree or 1) <= 1:
+        return f"asked until it answers, up to {votes} answers"
+    return f"up to {votes} answers until {agree} agree"
 
 
 @dataclass
@@ -338,6 +347,7 @@ def vote(answers: list[str | None], weights: list[float] | None = None) -> str |
 
 # The training half lives in training.py; it is re-exported here (`model.train`, ...).
 from mixkit.moa.gate.training import (  # noqa: E402  (it imports this module's classes)
+    expected_vote_label,
     fit_logistic,
     mix_label,
     train,
