@@ -135,7 +135,14 @@ def derive(
     return kept + derived
 
 
-DERIVED = ("gated", "gated:first-call", "vote-agents", "vote-weighted", "vote-weighted:pair", "oracle")
+DERIVED = (
+    "gated",
+    "gated:first-call",
+    "vote-agents",
+    "vote-weighted",
+    "vote-weighted:pair",
+    "oracle",
+)
 
 
 def oracle(singles: dict[str, ItemResult]) -> ItemResult | None:

@@ -37,7 +37,10 @@ def test_systems_expand_singles_and_switch_mitigations():
     plan = {label: (c, agent, n) for label, c, agent, n in systems(
         cfg, ["single=qwen*3", "single=qwen-program", "moa", "gated", "gated+exit", "gated+budgets"], 1
     )}  # fmt: skip
-    assert plan["single:qwen"][1:] == ("qwen", 3) and plan["single:qwen-program"][1:] == ("qwen-program", 1)
+    assert plan["single:qwen"][1:] == ("qwen", 3) and plan["single:qwen-program"][1:] == (
+        "qwen-program",
+        1,
+    )
     assert plan["single:qwen"][0].layers == [] and plan["single:qwen"][0].gate is None
     assert plan["moa"][0].gate is None and plan["moa"][0].early_exit is None
     assert plan["gated"][0].gate is not None and plan["gated"][0].early_exit is None

@@ -124,8 +124,7 @@ def _show(gate: g.Gate, name: str) -> None:
         f"[bold]gate {name}[/]: features {gate.features}, agents {', '.join(gate.agents)}, "
         f"mix = vote of {gate.mix_k}"
         + "".join(
-            f"; {VOTES}{a} = {g.vote_rule(v.votes, v.agree)} "
-            f"({v.samples:.2f} drawn on average)"
+            f"; {VOTES}{a} = {g.vote_rule(v.votes, v.agree)} ({v.samples:.2f} drawn on average)"
             for a, v in gate.votes.items()
         )
     )
