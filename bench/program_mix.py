@@ -15,7 +15,8 @@ A gate that votes over one agent's samples cannot be replayed from single runs (
 new samples): with `--real-gated SYSTEM` (e.g. `moa=gated`, from `mixkit eval --strategies
 moa=gated`), `gated` takes the real run of SYSTEM on the items where the gate voted, and the
 replay everywhere else (paired with the single runs, as above); SYSTEM's own column is the real
-run on every item. Where the gate asked its agent until it answered (agree = 1), the column
+run on every item (several databases with real runs of the same items: every draw counts,
+and so do several single runs of one agent). Where the gate asked its agent until it answered (agree = 1), the column
 `gated:first-call` is what answering alone would have scored on the same draws: the run's first
 call where it answered, else the fallback agent's single run (the same items, so the difference
 between the two columns is what asking again added, without the noise of another draw).
@@ -104,9 +105,13 @@ def derive(
     results: list[ItemResult], config, gate, real_gated: str | None = None
 ) -> list[ItemResult]:
     """Single runs and real systems as stored; `gated` and `vote-agents` computed afresh
-    (`gated`: where the gate voted, the stored real run of `real_gated`)."""
+    (`gated`: where the gate voted, the stored real runs of `real_gated`, every draw of them:
+    several databases with real runs of the same items give several draws)."""
     kept = [r for r in results if r.system not in DERIVED]
-    real = {(r.task, r.item.prompt): r for r in kept if r.system == real_gated}
+    real: dict[tuple[str, str], list[ItemResult]] = defaultdict(list)
+    for r in kept:
+        if r.system == real_gated:
+            real[(r.task, r.item.prompt)].append(r)
     order = list(dict.fromkeys(config.layers[0].agents))
     by_item: dict[tuple[str, str], dict[str, ItemResult]] = defaultdict(dict)
     for r in kept:
@@ -114,16 +119,16 @@ def derive(
             by_item[(r.task, r.item.prompt)].setdefault(r.agent, r)
     derived = []
     for key, singles in by_item.items():
-        gated = replay_gated(config, gate, singles)
-        first = None
-        if gated is None and key in real:  # a vote: only a real run says what it answers
-            gated = replace(real[key], system="gated")
-            first = first_call_alone(real[key], singles)
-        elif gated is not None and real_gated:
-            first = replace(gated, system="gated:first-call")  # alone: the same call
+        replayed = replay_gated(config, gate, singles)
+        gated, first = [replayed], []
+        if replayed is None and key in real:  # a vote: only a real run says what it answers
+            gated = [replace(r, system="gated") for r in real[key]]
+            first = [first_call_alone(r, singles) for r in real[key]]
+        elif replayed is not None and real_gated:
+            first = [replace(replayed, system="gated:first-call")]  # alone: the same call
         made_here = (
-            gated,
-            first,
+            *gated,
+            *first,
             vote_agents(singles, order),
             vote_weighted(config, gate, singles),
             vote_weighted(config, gate, singles, PAIR, label="vote-weighted:pair"),
