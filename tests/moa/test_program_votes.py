@@ -72,6 +72,11 @@ def test_a_vote_candidate_learns_its_expected_score_over_the_samples_orders():
         answered = [s for a, s in samples if a is not None]
         mean = sum(answered) / len(answered) if answered else 0.0
         assert g.expected_vote_label(calls, 3, 1)[0] == pytest.approx(mean), seq
+    # more samples than permutations to try: a sample of orders, not the first 120 (which all
+    # start with the same sample); the first answer of a random order is right 3 times in 7
+    many = [g.ScoredCall("p", "x", float(i < 3), str(i)) for i in range(7)]
+    score, drawn = g.expected_vote_label(many, 7, 1)
+    assert drawn == 1.0 and abs(score - 3 / 7) < 0.1
 
 
 def traces(n: int, seed: int) -> list[g.ScoredCall]:

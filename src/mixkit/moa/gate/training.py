@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections import Counter, defaultdict
 
 import numpy as np
@@ -72,11 +73,17 @@ def vote_label(samples: list[ScoredCall], votes: int, agree: int) -> tuple[float
 def expected_vote_label(
     samples: list[ScoredCall], votes: int, agree: int, orders: int = 120
 ) -> tuple[float, float]:
-    """`vote_label` averaged over the orders the samples could have come in (every permutation,
-    at most `orders` of them, in a fixed order): a vote's expected score and draws, as the
-    agent's own label is the mean over its samples, not the score of whichever came first."""
+    """`vote_label` averaged over the orders the samples could have come in: a vote's expected
+    score and draws, as the agent's own label is the mean over its samples, not the score of
+    whichever came first. Every permutation where there are at most `orders` of them (up to 5
+    samples), else `orders` random ones from a fixed seed."""
+    if math.factorial(len(samples)) <= orders:
+        shuffled = list(itertools.permutations(samples))
+    else:
+        rng = random.Random(0)
+        shuffled = [tuple(rng.sample(samples, len(samples))) for _ in range(orders)]
     scores, drawn = [], []
-    for order in itertools.islice(itertools.permutations(samples), orders):
+    for order in shuffled:
         score, n = vote_label(list(order), votes, agree)
         scores.append(score)
         drawn.append(n)
