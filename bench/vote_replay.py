@@ -18,9 +18,10 @@ import json
 import sqlite3
 import statistics
 from collections import defaultdict
+from types import SimpleNamespace
 
-from mixkit.evals.tasks import Task, score_answer, scored_answer
-from mixkit.moa.answers import final_answer, normalize_answer
+from mixkit.evals.tasks import Task, answer_key, score_answer
+from mixkit.moa.agents.agent import model_calls
 
 
 def calls_of(conn: sqlite3.Connection, run_id: str) -> list[dict]:
@@ -31,7 +32,7 @@ def calls_of(conn: sqlite3.Connection, run_id: str) -> list[dict]:
         (run_id,),
     )
     for agent, outcome, response, programs in rows:
-        made = len(json.loads(programs)) if programs else 1
+        made = model_calls([SimpleNamespace(programs=json.loads(programs) if programs else None)])
         out.append({"agent": agent, "ok": outcome == "ok", "reply": response or "", "calls": made})
     return out
 
@@ -69,8 +70,7 @@ def main() -> None:
         item = items[task][index]
         calls = calls_of(conn, run_id)
         for c in calls:  # the key two answers share (a program's printed answer, normalised)
-            key = final_answer(c["reply"]) or normalize_answer(scored_answer(c["reply"]))
-            c["key"] = key if c["ok"] else None
+            c["key"] = answer_key(c["reply"]) if c["ok"] else None
             c["score"] = score_answer(c["reply"], item) if c["ok"] else 0.0
         got[task].append((score, sum(c["calls"] for c in calls), *first_answer(calls)))
     print("| task | voted items | as run | calls/item | stop at the first answer | calls/item |")

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mixkit.errors import MixkitError
-from mixkit.evals.tasks import FileTask, Item, Task, scored_answer
+from mixkit.evals.tasks import FileTask, Item, Task, answer_key
 from mixkit.moa.agents.agent import model_calls
-from mixkit.moa.answers import final_answer, normalize_answer
 from mixkit.moa.config import MoAConfig
 from mixkit.moa.engine.pipeline import MoA
 from mixkit.moa.engine.result import Answer
@@ -120,7 +119,7 @@ async def run_item(
         sample=sample,
         response=text,
         # a one-line reply (a program agent's 'olleh') is its own answer, as in scoring
-        answer=(final_answer(text) or normalize_answer(scored_answer(text))) if text else None,
+        answer=answer_key(text) if text else None,
         score=task.score(text, item) if text else 0.0,
         failed=failed,
         run_id=answer.run_id if answer is not None else None,

@@ -17,7 +17,7 @@ from typing import Any
 
 from mixkit.config import read_json_lines
 from mixkit.errors import ConfigError
-from mixkit.moa.answers import extract_answer, normalize_answer
+from mixkit.moa.answers import extract_answer, final_answer, normalize_answer
 
 INSTRUCTION = (
     "Solve the problem. End your reply with a last line of the form 'Answer: <final answer>'."
@@ -52,6 +52,12 @@ def scored_answer(response: str) -> str | None:
     if answer is None and response.strip() and "\n" not in response.strip():
         answer = response.strip() if len(response.strip()) <= 200 else None
     return answer
+
+
+def answer_key(response: str) -> str | None:
+    """The key two scored replies share when they give the same answer: the final answer (a
+    program agent's printed one), else a one-line reply as it is, normalised."""
+    return final_answer(response) or normalize_answer(scored_answer(response))
 
 
 def score_answer(response: str, item: Item) -> float:

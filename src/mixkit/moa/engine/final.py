@@ -105,9 +105,9 @@ async def vote_alone(
 ) -> AsyncGenerator[str, None]:
     """`agent` answers again and again, one call after another (each its own sample), until
     `agree` of its final answers agree (`agree` = 1: until it answers at all) or `votes` model
-    calls are spent; the plain majority of
-    the answers given wins (ties: the earliest; `plan.pick_by_vote`). A program agent retries a failed program with
-    its error shown, as it does alone, within that budget; a call that fails is no vote.
+    calls are spent; the plain majority of the answers given wins (ties: the earliest;
+    `plan.pick_by_vote`). A program agent retries a failed program with its error shown, as it
+    does alone, within that budget; a call that fails is no vote.
     Everything streams as Reasoning while the vote goes on (a program, what it printed, a text
     agent's words); the winning answer comes last. LayerFailed when none answered."""
     answers: list[str] = []
